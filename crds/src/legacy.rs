@@ -8,8 +8,8 @@
 use serde::Deserialize;
 
 use crate::model::{
-    DEFAULT_CAPACITY, DiscoveryConfig, MAX_CAPACITY, MacvtapMode, NameError, NodeConfig, ResourceConfig,
-    validate_ifname, validate_resource_name,
+    DEFAULT_CAPACITY, DiscoveryConfig, MAX_CAPACITY, MacvtapMode, NameError, NodeConfig,
+    ResourceConfig, validate_ifname, validate_resource_name,
 };
 
 /// The environment variable the original read.
@@ -35,15 +35,35 @@ pub enum LegacyConfigError {
     #[error("{var} is not a JSON array of {{name, lowerDevice, mode, capacity}} entries: {0}", var = ENV_VAR)]
     Json(String),
     #[error("{var} entry {index} ({name:?}): name {source}", var = ENV_VAR)]
-    Name { index: usize, name: String, source: NameError },
+    Name {
+        index: usize,
+        name: String,
+        source: NameError,
+    },
     #[error("{var} entry {index} ({name:?}): lowerDevice {source}", var = ENV_VAR)]
-    LowerDevice { index: usize, name: String, source: NameError },
+    LowerDevice {
+        index: usize,
+        name: String,
+        source: NameError,
+    },
     #[error("{var} entry {index} ({name:?}): {source}", var = ENV_VAR)]
-    Mode { index: usize, name: String, source: crate::model::UnknownMode },
+    Mode {
+        index: usize,
+        name: String,
+        source: crate::model::UnknownMode,
+    },
     #[error("{var} entry {index} ({name:?}): capacity {capacity} is above the maximum {max}", var = ENV_VAR, max = MAX_CAPACITY)]
-    Capacity { index: usize, name: String, capacity: i64 },
+    Capacity {
+        index: usize,
+        name: String,
+        capacity: i64,
+    },
     #[error("{var} entries {first} and {second} both use the name {name:?}", var = ENV_VAR)]
-    Duplicate { first: usize, second: usize, name: String },
+    Duplicate {
+        first: usize,
+        second: usize,
+        name: String,
+    },
 }
 
 /// Parses a `DP_MACVTAP_CONF` value into the node configuration the agent serves. An empty or blank value means
@@ -57,33 +77,65 @@ pub fn parse(value: &str) -> Result<NodeConfig, LegacyConfigError> {
     if entries.is_empty() {
         return Ok(NodeConfig {
             resources: Vec::new(),
-            discovery: Some(DiscoveryConfig { mode: MacvtapMode::Bridge, capacity: DEFAULT_CAPACITY, pool: None }),
+            discovery: Some(DiscoveryConfig {
+                mode: MacvtapMode::Bridge,
+                capacity: DEFAULT_CAPACITY,
+                pool: None,
+            }),
         });
     }
     let mut resources: Vec<ResourceConfig> = Vec::with_capacity(entries.len());
     for (index, e) in entries.into_iter().enumerate() {
         let name = e.name.clone();
-        validate_resource_name(&e.name).map_err(|source| LegacyConfigError::Name { index, name: name.clone(), source })?;
-        validate_ifname(&e.lower_device)
-            .map_err(|source| LegacyConfigError::LowerDevice { index, name: name.clone(), source })?;
+        validate_resource_name(&e.name).map_err(|source| LegacyConfigError::Name {
+            index,
+            name: name.clone(),
+            source,
+        })?;
+        validate_ifname(&e.lower_device).map_err(|source| LegacyConfigError::LowerDevice {
+            index,
+            name: name.clone(),
+            source,
+        })?;
         let mode = if e.mode.is_empty() {
             MacvtapMode::Bridge
         } else {
-            e.mode.parse().map_err(|source| LegacyConfigError::Mode { index, name: name.clone(), source })?
+            e.mode.parse().map_err(|source| LegacyConfigError::Mode {
+                index,
+                name: name.clone(),
+                source,
+            })?
         };
         let capacity = match e.capacity {
             c if c <= 0 => DEFAULT_CAPACITY,
             c if c > i64::from(MAX_CAPACITY) => {
-                return Err(LegacyConfigError::Capacity { index, name, capacity: c });
+                return Err(LegacyConfigError::Capacity {
+                    index,
+                    name,
+                    capacity: c,
+                });
             }
             c => c as u32,
         };
         if let Some(first) = resources.iter().position(|r| r.name == e.name) {
-            return Err(LegacyConfigError::Duplicate { first, second: index, name });
+            return Err(LegacyConfigError::Duplicate {
+                first,
+                second: index,
+                name,
+            });
         }
-        resources.push(ResourceConfig { name: e.name, lower_device: e.lower_device, mode, capacity, pool: None });
+        resources.push(ResourceConfig {
+            name: e.name,
+            lower_device: e.lower_device,
+            mode,
+            capacity,
+            pool: None,
+        });
     }
-    Ok(NodeConfig { resources, discovery: None })
+    Ok(NodeConfig {
+        resources,
+        discovery: None,
+    })
 }
 
 #[cfg(test)]
@@ -99,7 +151,11 @@ mod tests {
         )
         .unwrap();
         assert_eq!(cfg.discovery, None);
-        let r: Vec<_> = cfg.resources.iter().map(|r| (r.name.as_str(), r.lower_device.as_str(), r.mode, r.capacity)).collect();
+        let r: Vec<_> = cfg
+            .resources
+            .iter()
+            .map(|r| (r.name.as_str(), r.lower_device.as_str(), r.mode, r.capacity))
+            .collect();
         assert_eq!(
             r,
             vec![
@@ -117,7 +173,11 @@ mod tests {
             assert!(cfg.resources.is_empty());
             assert_eq!(
                 cfg.discovery,
-                Some(DiscoveryConfig { mode: MacvtapMode::Bridge, capacity: 100, pool: None })
+                Some(DiscoveryConfig {
+                    mode: MacvtapMode::Bridge,
+                    capacity: 100,
+                    pool: None
+                })
             );
         }
     }
@@ -138,24 +198,46 @@ mod tests {
         let e = err(r#"[{"name":"a","lowerDevice":"eth0"},{"name":"a","lowerDevice":"eth1"}]"#);
         assert!(e.contains("entries 0 and 1") && e.contains("\"a\""), "{e}");
         let e = err(r#"[{"name":"dp","lowerDevice":""}]"#);
-        assert!(e.contains("entry 0 (\"dp\")") && e.contains("lowerDevice must not be empty"), "{e}");
+        assert!(
+            e.contains("entry 0 (\"dp\")") && e.contains("lowerDevice must not be empty"),
+            "{e}"
+        );
         let e = err(r#"[{"name":"dp","lowerDevice":"way-too-long-ifname"}]"#);
-        assert!(e.contains("lowerDevice") && e.contains("longer than 15"), "{e}");
-        let e = err(r#"[{"name":"ok","lowerDevice":"eth0"},{"name":"bad/name","lowerDevice":"eth0"}]"#);
-        assert!(e.contains("entry 1 (\"bad/name\")") && e.contains("not a valid resource name"), "{e}");
+        assert!(
+            e.contains("lowerDevice") && e.contains("longer than 15"),
+            "{e}"
+        );
+        let e =
+            err(r#"[{"name":"ok","lowerDevice":"eth0"},{"name":"bad/name","lowerDevice":"eth0"}]"#);
+        assert!(
+            e.contains("entry 1 (\"bad/name\")") && e.contains("not a valid resource name"),
+            "{e}"
+        );
         let e = err(r#"[{"name":"","lowerDevice":"eth0"}]"#);
-        assert!(e.contains("entry 0") && e.contains("name must not be empty"), "{e}");
+        assert!(
+            e.contains("entry 0") && e.contains("name must not be empty"),
+            "{e}"
+        );
         let e = err(r#"[{"name":"dp","lowerDevice":"eth0","mode":"bridged"}]"#);
-        assert!(e.contains("entry 0 (\"dp\")") && e.contains("unknown macvtap mode \"bridged\""), "{e}");
+        assert!(
+            e.contains("entry 0 (\"dp\")") && e.contains("unknown macvtap mode \"bridged\""),
+            "{e}"
+        );
         let e = err(r#"[{"name":"dp","lowerDevice":"eth0","capacity":100000}]"#);
-        assert!(e.contains("capacity 100000 is above the maximum 4096"), "{e}");
+        assert!(
+            e.contains("capacity 100000 is above the maximum 4096"),
+            "{e}"
+        );
     }
 
     #[test]
     fn not_json_is_an_error() {
         for v in ["{", r#"{"name":"x"}"#, r#"[{"name":1}]"#, "eth0"] {
             let e = err(v);
-            assert!(e.starts_with("DP_MACVTAP_CONF is not a JSON array"), "{v}: {e}");
+            assert!(
+                e.starts_with("DP_MACVTAP_CONF is not a JSON array"),
+                "{v}: {e}"
+            );
         }
     }
 }

@@ -16,7 +16,9 @@ pub use node_state::{
     MacvtapNodeState, MacvtapNodeStateSpec, MacvtapNodeStateStatus, NodeDiscovery, NodeResource,
     NodeResourceStatus,
 };
-pub use pool::{LowerDeviceOverride, MacvtapPool, MacvtapPoolSpec, MacvtapPoolStatus, PoolDiscovery};
+pub use pool::{
+    LowerDeviceOverride, MacvtapPool, MacvtapPoolSpec, MacvtapPoolStatus, PoolDiscovery,
+};
 
 /// API group of every resource here, and prefix of every extended resource name the agent advertises.
 pub const GROUP: &str = "macvtap.network.kubevirt.io";
@@ -29,7 +31,8 @@ pub fn extended_resource_name(name: &str) -> String {
 }
 
 /// The CRDs of this API, in a stable order (what `crdgen` writes).
-pub fn crds() -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
+pub fn crds()
+-> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
     vec![MacvtapPool::crd(), MacvtapNodeState::crd()]

@@ -17,7 +17,20 @@ pub const MAX_CAPACITY: u32 = 4096;
 pub const DEFAULT_CAPACITY: u32 = 100;
 
 /// macvtap mode, as `ip link add ... type macvtap mode <mode>` names it.
-#[derive(Serialize, Deserialize, JsonSchema, Clone, Copy, Debug, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(
+    Serialize,
+    Deserialize,
+    JsonSchema,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Hash,
+    PartialOrd,
+    Ord,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum MacvtapMode {
     /// Endpoints on the same lower device talk to each other directly (the default).
@@ -34,7 +47,13 @@ pub enum MacvtapMode {
 }
 
 impl MacvtapMode {
-    pub const ALL: [MacvtapMode; 5] = [Self::Bridge, Self::Vepa, Self::Private, Self::Passthru, Self::Source];
+    pub const ALL: [MacvtapMode; 5] = [
+        Self::Bridge,
+        Self::Vepa,
+        Self::Private,
+        Self::Passthru,
+        Self::Source,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -139,12 +158,16 @@ pub fn validate_ifname(name: &str) -> Result<(), NameError> {
     if name.len() > MAX_IFNAME_LEN {
         return Err(NameError::TooLong(name.to_string(), MAX_IFNAME_LEN));
     }
-    if name == "." || name == ".." || name.bytes().any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace()) {
+    if name == "."
+        || name == ".."
+        || name
+            .bytes()
+            .any(|b| b == b'/' || b == b':' || b.is_ascii_whitespace())
+    {
         return Err(NameError::BadIfName(name.to_string()));
     }
     Ok(())
 }
-
 
 #[cfg(test)]
 mod tests {

@@ -22,7 +22,11 @@ use crate::model::{DiscoveryConfig, MacvtapMode, NodeConfig, ResourceConfig};
     doc = "MacvtapNodeState is the per-node desired state (written by the operator) and observed state (written \
            by the node's agent) of macvtap resources. Its name is the node's name.",
     printcolumn(name = "Agent", type_ = "string", json_path = ".status.agentVersion"),
-    printcolumn(name = "Age", type_ = "date", json_path = ".metadata.creationTimestamp")
+    printcolumn(
+        name = "Age",
+        type_ = "date",
+        json_path = ".metadata.creationTimestamp"
+    )
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MacvtapNodeStateSpec {

@@ -6,7 +6,10 @@ use std::process::ExitCode;
 
 fn main() -> ExitCode {
     let check = std::env::args().any(|a| a == "--check");
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("workspace root").to_path_buf();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf();
     let mut stale = Vec::new();
     for dir in macvtap_api_dirs(&root) {
         if !check {
@@ -30,12 +33,18 @@ fn main() -> ExitCode {
         ExitCode::SUCCESS
     } else {
         for p in stale {
-            eprintln!("stale: {} (run `cargo run -p macvtap-api --bin crdgen`)", p.display());
+            eprintln!(
+                "stale: {} (run `cargo run -p macvtap-api --bin crdgen`)",
+                p.display()
+            );
         }
         ExitCode::FAILURE
     }
 }
 
 fn macvtap_api_dirs(root: &Path) -> Vec<PathBuf> {
-    macvtap_api::CRD_OUTPUT_DIRS.iter().map(|d| root.join(d)).collect()
+    macvtap_api::CRD_OUTPUT_DIRS
+        .iter()
+        .map(|d| root.join(d))
+        .collect()
 }
