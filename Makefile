@@ -1,0 +1,31 @@
+# The two commands of the README, and a few helpers. Everything here runs as root (netns, macvtap links).
+CARGO ?= cargo
+
+.PHONY: test sandbox tools crds images bench fmt lint
+
+## Run every test: builds the Go test tools (cached), then the whole workspace's tests.
+test: tools
+	$(CARGO) test --workspace --locked
+
+## Bring up the sandbox cluster and attach a pod through the CNI (KEEP=1 leaves it running).
+sandbox: tools
+	$(CARGO) run --locked -p macvtap-e2e --bin sandbox -- $(if $(KEEP),--keep,)
+
+## Build kube-apiserver, etcd, kubectl, helm, Multus and kube-ovn from the Go module proxy (cached).
+tools:
+	e2e/tools/build-tools.sh
+
+## Regenerate the CRD YAML from the Rust types.
+crds:
+	$(CARGO) run -p macvtap-api --bin crdgen
+
+## Container images as OCI archives (buildah, FROM scratch).
+images:
+	images/build.sh
+
+fmt:
+	$(CARGO) fmt --all
+
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
