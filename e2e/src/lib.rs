@@ -10,6 +10,7 @@ pub mod kubelet;
 pub mod netns;
 pub mod node_exec;
 pub mod process;
+pub mod sandbox;
 pub mod tap;
 pub mod tools;
 pub mod workspace;

@@ -2,9 +2,11 @@
 //! node's own kubelet directories are bind-mounted at the paths real components hard-code
 //! (`/var/lib/kubelet/pod-resources`, which Multus reads the allocated device IDs from).
 
+use std::ffi::{CStr, CString};
 use std::fs::File;
 use std::io::{self, Write};
 use std::os::fd::{AsRawFd, BorrowedFd};
+use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
@@ -31,7 +33,18 @@ impl NodeContext {
         }
         let ns = File::open(&self.netns_path)?;
         let ns_fd = ns.as_raw_fd();
-        let binds = self.binds.clone();
+        // Converted before the fork: nothing may allocate between fork and exec.
+        let binds: Vec<(CString, CString)> = self
+            .binds
+            .iter()
+            .map(|(s, d)| {
+                Ok((
+                    CString::new(s.as_os_str().as_bytes())?,
+                    CString::new(d.as_os_str().as_bytes())?,
+                ))
+            })
+            .collect::<Result<_, std::ffi::NulError>>()
+            .map_err(io::Error::other)?;
         let mut cmd = Command::new(program);
         cmd.env_clear()
             .env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin")
@@ -47,11 +60,23 @@ impl NodeContext {
                 setns(fd, CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
                 if !binds.is_empty() {
                     unshare(CloneFlags::CLONE_NEWNS).map_err(io::Error::from)?;
-                    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-                        .map_err(io::Error::from)?;
+                    mount(
+                        None::<&CStr>,
+                        c"/",
+                        None::<&CStr>,
+                        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+                        None::<&CStr>,
+                    )
+                    .map_err(io::Error::from)?;
                     for (src, dst) in &binds {
-                        mount(Some(src.as_path()), dst.as_path(), None::<&str>, MsFlags::MS_BIND, None::<&str>)
-                            .map_err(io::Error::from)?;
+                        mount(
+                            Some(src.as_c_str()),
+                            dst.as_c_str(),
+                            None::<&CStr>,
+                            MsFlags::MS_BIND,
+                            None::<&CStr>,
+                        )
+                        .map_err(io::Error::from)?;
                     }
                 }
                 Ok(())

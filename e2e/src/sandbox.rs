@@ -32,6 +32,13 @@ use crate::process::Process;
 use crate::tools;
 use crate::workspace;
 
+/// Where kube-ovn's CNI binary finds its daemon (the `server_socket` of config/kube-ovn/nad-p4p1.yaml).
+pub const KUBE_OVN_SOCKET_DIR: &str = "/run/openvswitch";
+
+/// Lower devices every node has: `eth0` (the `dataplane` examples) and `p4p1` (the kube-ovn examples), each on
+/// an L2 segment shared by all nodes.
+pub const LOWER_DEVICES: [&str; 2] = ["eth0", "p4p1"];
+
 /// What to bring up.
 #[derive(Debug, Clone)]
 pub struct SandboxOptions {
@@ -85,7 +92,13 @@ impl SandboxNode {
     pub fn context(&self) -> NodeContext {
         NodeContext {
             netns_path: self.netns.path().to_path_buf(),
-            binds: vec![(self.pod_resources_dir(), PathBuf::from(POD_RESOURCES_DIR))],
+            binds: vec![
+                (self.pod_resources_dir(), PathBuf::from(POD_RESOURCES_DIR)),
+                (
+                    self.dir.parent().expect("sandbox dir").join("openvswitch"),
+                    PathBuf::from(KUBE_OVN_SOCKET_DIR),
+                ),
+            ],
         }
     }
 
@@ -141,7 +154,9 @@ impl Sandbox {
         // CNI_PATH: our plugin, kube-ovn's, and the reference plugins (host-local, static, loopback, ...).
         let cni_bin_dir = dir.join("cni-bin");
         std::fs::create_dir_all(&cni_bin_dir)?;
-        for entry in std::fs::read_dir("/usr/lib/cni").context("/usr/lib/cni (containernetworking-plugins)")? {
+        for entry in std::fs::read_dir("/usr/lib/cni")
+            .context("/usr/lib/cni (containernetworking-plugins)")?
+        {
             let entry = entry?;
             symlink_force(&entry.path(), &cni_bin_dir.join(entry.file_name()))?;
         }
@@ -162,27 +177,38 @@ impl Sandbox {
         helm_cmd
             .args(["install", &options.release])
             .arg(workspace::root().join("charts/macvtap-operator"))
-            .args(["--namespace", &options.namespace, "--create-namespace", "--kubeconfig"])
+            .args([
+                "--namespace",
+                &options.namespace,
+                "--create-namespace",
+                "--kubeconfig",
+            ])
             .arg(control_plane.kubeconfig_path());
         for s in &options.helm_set {
             helm_cmd.args(["--set", s]);
         }
         let out = helm_cmd.output().context("running helm")?;
         if !out.status.success() {
-            bail!("helm install failed:\n{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "helm install failed:\n{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         wait_established(&client).await?;
 
         let (operator_sa, agent_sa) = chart_service_accounts(&client, &options.namespace).await?;
-        let operator_kubeconfig =
-            control_plane.write_service_account_kubeconfig(&options.namespace, &operator_sa).await?;
-        let agent_kubeconfig_host =
-            control_plane.write_service_account_kubeconfig(&options.namespace, &agent_sa).await?;
+        let operator_kubeconfig = control_plane
+            .write_service_account_kubeconfig(&options.namespace, &operator_sa)
+            .await?;
 
-        // The L2 segment all nodes' eth0 hang on.
+        // The L2 segments the nodes' lower devices hang on: one bridge per lower device name.
         let segment = Netns::new("mvt-segment")?;
-        segment.ip(&["link", "add", "br0", "type", "bridge"])?;
-        segment.ip(&["link", "set", "br0", "up"])?;
+        for (b, _) in LOWER_DEVICES.iter().enumerate() {
+            segment.ip(&["link", "add", &format!("br{b}"), "type", "bridge"])?;
+            segment.ip(&["link", "set", &format!("br{b}"), "up"])?;
+        }
+        std::fs::create_dir_all(dir.join("openvswitch"))?;
 
         let api_addr: SocketAddr = control_plane
             .server_url()
@@ -204,14 +230,20 @@ impl Sandbox {
                 ..Default::default()
             };
             Api::<Node>::all(client.clone())
-                .patch(name, &PatchParams::apply(apply::FIELD_MANAGER).force(), &Patch::Apply(&node_obj))
+                .patch(
+                    name,
+                    &PatchParams::apply(apply::FIELD_MANAGER).force(),
+                    &Patch::Apply(&node_obj),
+                )
                 .await
                 .with_context(|| format!("creating Node {name}"))?;
 
             let netns = Netns::new(&format!("mvt-{name}"))?;
-            let port = format!("port{i}");
-            netns.add_veth_to("eth0", &segment, &port)?;
-            segment.ip(&["link", "set", &port, "master", "br0"])?;
+            for (b, lower) in LOWER_DEVICES.iter().enumerate() {
+                let port = format!("n{i}-{lower}");
+                netns.add_veth_to(lower, &segment, &port)?;
+                segment.ip(&["link", "set", &port, "master", &format!("br{b}")])?;
+            }
 
             let forward = NetnsForward::start(netns.path(), 0, api_addr)?;
             let node_dir = dir.join(name);
@@ -219,9 +251,25 @@ impl Sandbox {
             std::fs::create_dir_all(node_dir.join("pod-resources"))?;
             let local_server = format!("https://127.0.0.1:{}", forward.port());
             let admin_kubeconfig = node_dir.join("admin.kubeconfig");
-            rewrite_kubeconfig(control_plane.kubeconfig_path(), &admin_kubeconfig, &local_server)?;
+            rewrite_kubeconfig(
+                control_plane.kubeconfig_path(),
+                &admin_kubeconfig,
+                &local_server,
+            )?;
+            // The agent authenticates as a DaemonSet pod would: with a token bound to its pod on this node, so
+            // the chart's admission policy can tell which node it is.
+            let token = agent_pod_token(&client, &options.namespace, &agent_sa, name).await?;
             let agent_kubeconfig = node_dir.join("agent.kubeconfig");
-            rewrite_kubeconfig(&agent_kubeconfig_host, &agent_kubeconfig, &local_server)?;
+            rewrite_kubeconfig(
+                control_plane.kubeconfig_path(),
+                &agent_kubeconfig,
+                &local_server,
+            )?;
+            set_kubeconfig_token(
+                &agent_kubeconfig,
+                &token,
+                &format!("system:serviceaccount:{}:{agent_sa}", options.namespace),
+            )?;
 
             let kubelet = KubeletStandIn::start(
                 &node_dir.join("device-plugins"),
@@ -239,7 +287,10 @@ impl Sandbox {
                 .arg(node_dir.join("pod-resources").join("kubelet.sock"))
                 .args(["--health-addr", "127.0.0.1:9808"])
                 .env("KUBECONFIG", &agent_kubeconfig)
-                .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
+                .env(
+                    "RUST_LOG",
+                    std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+                );
             let agent = Process::spawn(&format!("agent-{name}"), cmd, &node_dir.join("agent.log"))?;
             nodes.push(SandboxNode {
                 name: name.clone(),
@@ -282,9 +333,21 @@ impl Sandbox {
             .args(["--leader-election-namespace", &self.options.namespace])
             .env("KUBECONFIG", &self.operator_kubeconfig)
             .env("POD_NAMESPACE", &self.options.namespace)
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()));
-        self.operator = Some(Process::spawn("operator", cmd, &self.dir.join("operator.log"))?);
+            .env(
+                "RUST_LOG",
+                std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()),
+            );
+        self.operator = Some(Process::spawn(
+            "operator",
+            cmd,
+            &self.dir.join("operator.log"),
+        )?);
         Ok(())
+    }
+
+    /// Socket path a kube-ovn daemon stand-in listens on for every node (bind-mounted at /run/openvswitch).
+    pub fn kube_ovn_socket(&self) -> PathBuf {
+        self.dir.join("openvswitch").join("kube-ovn-daemon.sock")
     }
 
     pub fn client(&self) -> Client {
@@ -325,13 +388,18 @@ impl Sandbox {
         bail!(
             "pool {name} did not reach the expected state in {timeout:?}; last: {}\noperator log:\n{}",
             serde_json::to_string_pretty(&last).unwrap_or_default(),
-            self.operator.as_ref().map(|o| o.log_tail(30)).unwrap_or_default()
+            self.operator
+                .as_ref()
+                .map(|o| o.log_tail(30))
+                .unwrap_or_default()
         )
     }
 
     /// The node state of a node.
     pub async fn node_state(&self, node: &str) -> Result<Option<MacvtapNodeState>> {
-        Ok(Api::<MacvtapNodeState>::all(self.client()).get_opt(node).await?)
+        Ok(Api::<MacvtapNodeState>::all(self.client())
+            .get_opt(node)
+            .await?)
     }
 
     /// Mirrors what a kubelet does with device plugin resources: writes the healthy device counts the stand-in
@@ -344,8 +412,10 @@ impl Sandbox {
                 let healthy = devices.iter().filter(|d| d.health == "Healthy").count();
                 capacity.insert(resource, serde_json::Value::String(healthy.to_string()));
             }
-            let patch = serde_json::json!({"status": {"capacity": capacity, "allocatable": capacity}});
-            api.patch_status(&node.name, &PatchParams::default(), &Patch::Merge(&patch)).await?;
+            let patch =
+                serde_json::json!({"status": {"capacity": capacity, "allocatable": capacity}});
+            api.patch_status(&node.name, &PatchParams::default(), &Patch::Merge(&patch))
+                .await?;
         }
         Ok(())
     }
@@ -359,12 +429,17 @@ impl Sandbox {
         manifest: &Path,
         edit: impl FnOnce(&mut Pod),
     ) -> Result<SandboxPod> {
-        let text = std::fs::read_to_string(manifest).with_context(|| manifest.display().to_string())?;
-        let mut pod: Pod = serde_saphyr::from_str(&text).with_context(|| manifest.display().to_string())?;
+        let text =
+            std::fs::read_to_string(manifest).with_context(|| manifest.display().to_string())?;
+        let mut pod: Pod =
+            serde_saphyr::from_str(&text).with_context(|| manifest.display().to_string())?;
         edit(&mut pod);
         let namespace = pod.namespace().unwrap_or_else(|| "default".into());
         pod.metadata.namespace = Some(namespace.clone());
-        let spec = pod.spec.as_mut().ok_or_else(|| anyhow!("pod has no spec"))?;
+        let spec = pod
+            .spec
+            .as_mut()
+            .ok_or_else(|| anyhow!("pod has no spec"))?;
         spec.node_name = Some(self.nodes[node].name.clone());
         let created = Api::<Pod>::namespaced(self.client(), &namespace)
             .create(&PostParams::default(), &pod)
@@ -377,12 +452,19 @@ impl Sandbox {
         let kubelet = &self.nodes[node].kubelet;
         let mut tap_devices = Vec::new();
         for c in &created.spec.as_ref().expect("spec").containers {
-            let limits = c.resources.as_ref().and_then(|r| r.limits.clone()).unwrap_or_default();
+            let limits = c
+                .resources
+                .as_ref()
+                .and_then(|r| r.limits.clone())
+                .unwrap_or_default();
             for (resource, qty) in limits {
                 if !resource.starts_with(macvtap_api::GROUP) {
                     continue;
                 }
-                let n: usize = qty.0.parse().with_context(|| format!("quantity {}", qty.0))?;
+                let n: usize = qty
+                    .0
+                    .parse()
+                    .with_context(|| format!("quantity {}", qty.0))?;
                 let resp = kubelet
                     .allocate(&namespace, &name, &c.name, &resource, n)
                     .await
@@ -393,16 +475,44 @@ impl Sandbox {
 
         let netns = Netns::new("mvt-pod")?;
         let container_id = format!("{:x}", rand_u64());
-        let out = self.multus(node, "ADD", &namespace, &name, &uid, &container_id, netns.path())?;
+        let out = self.multus(
+            node,
+            "ADD",
+            &namespace,
+            &name,
+            &uid,
+            &container_id,
+            netns.path(),
+        )?;
         let result: serde_json::Value = serde_json::from_slice(&out)
             .with_context(|| format!("Multus ADD output: {}", String::from_utf8_lossy(&out)))?;
-        Ok(SandboxPod { namespace, name, uid, node, netns, container_id, tap_devices, result })
+        Ok(SandboxPod {
+            namespace,
+            name,
+            uid,
+            node,
+            netns,
+            container_id,
+            tap_devices,
+            result,
+        })
     }
 
     /// Multus DEL, release of the pod's devices in the kubelet stand-in, deletion of the pod object.
     pub async fn delete_pod(&self, pod: SandboxPod) -> Result<()> {
-        self.multus(pod.node, "DEL", &pod.namespace, &pod.name, &pod.uid, &pod.container_id, pod.netns.path())?;
-        self.nodes[pod.node].kubelet.release_pod(&pod.namespace, &pod.name).await;
+        self.multus(
+            pod.node,
+            "DEL",
+            &pod.namespace,
+            &pod.name,
+            &pod.uid,
+            &pod.container_id,
+            pod.netns.path(),
+        )?;
+        self.nodes[pod.node]
+            .kubelet
+            .release_pod(&pod.namespace, &pod.name)
+            .await;
         Api::<Pod>::namespaced(self.client(), &pod.namespace)
             .delete(&pod.name, &DeleteParams::default().grace_period(0))
             .await?;
@@ -447,7 +557,9 @@ impl Sandbox {
             ("CNI_PATH", self.cni_bin_dir.display().to_string()),
             ("CNI_ARGS", args),
         ];
-        let out = n.context().run(&multus, &env, conf.to_string().as_bytes())?;
+        let out = n
+            .context()
+            .run(&multus, &env, conf.to_string().as_bytes())?;
         if !out.status.success() {
             bail!(
                 "multus {command} for {namespace}/{name} failed ({}):\nstdout: {}\nstderr: {}",
@@ -471,28 +583,101 @@ impl Drop for Sandbox {
     }
 }
 
-/// The chart's operator and agent ServiceAccounts in the release namespace (by their component label or name).
+/// The chart's operator and agent ServiceAccounts in the release namespace (`<fullname>-operator`, `<fullname>-agent`).
 async fn chart_service_accounts(client: &Client, namespace: &str) -> Result<(String, String)> {
-    let sas = Api::<ServiceAccount>::namespaced(client.clone(), namespace).list(&ListParams::default()).await?;
+    let sas = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .list(&ListParams::default())
+        .await?;
     let find = |component: &str| {
         sas.items
             .iter()
             .map(|sa| sa.name_any())
-            .filter(|n| n.contains(component))
-            .min_by_key(|n| n.len())
-            .ok_or_else(|| anyhow!("the chart created no ServiceAccount for the {component} in {namespace}"))
+            .find(|n| n.ends_with(&format!("-{component}")))
+            .ok_or_else(|| {
+                anyhow!("the chart created no ServiceAccount for the {component} in {namespace}")
+            })
     };
     Ok((find("operator")?, find("agent")?))
+}
+
+/// A Pod object standing for the agent DaemonSet's pod on `node`, and a token bound to it (TokenRequest with a
+/// boundObjectRef): such tokens carry the node's name, as the tokens the kubelet projects into pods do.
+async fn agent_pod_token(client: &Client, namespace: &str, sa: &str, node: &str) -> Result<String> {
+    use k8s_openapi::api::authentication::v1::{
+        BoundObjectReference, TokenRequest, TokenRequestSpec,
+    };
+    let pod: Pod = serde_json::from_value(serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "metadata": {"name": format!("{sa}-{node}"), "namespace": namespace,
+                     "labels": {"app.kubernetes.io/component": "agent"}},
+        "spec": {"nodeName": node, "serviceAccountName": sa,
+                 "containers": [{"name": "agent", "image": "macvtap-agent"}]},
+    }))?;
+    let pods = Api::<Pod>::namespaced(client.clone(), namespace);
+    let pod = pods
+        .patch(
+            &pod.name_any(),
+            &PatchParams::apply(apply::FIELD_MANAGER).force(),
+            &Patch::Apply(&pod),
+        )
+        .await?;
+    let req = TokenRequest {
+        spec: TokenRequestSpec {
+            audiences: Vec::new(),
+            expiration_seconds: Some(3600),
+            bound_object_ref: Some(BoundObjectReference {
+                api_version: Some("v1".into()),
+                kind: Some("Pod".into()),
+                name: Some(pod.name_any()),
+                uid: pod.uid(),
+            }),
+        },
+        ..Default::default()
+    };
+    let resp = Api::<ServiceAccount>::namespaced(client.clone(), namespace)
+        .create_token_request(sa, &PostParams::default(), &req)
+        .await
+        .with_context(|| format!("TokenRequest for {sa} bound to its pod on {node}"))?;
+    resp.status
+        .map(|s| s.token)
+        .filter(|t| !t.is_empty())
+        .ok_or_else(|| anyhow!("empty token for {sa}"))
+}
+
+/// Replaces the credentials of every user in a kubeconfig file with a bearer token.
+fn set_kubeconfig_token(path: &Path, token: &str, user: &str) -> Result<()> {
+    let mut kc = Kubeconfig::read_from(path)?;
+    for a in &mut kc.auth_infos {
+        a.name = user.to_string();
+        a.auth_info = Some(kube::config::AuthInfo {
+            token: Some(token.to_string().into()),
+            ..Default::default()
+        });
+    }
+    for c in &mut kc.contexts {
+        if let Some(ctx) = c.context.as_mut() {
+            ctx.user = Some(user.to_string());
+        }
+    }
+    std::fs::write(path, serde_json::to_vec_pretty(&kc)?)?;
+    Ok(())
 }
 
 async fn wait_established(client: &Client) -> Result<()> {
     use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
     let api = Api::<CustomResourceDefinition>::all(client.clone());
-    for name in ["macvtappools.macvtap.network.kubevirt.io", "macvtapnodestates.macvtap.network.kubevirt.io"] {
+    for name in [
+        "macvtappools.macvtap.network.kubevirt.io",
+        "macvtapnodestates.macvtap.network.kubevirt.io",
+    ] {
         let cond = kube::runtime::conditions::is_crd_established();
-        tokio::time::timeout(Duration::from_secs(30), kube::runtime::wait::await_condition(api.clone(), name, cond))
-            .await
-            .map_err(|_| anyhow!("CRD {name} not Established"))??;
+        tokio::time::timeout(
+            Duration::from_secs(30),
+            kube::runtime::wait::await_condition(api.clone(), name, cond),
+        )
+        .await
+        .map_err(|_| anyhow!("CRD {name} not Established"))??;
     }
     Ok(())
 }
@@ -515,12 +700,19 @@ fn symlink_force(src: &Path, dst: &Path) -> std::io::Result<()> {
 }
 
 fn free_port() -> std::io::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
 }
 
 fn rand_u64() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
     h.finish()
 }
