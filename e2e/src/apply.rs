@@ -44,17 +44,27 @@ pub async fn apply_objects(
         let types = obj.types.as_ref().ok_or(ApplyError::NoKind(i))?;
         let gvk = GroupVersionKind::try_from(types).map_err(|_| ApplyError::NoKind(i))?;
         let name = obj.name_any();
-        let err = |source| ApplyError::Kube { kind: gvk.kind.clone(), name: name.clone(), source };
+        let err = |source| ApplyError::Kube {
+            kind: gvk.kind.clone(),
+            name: name.clone(),
+            source,
+        };
         let (ar, caps) = pinned_kind(client, &gvk).await.map_err(err)?;
         let api: Api<DynamicObject> = match caps.scope {
             Scope::Cluster => Api::all_with(client.clone(), &ar),
             Scope::Namespaced => {
-                let ns = obj.namespace().unwrap_or_else(|| default_namespace.to_string());
+                let ns = obj
+                    .namespace()
+                    .unwrap_or_else(|| default_namespace.to_string());
                 Api::namespaced_with(client.clone(), &ns, &ar)
             }
         };
         let pp = PatchParams::apply(FIELD_MANAGER).force();
-        applied.push(api.patch(&name, &pp, &Patch::Apply(obj)).await.map_err(err)?);
+        applied.push(
+            api.patch(&name, &pp, &Patch::Apply(obj))
+                .await
+                .map_err(err)?,
+        );
     }
     Ok(applied)
 }
@@ -65,6 +75,7 @@ pub async fn apply_file(
     path: &std::path::Path,
     default_namespace: &str,
 ) -> Result<Vec<DynamicObject>, ApplyError> {
-    let text = std::fs::read_to_string(path).map_err(|e| ApplyError::Yaml(format!("{}: {e}", path.display())))?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| ApplyError::Yaml(format!("{}: {e}", path.display())))?;
     apply_objects(client, &parse_objects(&text)?, default_namespace).await
 }

@@ -28,7 +28,8 @@ impl NetnsForward {
         // Create the listener on a thread that entered the netns; the thread then ends, the socket stays there.
         let listener = thread::scope(|s| {
             s.spawn(|| -> io::Result<TcpListener> {
-                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)?;
+                nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)
+                    .map_err(io::Error::from)?;
                 TcpListener::bind(("127.0.0.1", port))
             })
             .join()

@@ -52,7 +52,8 @@ impl Tap {
                 return Ok(None);
             }
             let mut fds = [PollFd::new(self.file.as_fd(), PollFlags::POLLIN)];
-            let ms = PollTimeout::try_from(left.as_millis().min(10_000) as i32).unwrap_or(PollTimeout::MAX);
+            let ms = PollTimeout::try_from(left.as_millis().min(10_000) as i32)
+                .unwrap_or(PollTimeout::MAX);
             if poll(&mut fds, ms).map_err(io::Error::from)? == 0 {
                 continue;
             }

@@ -19,6 +19,16 @@ CACHE=${MACVTAP_TOOLS_CACHE:-$HOME/.cache/macvtap-operator/tools}
 BIN=$CACHE/bin
 if [[ ${1:-} == --print ]]; then echo "$BIN"; exit 0; fi
 
+# GOTOOLCHAIN=local: fail loudly rather than fetch a toolchain; kube-ovn v1.16.2 needs Go >= 1.26.4.
+need_go() {
+  [[ -z ${GO_OK:-} ]] || return 0
+  command -v go >/dev/null || { echo "Go >= 1.26.4 is needed (not Debian's golang-go, too old)" >&2; exit 1; }
+  local v
+  v=$(go env GOVERSION)
+  printf '%s\n%s\n' go1.26.4 "$v" | sort -V -C || { echo "Go >= 1.26.4 is needed, found $v" >&2; exit 1; }
+  GO_OK=1
+}
+
 export CGO_ENABLED=0 GOTOOLCHAIN=local GOFLAGS=-mod=mod GOPROXY=${GOPROXY:-https://proxy.golang.org,direct}
 LDFLAGS_BASE="-s -w"
 mkdir -p "$BIN" "$CACHE/src"
@@ -29,10 +39,23 @@ log() { printf '[tools %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 have() { [[ -x $BIN/$1 && -f $BIN/.$1.version && $(cat "$BIN/.$1.version") == "$2" ]]; }
 stamp() { echo "$2" >"$BIN/.$1.version"; }
 
+# heartbeat LABEL CMD...: runs CMD and logs a line every 30 s, so a cold build (minutes of silence) shows it lives.
+heartbeat() {
+  local label=$1 t0=$SECONDS rc=0 hb
+  shift
+  (while sleep 30; do log "$label: still building ($((SECONDS - t0))s)"; done) &
+  hb=$!
+  "$@" || rc=$?
+  kill "$hb" 2>/dev/null || true
+  wait "$hb" 2>/dev/null || true
+  return "$rc"
+}
+
 build_k8s() {
   have kube-apiserver "$K8S_VERSION" && have kubectl "$K8S_VERSION" && return 0
+  need_go
   local t0=$SECONDS stg="v0.${K8S_VERSION#v1.}" dir="$CACHE/src/k8s-$K8S_VERSION"
-  log "kube-apiserver + kubectl $K8S_VERSION (cold: tens of minutes on 2 cores)"
+  log "kube-apiserver + kubectl $K8S_VERSION (cold: 5-7 min on 2 cores)"
   mkdir -p "$dir" && cd "$dir"
   # A wrapper module: k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with local
   # paths, so it cannot be built with `go install`; we replace each one with its published v0.X.Y instead.
@@ -60,7 +83,7 @@ GO
   for p in $vp $cp; do
     ld="$ld -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
   done
-  go build -trimpath -buildvcs=false -ldflags "$ld" -o "$BIN/" \
+  heartbeat kube-apiserver go build -trimpath -buildvcs=false -ldflags "$ld" -o "$BIN/" \
     k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
   stamp kube-apiserver "$K8S_VERSION"; stamp kubectl "$K8S_VERSION"
   log "kube-apiserver + kubectl done in $((SECONDS - t0))s"
@@ -68,6 +91,7 @@ GO
 
 build_etcd() {
   have etcd "$ETCD_VERSION" && return 0
+  need_go
   local t0=$SECONDS dir="$CACHE/src/etcd-$ETCD_VERSION"
   log "etcd $ETCD_VERSION"
   mkdir -p "$dir" && cd "$dir"
@@ -86,52 +110,84 @@ func main() { etcdmain.Main(os.Args) }
 GO
   go get "go.etcd.io/etcd/server/v3@$ETCD_VERSION" >/dev/null 2>&1
   go mod tidy >/dev/null
-  go build -trimpath -buildvcs=false -ldflags "$LDFLAGS_BASE" -o "$BIN/etcd" .
+  heartbeat etcd go build -trimpath -buildvcs=false -ldflags "$LDFLAGS_BASE" -o "$BIN/etcd" .
   stamp etcd "$ETCD_VERSION"
   log "etcd done in $((SECONDS - t0))s"
 }
 
 build_helm() {
-  have helm "$HELM_VERSION" && return 0
-  local t0=$SECONDS
+  # The key names the recipe too: builds without the version stamps below are rebuilt.
+  local key="$HELM_VERSION stamped"
+  have helm "$key" && return 0
+  need_go
+  local t0=$SECONDS gomod kminor h=helm.sh/helm/v3
   log "helm $HELM_VERSION"
-  GOBIN="$BIN" go install -trimpath -ldflags "$LDFLAGS_BASE" "helm.sh/helm/v3/cmd/helm@$HELM_VERSION"
-  stamp helm "$HELM_VERSION"
+  # Without these stamps `helm version` says v3.21 and `helm template`/`lint` assume Kubernetes v1.20, which
+  # fails charts with a kubeVersion constraint. Helm's Makefile takes the minor from its client-go.
+  gomod=$(go mod download -json "$h@$HELM_VERSION" | sed -n 's/^[[:space:]]*"GoMod": "\(.*\)",$/\1/p')
+  kminor=$(sed -n 's#^[[:space:]]*k8s.io/client-go v0\.\([0-9]*\)\..*#\1#p' "$gomod")
+  heartbeat helm env GOBIN="$BIN" go install -trimpath -ldflags "$LDFLAGS_BASE -X $h/internal/version.version=$HELM_VERSION \
+    -X $h/internal/version.gitTreeState=clean \
+    -X $h/pkg/chartutil.k8sVersionMajor=1 -X $h/pkg/chartutil.k8sVersionMinor=$kminor \
+    -X $h/pkg/lint/rules.k8sVersionMajor=1 -X $h/pkg/lint/rules.k8sVersionMinor=$kminor" \
+    "$h/cmd/helm@$HELM_VERSION"
+  stamp helm "$key"
   log "helm done in $((SECONDS - t0))s"
 }
 
 build_multus() {
   have multus "$MULTUS_VERSION" && return 0
+  need_go
   local t0=$SECONDS
   log "multus (thin plugin) $MULTUS_VERSION"
-  GOBIN="$BIN" go install -trimpath \
+  # Not `go install pkg@version`: that also fetches the module's version list (for deprecation notices), which
+  # the proxy refuses for this gopkg.in path (403); a copy of the module builds from its own go.sum.
+  cd "$(module_copy gopkg.in/k8snetworkplumbingwg/multus-cni.v4 "$MULTUS_VERSION" multus)"
+  heartbeat multus go build -trimpath -buildvcs=false \
     -ldflags "$LDFLAGS_BASE -X gopkg.in/k8snetworkplumbingwg/multus-cni.v4/pkg/multus.version=$MULTUS_VERSION" \
-    "gopkg.in/k8snetworkplumbingwg/multus-cni.v4/cmd/multus@$MULTUS_VERSION"
+    -o "$BIN/multus" ./cmd/multus
   stamp multus "$MULTUS_VERSION"
   log "multus done in $((SECONDS - t0))s"
 }
 
-build_kube_ovn() {
-  have kube-ovn "$KUBEOVN_VERSION" && return 0
-  local t0=$SECONDS dir="$CACHE/src/kube-ovn-$KUBEOVN_VERSION"
-  log "kube-ovn CNI $KUBEOVN_VERSION"
-  # Its go.mod has replace directives (all to module versions), so build inside a copy of the module.
+# module_copy MODULE VERSION NAME: a writable copy of a downloaded module under $CACHE/src; prints its path.
+module_copy() {
+  local dir="$CACHE/src/$3-$2" src
   if [[ ! -f $dir/go.mod ]]; then
-    local src
-    src=$(go mod download -json "github.com/kubeovn/kube-ovn@$KUBEOVN_VERSION" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+    src=$(go mod download -json "$1@$2" | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+    [[ -n $src ]] || { echo "go mod download $1@$2 failed" >&2; exit 1; }
     rm -rf "$dir" && cp -r "$src" "$dir" && chmod -R u+w "$dir"
   fi
-  cd "$dir"
-  go build -trimpath -buildvcs=false -ldflags "$LDFLAGS_BASE" -o "$BIN/kube-ovn" ./cmd/cni
+  echo "$dir"
+}
+
+build_kube_ovn() {
+  have kube-ovn "$KUBEOVN_VERSION" && return 0
+  need_go
+  local t0=$SECONDS
+  log "kube-ovn CNI $KUBEOVN_VERSION"
+  # Its go.mod has replace directives (all to module versions), so build inside a copy of the module.
+  cd "$(module_copy github.com/kubeovn/kube-ovn "$KUBEOVN_VERSION" kube-ovn)"
+  heartbeat kube-ovn go build -trimpath -buildvcs=false -ldflags "$LDFLAGS_BASE" -o "$BIN/kube-ovn" ./cmd/cni
   stamp kube-ovn "$KUBEOVN_VERSION"
   log "kube-ovn done in $((SECONDS - t0))s"
 }
 
-want=${TOOLS:-"k8s etcd helm multus kube-ovn"}
+# Debian's reference plugins (host-local, static, ...) in /usr/lib/cni, the IPAM plugins the CNI tests delegate to.
+install_cni_plugins() {
+  [[ -x /usr/lib/cni/host-local && -x /usr/lib/cni/static ]] && return 0
+  log "containernetworking-plugins (apt)"
+  [[ $(id -u) == 0 ]] || { echo "run as root to apt-get install containernetworking-plugins" >&2; exit 1; }
+  apt-get install -y -q containernetworking-plugins >/dev/null ||
+    { apt-get update -q >/dev/null && apt-get install -y -q containernetworking-plugins >/dev/null; }
+}
+
+want=${TOOLS:-"k8s etcd helm multus kube-ovn cni-plugins"}
 total0=$SECONDS
 for t in $want; do
   case $t in
     k8s) build_k8s ;; etcd) build_etcd ;; helm) build_helm ;; multus) build_multus ;; kube-ovn) build_kube_ovn ;;
+    cni-plugins) install_cni_plugins ;;
     *) echo "unknown tool $t" >&2; exit 2 ;;
   esac
 done
