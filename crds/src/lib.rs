@@ -35,7 +35,41 @@ pub fn crds()
 -> Vec<k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition>
 {
     use kube::CustomResourceExt;
-    vec![MacvtapPool::crd(), MacvtapNodeState::crd()]
+    vec![
+        unwrap_descriptions(MacvtapPool::crd()),
+        unwrap_descriptions(MacvtapNodeState::crd()),
+    ]
+}
+
+type Crd =
+    k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+
+/// Joins the hard-wrapped lines of doc comments (paragraph breaks stay): `kubectl explain` wraps text itself, and
+/// source line breaks would show up as ragged lines.
+fn unwrap_descriptions(crd: Crd) -> Crd {
+    fn walk(v: &mut serde_json::Value) {
+        match v {
+            serde_json::Value::Object(map) => {
+                for (k, child) in map.iter_mut() {
+                    match child {
+                        serde_json::Value::String(s) if k == "description" => {
+                            *s = s
+                                .split("\n\n")
+                                .map(|p| p.split('\n').map(str::trim).collect::<Vec<_>>().join(" "))
+                                .collect::<Vec<_>>()
+                                .join("\n\n");
+                        }
+                        _ => walk(child),
+                    }
+                }
+            }
+            serde_json::Value::Array(items) => items.iter_mut().for_each(walk),
+            _ => {}
+        }
+    }
+    let mut v = serde_json::to_value(&crd).expect("a CRD serializes");
+    walk(&mut v);
+    serde_json::from_value(v).expect("still a CRD")
 }
 
 /// The CRDs as YAML documents, `(file name, content)`: the committed files must equal these.
