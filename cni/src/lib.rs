@@ -1,1 +1,96 @@
-//! placeholder
+//! The `macvtap` CNI plugin as a library; `main.rs` only wires the process environment, stdin and stdout to
+//! [`run`].
+//!
+//! ADD: validate env and config → find the host link for `deviceID` (`macvtap_link::host_link_name`) and refuse
+//! anything that is not a macvtap carrying the agent's marker → check `mtu` against the lower device → IPAM ADD
+//! (config without `deviceID`/`pciBusID`) → chown `/dev/tap<host ifindex>` → move into `CNI_NETNS` renamed to
+//! `CNI_IFNAME` → in the pod netns (on a thread that entered it): MTU, MAC, promisc, `arp_notify`/`ndisc_notify`,
+//! up, addresses, routes → print the result. Any failure after the move returns the link to the host as it was; any
+//! failure after IPAM ADD calls IPAM DEL.
+//!
+//! Public API: [`run`] (env + stdin → [`Outcome`]), the pure parsers [`config::parse_config`] and
+//! [`config::parse_cni_args`] (fuzzed), [`version::SUPPORTED`], [`error::Code`].
+
+pub mod config;
+pub mod env;
+pub mod error;
+pub mod ipam;
+pub mod plugin;
+pub mod result;
+pub mod version;
+
+use env::{Env, Verb};
+use error::CniError;
+use version::Version;
+
+/// What the process prints on stdout and exits with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Outcome {
+    pub stdout: String,
+    pub exit_code: i32,
+}
+
+/// Run one CNI invocation.
+pub fn run(env: &Env, stdin: &[u8]) -> Outcome {
+    // Errors carry the config's declared version when there is one.
+    let declared = serde_json::from_slice::<serde_json::Value>(stdin)
+        .ok()
+        .and_then(|v| {
+            v.get("cniVersion")
+                .and_then(|v| v.as_str())
+                .map(str::to_string)
+        });
+    match dispatch(env, stdin) {
+        Ok(stdout) => Outcome {
+            stdout,
+            exit_code: 0,
+        },
+        Err(e) => {
+            eprintln!("macvtap: {e}");
+            let v = declared.unwrap_or_else(|| Version::LATEST.to_string());
+            Outcome {
+                stdout: e.to_json(&v),
+                exit_code: 1,
+            }
+        }
+    }
+}
+
+fn dispatch(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
+    let verb = env::verb(env)?;
+    if verb == Verb::Version {
+        let asked = serde_json::from_slice::<serde_json::Value>(stdin)
+            .ok()
+            .and_then(|v| {
+                v.get("cniVersion")
+                    .and_then(|v| v.as_str())
+                    .map(str::to_string)
+            })
+            .unwrap_or_else(|| Version::LATEST.to_string());
+        return Ok(
+            serde_json::json!({"cniVersion": asked, "supportedVersions": version::SUPPORTED})
+                .to_string(),
+        );
+    }
+    let req = env::request(env, verb)?;
+    let conf = config::parse_config(stdin)?;
+    let v = conf.cni_version;
+    let not_in = |what: &str| {
+        CniError::new(
+            error::Code::IncompatibleVersion,
+            format!("{what} is not supported by cniVersion {v}"),
+            "",
+        )
+    };
+    match verb {
+        Verb::Add => plugin::add(&req, &conf, env).map(|r| r.to_string()),
+        Verb::Del => plugin::del(&req, &conf, env).map(|()| String::new()),
+        Verb::Check if !v.has_check() => Err(not_in("CHECK")),
+        Verb::Check => plugin::check(&req, &conf, env).map(|()| String::new()),
+        Verb::Status if !v.has_status_gc() => Err(not_in("STATUS")),
+        Verb::Status => plugin::status(&conf, env).map(|()| String::new()),
+        Verb::Gc if !v.has_status_gc() => Err(not_in("GC")),
+        Verb::Gc => plugin::gc(&conf, env).map(|()| String::new()),
+        Verb::Version => unreachable!("handled above"),
+    }
+}
