@@ -16,6 +16,8 @@ use nix::sched::{CloneFlags, setns, unshare};
 
 /// Where the kubelet serves PodResources; Multus has it compiled in.
 pub const POD_RESOURCES_DIR: &str = "/var/lib/kubelet/pod-resources";
+/// Where the kubelet keeps device plugin sockets and its device manager checkpoint.
+pub const DEVICE_PLUGINS_DIR: &str = "/var/lib/kubelet/device-plugins";
 
 /// How to enter a node.
 #[derive(Debug, Clone)]

@@ -16,6 +16,7 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, anyhow, bail};
+use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::{Node, Pod, ServiceAccount};
 use kube::api::{Api, DeleteParams, ListParams, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::Kubeconfig;
@@ -27,7 +28,7 @@ use crate::control_plane::ControlPlane;
 use crate::forward::NetnsForward;
 use crate::kubelet::KubeletStandIn;
 use crate::netns::Netns;
-use crate::node_exec::{NodeContext, POD_RESOURCES_DIR};
+use crate::node_exec::{DEVICE_PLUGINS_DIR, NodeContext, POD_RESOURCES_DIR};
 use crate::process::Process;
 use crate::tools;
 use crate::workspace;
@@ -38,6 +39,9 @@ pub const KUBE_OVN_SOCKET_DIR: &str = "/run/openvswitch";
 /// Lower devices every node has: `eth0` (the `dataplane` examples) and `p4p1` (the kube-ovn examples), each on
 /// an L2 segment shared by all nodes.
 pub const LOWER_DEVICES: [&str; 2] = ["eth0", "p4p1"];
+
+/// Name of the NetworkAttachmentDefinition (in kube-system) Multus uses as the cluster network.
+pub const CLUSTER_NETWORK: &str = "sandbox-default";
 
 /// What to bring up.
 #[derive(Debug, Clone)]
@@ -57,7 +61,7 @@ impl Default for SandboxOptions {
         Self {
             nodes: vec!["node-a".into(), "node-b".into()],
             namespace: "macvtap-system".into(),
-            release: "macvtap".into(),
+            release: "macvtap-operator".into(),
             helm_set: Vec::new(),
         }
     }
@@ -77,6 +81,16 @@ pub struct SandboxNode {
     /// The agent's ServiceAccount kubeconfig, from inside the node's netns.
     pub agent_kubeconfig: PathBuf,
     forward: NetnsForward,
+    checkpoint: std::sync::Mutex<Vec<CheckpointEntry>>,
+}
+
+/// One container's devices of one resource, as the kubelet checkpoints them.
+#[derive(Debug, Clone)]
+struct CheckpointEntry {
+    pod_uid: String,
+    container: String,
+    resource: String,
+    device_ids: Vec<String>,
 }
 
 impl SandboxNode {
@@ -93,13 +107,52 @@ impl SandboxNode {
         NodeContext {
             netns_path: self.netns.path().to_path_buf(),
             binds: vec![
-                (self.pod_resources_dir(), PathBuf::from(POD_RESOURCES_DIR)),
+                // See `write_checkpoint`: Multus reads the checkpoint when no PodResources socket is there.
+                (
+                    self.dir.join("multus-pod-resources"),
+                    PathBuf::from(POD_RESOURCES_DIR),
+                ),
+                (
+                    self.dir.join("checkpoint"),
+                    PathBuf::from(DEVICE_PLUGINS_DIR),
+                ),
                 (
                     self.dir.parent().expect("sandbox dir").join("openvswitch"),
                     PathBuf::from(KUBE_OVN_SOCKET_DIR),
                 ),
             ],
         }
+    }
+
+    /// Writes the kubelet's device manager checkpoint (`kubelet_internal_checkpoint`, the real kubelet's JSON
+    /// shape) for the allocations of this node's pods.
+    ///
+    /// Why not PodResources: Multus' PodResources client (grpc-go, dialing a plain socket path) sends that path as
+    /// the HTTP/2 `:authority`; the real kubelet's Go server takes it, but the stand-in's Rust (h2) server rejects
+    /// it as a malformed authority. Multus falls back to this checkpoint, which the real kubelet writes too, when
+    /// no PodResources socket exists; the node context hides the stand-in's socket from Multus.
+    fn write_checkpoint(&self) -> Result<()> {
+        let entries = self.checkpoint.lock().expect("checkpoint lock").clone();
+        let data = serde_json::json!({
+            "Data": {
+                "PodDeviceEntries": entries.iter().map(|e| serde_json::json!({
+                    "PodUID": e.pod_uid,
+                    "ContainerName": e.container,
+                    "ResourceName": e.resource,
+                    "DeviceIDs": {"-1": e.device_ids},
+                    "AllocResp": "",
+                })).collect::<Vec<_>>(),
+                "RegisteredDevices": {},
+            },
+            "Checksum": 0,
+        });
+        let dir = self.dir.join("checkpoint");
+        std::fs::create_dir_all(&dir)?;
+        std::fs::create_dir_all(self.dir.join("multus-pod-resources"))?;
+        let tmp = dir.join(".kubelet_internal_checkpoint.tmp");
+        std::fs::write(&tmp, serde_json::to_vec(&data)?)?;
+        std::fs::rename(tmp, dir.join("kubelet_internal_checkpoint"))?;
+        Ok(())
     }
 
     /// Port inside the node's netns that reaches the API server.
@@ -143,7 +196,7 @@ impl Sandbox {
     pub async fn start(options: SandboxOptions) -> Result<Sandbox> {
         let helm = tools::tool("helm").map_err(|e| anyhow!(e))?;
         let agent_bin = workspace::binary("macvtap-agent").map_err(|e| anyhow!(e))?;
-        let operator_bin = workspace::binary("macvtap-operator").map_err(|e| anyhow!(e))?;
+        workspace::binary("macvtap-operator").map_err(|e| anyhow!(e))?;
         let cni_bin = workspace::binary("macvtap").map_err(|e| anyhow!(e))?;
 
         let control_plane = ControlPlane::start().context("starting the control plane")?;
@@ -171,6 +224,18 @@ impl Sandbox {
             )?)
             .await
             .context("NetworkAttachmentDefinition CRD")?;
+        // The cluster's default network, as Multus finds it by name: loopback only, so pods' eth0 stays free for
+        // the cases that make a macvtap the default network.
+        apply::apply_objects(
+            &client,
+            &apply::parse_objects(&format!(
+                "apiVersion: k8s.cni.cncf.io/v1\nkind: NetworkAttachmentDefinition\nmetadata:\n  name: {CLUSTER_NETWORK}\n  \
+                 namespace: kube-system\nspec:\n  config: '{{\"cniVersion\": \"1.0.0\", \"name\": \"{CLUSTER_NETWORK}\", \"type\": \"loopback\"}}'\n"
+            ))?,
+            "kube-system",
+        )
+        .await
+        .context("cluster network NetworkAttachmentDefinition")?;
 
         // The chart, as a user installs it (its crds/ come with it).
         let mut helm_cmd = Command::new(&helm);
@@ -301,6 +366,7 @@ impl Sandbox {
                 admin_kubeconfig,
                 agent_kubeconfig,
                 forward,
+                checkpoint: Default::default(),
             });
         }
 
@@ -316,21 +382,47 @@ impl Sandbox {
             _segment: segment,
             control_plane,
         };
-        sandbox.start_operator()?;
-        let _ = operator_bin;
+        sandbox.start_operator().await?;
         Ok(sandbox)
     }
 
-    /// Starts (or restarts) the operator process as the chart's operator ServiceAccount.
-    pub fn start_operator(&mut self) -> Result<()> {
+    /// Starts (or restarts) the operator process as the chart's operator ServiceAccount, with the arguments of
+    /// the chart's operator Deployment (its `$(POD_NAMESPACE)` expanded, metrics on a free loopback port).
+    pub async fn start_operator(&mut self) -> Result<()> {
         if let Some(mut old) = self.operator.take() {
             old.stop(Duration::from_secs(10));
         }
         let bin = workspace::binary("macvtap-operator").map_err(|e| anyhow!(e))?;
+        let deployments = Api::<Deployment>::namespaced(self.client(), &self.options.namespace)
+            .list(&ListParams::default())
+            .await?;
+        let deployment = deployments
+            .items
+            .iter()
+            .find(|d| d.name_any().ends_with("-operator"))
+            .ok_or_else(|| anyhow!("the chart created no operator Deployment"))?;
+        let chart_args = deployment
+            .spec
+            .as_ref()
+            .and_then(|s| s.template.spec.as_ref())
+            .and_then(|s| s.containers.first())
+            .and_then(|c| c.args.clone())
+            .unwrap_or_default();
         let metrics = free_port()?;
+        let args: Vec<String> = chart_args
+            .iter()
+            .map(|a| {
+                if a.starts_with("--metrics-addr") {
+                    format!("--metrics-addr=127.0.0.1:{metrics}")
+                } else if a.starts_with("--log-format") {
+                    "--log-format=text".to_string()
+                } else {
+                    a.replace("$(POD_NAMESPACE)", &self.options.namespace)
+                }
+            })
+            .collect();
         let mut cmd = Command::new(bin);
-        cmd.args(["--metrics-addr", &format!("127.0.0.1:{metrics}")])
-            .args(["--leader-election-namespace", &self.options.namespace])
+        cmd.args(&args)
             .env("KUBECONFIG", &self.operator_kubeconfig)
             .env("POD_NAMESPACE", &self.options.namespace)
             .env(
@@ -465,13 +557,30 @@ impl Sandbox {
                     .0
                     .parse()
                     .with_context(|| format!("quantity {}", qty.0))?;
+                let before = kubelet.allocated(&resource);
                 let resp = kubelet
                     .allocate(&namespace, &name, &c.name, &resource, n)
                     .await
                     .with_context(|| format!("Allocate {resource} x{n} for {namespace}/{name}"))?;
                 tap_devices.extend(resp.devices.iter().map(|d| PathBuf::from(&d.host_path)));
+                let device_ids = kubelet
+                    .allocated(&resource)
+                    .difference(&before)
+                    .cloned()
+                    .collect();
+                self.nodes[node]
+                    .checkpoint
+                    .lock()
+                    .expect("checkpoint lock")
+                    .push(CheckpointEntry {
+                        pod_uid: uid.clone(),
+                        container: c.name.clone(),
+                        resource: resource.clone(),
+                        device_ids,
+                    });
             }
         }
+        self.nodes[node].write_checkpoint()?;
 
         let netns = Netns::new("mvt-pod")?;
         let container_id = format!("{:x}", rand_u64());
@@ -542,8 +651,7 @@ impl Sandbox {
             "binDir": self.cni_bin_dir,
             "logToStderr": true,
             "logLevel": "error",
-            "clusterNetwork": "sandbox-default",
-            "delegates": [{"cniVersion": "1.0.0", "name": "sandbox-default", "type": "loopback"}],
+            "clusterNetwork": CLUSTER_NETWORK,
         });
         let args = format!(
             "IgnoreUnknown=true;K8S_POD_NAMESPACE={namespace};K8S_POD_NAME={name};\
