@@ -1,1 +1,165 @@
-//! placeholder
+//! The kubelet's gRPC APIs, generated from this crate's own `.proto` files (written from the public interface
+//! facts: package, service, message and field names and numbers), with clients and servers:
+//!
+//! - [`deviceplugin`] (`v1beta1`): `Registration` (served by the kubelet on `kubelet.sock`) and `DevicePlugin`
+//!   (served by each plugin on its own socket in the device plugin directory).
+//! - [`podresources`] (`v1`): `PodResourcesLister` (`List`, `Get`, `GetAllocatableResources`).
+//! - [`unix`]: gRPC over unix sockets, both directions: [`unix::connect`] for a client channel and
+//!   [`unix::bind`] for a server's incoming stream (replacing a stale socket file).
+//!
+//! `tonic` is re-exported so users need no direct dependency of their own.
+
+pub use tonic;
+
+/// Device plugin API `v1beta1`.
+pub mod deviceplugin {
+    tonic::include_proto!("v1beta1");
+
+    /// The API version a plugin sends in `RegisterRequest.version`.
+    pub const VERSION: &str = "v1beta1";
+    /// The kubelet's device plugin directory.
+    pub const DEVICE_PLUGIN_PATH: &str = "/var/lib/kubelet/device-plugins";
+    /// The kubelet's registration socket, in the device plugin directory.
+    pub const KUBELET_SOCKET_NAME: &str = "kubelet.sock";
+    /// `Device.health` values.
+    pub const HEALTHY: &str = "Healthy";
+    pub const UNHEALTHY: &str = "Unhealthy";
+}
+
+/// PodResources API `v1`.
+pub mod podresources {
+    tonic::include_proto!("v1");
+
+    /// The kubelet's PodResources socket.
+    pub const POD_RESOURCES_SOCKET: &str = "/var/lib/kubelet/pod-resources/kubelet.sock";
+}
+
+/// gRPC over unix domain sockets.
+pub mod unix {
+    use std::io;
+    use std::path::{Path, PathBuf};
+
+    use hyper_util::rt::TokioIo;
+    use tokio::net::{UnixListener, UnixStream};
+    use tokio_stream::wrappers::UnixListenerStream;
+    use tonic::transport::{Channel, Endpoint};
+
+    /// A channel to the gRPC server on the unix socket `path`. The connection is made now (an error if nobody
+    /// listens); if it drops later, tonic reconnects to the same path on the next call.
+    pub async fn connect(path: impl AsRef<Path>) -> Result<Channel, tonic::transport::Error> {
+        let path: PathBuf = path.as_ref().to_path_buf();
+        // The URI is required by the API but unused: the connector below decides where to connect.
+        Endpoint::from_static("http://[::1]:50051")
+            .connect_with_connector(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move { UnixStream::connect(path).await.map(TokioIo::new) }
+            }))
+            .await
+    }
+
+    /// Like [`connect`], but never connects before the first call (for clients created while the server is
+    /// not there yet).
+    pub fn connect_lazy(path: impl AsRef<Path>) -> Channel {
+        let path: PathBuf = path.as_ref().to_path_buf();
+        Endpoint::from_static("http://[::1]:50051").connect_with_connector_lazy(tower::service_fn(
+            move |_| {
+                let path = path.clone();
+                async move { UnixStream::connect(path).await.map(TokioIo::new) }
+            },
+        ))
+    }
+
+    /// Listen on the unix socket `path`, first removing a stale socket file left there (not any other kind of
+    /// file: that is an error). Returns the stream to hand to `Server::serve_with_incoming*`.
+    pub fn bind(path: impl AsRef<Path>) -> io::Result<UnixListenerStream> {
+        Ok(UnixListenerStream::new(bind_listener(path)?))
+    }
+
+    /// [`bind`] returning the plain listener.
+    pub fn bind_listener(path: impl AsRef<Path>) -> io::Result<UnixListener> {
+        use std::os::unix::fs::FileTypeExt;
+        let path = path.as_ref();
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.file_type().is_socket() => std::fs::remove_file(path)?,
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!("{} exists and is not a socket", path.display()),
+                ));
+            }
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        UnixListener::bind(path)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::deviceplugin::registration_client::RegistrationClient;
+    use super::deviceplugin::registration_server::{Registration, RegistrationServer};
+    use super::deviceplugin::{Empty, RegisterRequest};
+    use prost::Message;
+    use tokio::sync::mpsc;
+
+    /// The wire encoding uses the interface's field numbers: endpoint = 2, resource_name = 3.
+    #[test]
+    fn register_request_field_numbers() {
+        let req = RegisterRequest {
+            version: String::new(),
+            endpoint: "a".into(),
+            resource_name: "b".into(),
+            options: None,
+        };
+        // field 2, wire type 2 (len) = 0x12; field 3 = 0x1a
+        assert_eq!(req.encode_to_vec(), vec![0x12, 1, b'a', 0x1a, 1, b'b']);
+    }
+
+    struct Recorder(mpsc::UnboundedSender<RegisterRequest>);
+
+    #[tonic::async_trait]
+    impl Registration for Recorder {
+        async fn register(
+            &self,
+            request: tonic::Request<RegisterRequest>,
+        ) -> Result<tonic::Response<Empty>, tonic::Status> {
+            self.0.send(request.into_inner()).unwrap();
+            Ok(tonic::Response::new(Empty {}))
+        }
+    }
+
+    #[tokio::test]
+    async fn grpc_over_a_unix_socket_both_ways() {
+        let dir = tempfile::tempdir().unwrap();
+        let sock = dir.path().join("kubelet.sock");
+        // A stale socket file is replaced.
+        drop(std::os::unix::net::UnixListener::bind(&sock).unwrap());
+        let incoming = super::unix::bind(&sock).unwrap();
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let server = tokio::spawn(
+            tonic::transport::Server::builder()
+                .add_service(RegistrationServer::new(Recorder(tx)))
+                .serve_with_incoming(incoming),
+        );
+        let mut client = RegistrationClient::new(super::unix::connect(&sock).await.unwrap());
+        client
+            .register(RegisterRequest {
+                version: super::deviceplugin::VERSION.into(),
+                endpoint: "x.sock".into(),
+                resource_name: "example.com/x".into(),
+                options: None,
+            })
+            .await
+            .unwrap();
+        let got = rx.recv().await.unwrap();
+        assert_eq!(got.endpoint, "x.sock");
+        assert_eq!(got.resource_name, "example.com/x");
+        server.abort();
+
+        // A regular file is never removed to make room for a socket.
+        let file = dir.path().join("file");
+        std::fs::write(&file, "x").unwrap();
+        assert!(super::unix::bind(&file).is_err());
+        assert!(file.exists());
+    }
+}

@@ -1,0 +1,288 @@
+//! Where the agent's [`NodeConfig`] comes from, kept live:
+//!
+//! - legacy `DP_MACVTAP_CONF` (the environment cannot change while the process runs: read once);
+//! - a file with the same JSON (`--config-file`), re-read when its content changes: the live legacy path;
+//! - this node's `MacvtapNodeState` (watched alone, with a field selector on its name), spec → config.
+//!
+//! A bad update never replaces the configuration in effect: it is reported (log, metric, status `lastError`) and
+//! the last good one keeps being served.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use futures::StreamExt;
+use kube::runtime::watcher;
+use macvtap_api::model::{MAX_CAPACITY, validate_ifname, validate_resource_name};
+use macvtap_api::{MacvtapNodeState, NodeConfig};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// What the agent serves now, and what went wrong last.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConfigState {
+    /// The configuration in effect; `None` until a first good one arrived.
+    pub config: Option<NodeConfig>,
+    /// `metadata.generation` of the MacvtapNodeState served.
+    pub generation: Option<i64>,
+    /// The latest rejected update, cleared by the next good one.
+    pub error: Option<String>,
+}
+
+/// The configured source.
+#[derive(Clone)]
+pub enum ConfigSource {
+    /// A `DP_MACVTAP_CONF` value.
+    Legacy(String),
+    /// A file holding `DP_MACVTAP_CONF` JSON, polled for changes.
+    File { path: PathBuf, poll: Duration },
+    /// The node's MacvtapNodeState.
+    NodeState { client: kube::Client, node: String },
+}
+
+impl std::fmt::Debug for ConfigSource {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Legacy(v) => f.debug_tuple("Legacy").field(v).finish(),
+            Self::File { path, poll } => f
+                .debug_struct("File")
+                .field("path", path)
+                .field("poll", poll)
+                .finish(),
+            Self::NodeState { node, .. } => {
+                f.debug_struct("NodeState").field("node", node).finish()
+            }
+        }
+    }
+}
+
+/// A configuration that cannot be served.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ConfigError {
+    #[error(transparent)]
+    Legacy(#[from] macvtap_api::legacy::LegacyConfigError),
+    #[error("reading {path}: {reason}")]
+    Read { path: String, reason: String },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// Checks what the CRD schema cannot: unique names and kernel-acceptable interface names (the legacy parser does
+/// the same for its input).
+pub fn validate(cfg: &NodeConfig) -> Result<(), ConfigError> {
+    let mut seen = std::collections::BTreeSet::new();
+    for r in &cfg.resources {
+        validate_resource_name(&r.name)
+            .map_err(|e| ConfigError::Invalid(format!("resource {:?}: name {e}", r.name)))?;
+        validate_ifname(&r.lower_device)
+            .map_err(|e| ConfigError::Invalid(format!("resource {:?}: lowerDevice {e}", r.name)))?;
+        if r.capacity == 0 || r.capacity > MAX_CAPACITY {
+            return Err(ConfigError::Invalid(format!(
+                "resource {:?}: capacity {} is outside 1..={MAX_CAPACITY}",
+                r.name, r.capacity
+            )));
+        }
+        if !seen.insert(r.name.as_str()) {
+            return Err(ConfigError::Invalid(format!(
+                "resource {:?} is listed twice",
+                r.name
+            )));
+        }
+    }
+    if let Some(d) = &cfg.discovery
+        && (d.capacity == 0 || d.capacity > MAX_CAPACITY)
+    {
+        return Err(ConfigError::Invalid(format!(
+            "discovery capacity {} is outside 1..={MAX_CAPACITY}",
+            d.capacity
+        )));
+    }
+    Ok(())
+}
+
+fn read_file(path: &std::path::Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(path).map_err(|e| ConfigError::Read {
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Reads the initial configuration of a legacy or file source: an error here means the agent has nothing to
+/// serve, and it says exactly why.
+pub fn initial(source: &ConfigSource) -> Result<Option<NodeConfig>, ConfigError> {
+    match source {
+        ConfigSource::Legacy(v) => Ok(Some(macvtap_api::legacy::parse(v)?)),
+        ConfigSource::File { path, .. } => Ok(Some(macvtap_api::legacy::parse(&read_file(path)?)?)),
+        ConfigSource::NodeState { .. } => Ok(None),
+    }
+}
+
+/// Follows the source, updating `tx`, until `cancel` fires.
+pub async fn follow(
+    source: ConfigSource,
+    tx: watch::Sender<ConfigState>,
+    on_error: impl Fn(&str) + Send + 'static,
+    cancel: CancellationToken,
+) {
+    let reject = |tx: &watch::Sender<ConfigState>, e: String| {
+        tracing::error!("configuration update rejected, still serving the last good one: {e}");
+        on_error(&e);
+        tx.send_modify(|s| s.error = Some(e));
+    };
+    match source {
+        // The environment cannot change: hold the sender so the configuration stays in effect until shutdown.
+        ConfigSource::Legacy(_) => cancel.cancelled().await,
+        ConfigSource::File { path, poll } => {
+            let mut last = read_file(&path).ok();
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = tokio::time::sleep(poll) => {}
+                }
+                let now = read_file(&path);
+                let text = match now {
+                    Ok(t) => t,
+                    Err(e) => {
+                        // A file being replaced may be missing for a moment; report only a lasting change.
+                        if last.is_some() {
+                            reject(&tx, e.to_string());
+                            last = None;
+                        }
+                        continue;
+                    }
+                };
+                if last.as_deref() == Some(text.as_str()) {
+                    continue;
+                }
+                last = Some(text.clone());
+                match macvtap_api::legacy::parse(&text) {
+                    Ok(cfg) => {
+                        tracing::info!(path = %path.display(), "configuration file changed; applying");
+                        tx.send_modify(|s| {
+                            s.config = Some(cfg);
+                            s.error = None;
+                        });
+                    }
+                    Err(e) => reject(&tx, format!("{}: {e}", path.display())),
+                }
+            }
+        }
+        ConfigSource::NodeState { client, node } => {
+            let api = kube::Api::<MacvtapNodeState>::all(client);
+            let cfg = watcher::Config::default().fields(&format!("metadata.name={node}"));
+            let mut stream = watcher::watcher(api, cfg).boxed();
+            loop {
+                let ev = tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    ev = stream.next() => ev,
+                };
+                let Some(ev) = ev else { return };
+                match ev {
+                    Ok(watcher::Event::Apply(obj)) | Ok(watcher::Event::InitApply(obj)) => {
+                        if obj.metadata.name.as_deref() != Some(node.as_str()) {
+                            continue;
+                        }
+                        let cfg = obj.spec.to_node_config();
+                        match validate(&cfg) {
+                            Ok(()) => tx.send_if_modified(|s| {
+                                let new = ConfigState {
+                                    config: Some(cfg),
+                                    generation: obj.metadata.generation,
+                                    error: None,
+                                };
+                                if *s == new {
+                                    false
+                                } else {
+                                    *s = new;
+                                    true
+                                }
+                            }),
+                            Err(e) => {
+                                reject(&tx, format!("MacvtapNodeState {node}: {e}"));
+                                false
+                            }
+                        };
+                    }
+                    Ok(watcher::Event::Delete(_)) => {
+                        tracing::info!(%node, "MacvtapNodeState deleted: serving no resources");
+                        tx.send_modify(|s| {
+                            s.config = Some(NodeConfig::default());
+                            s.generation = None;
+                            s.error = None;
+                        });
+                    }
+                    Ok(watcher::Event::Init) => {}
+                    Ok(watcher::Event::InitDone) => {
+                        // No object yet: nothing to serve, but the source is healthy.
+                        tx.send_if_modified(|s| {
+                            if s.config.is_none() {
+                                s.config = Some(NodeConfig::default());
+                                true
+                            } else {
+                                false
+                            }
+                        });
+                    }
+                    Err(e) => {
+                        tracing::warn!(%node, "watching MacvtapNodeState: {e}");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use macvtap_api::{MacvtapMode, ResourceConfig};
+
+    fn res(name: &str, lower: &str, capacity: u32) -> ResourceConfig {
+        ResourceConfig {
+            name: name.into(),
+            lower_device: lower.into(),
+            mode: MacvtapMode::Bridge,
+            capacity,
+            pool: None,
+        }
+    }
+
+    #[test]
+    fn validation_names_the_problem() {
+        let ok = NodeConfig {
+            resources: vec![res("a", "eth0", 1), res("b", "eth0", 4096)],
+            discovery: None,
+        };
+        validate(&ok).unwrap();
+        let dup = NodeConfig {
+            resources: vec![res("a", "eth0", 1), res("a", "eth1", 1)],
+            discovery: None,
+        };
+        assert!(
+            validate(&dup)
+                .unwrap_err()
+                .to_string()
+                .contains("\"a\" is listed twice")
+        );
+        let bad_if = NodeConfig {
+            resources: vec![res("a", "eth0:1", 1)],
+            discovery: None,
+        };
+        assert!(
+            validate(&bad_if)
+                .unwrap_err()
+                .to_string()
+                .contains("lowerDevice")
+        );
+        let zero = NodeConfig {
+            resources: vec![res("a", "eth0", 0)],
+            discovery: None,
+        };
+        assert!(
+            validate(&zero)
+                .unwrap_err()
+                .to_string()
+                .contains("capacity 0")
+        );
+    }
+}

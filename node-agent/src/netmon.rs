@@ -1,0 +1,221 @@
+//! Host links as netlink reports them, pushed on change: a socket joined to the rtnetlink link multicast group
+//! wakes a task that re-reads the link table and publishes a snapshot when it differs. Re-reading the whole table
+//! (a few dozen links on a node) instead of applying single events keeps renames, lost events (socket overrun) and
+//! ordering trivially right.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::{StreamExt, TryStreamExt};
+use netlink_packet_route::link::{
+    InfoKind, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, State,
+};
+use rtnetlink::constants::RTMGRP_LINK;
+use rtnetlink::sys::{AsyncSocket, SocketAddr};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+/// One link of the agent's network namespace.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostLink {
+    pub index: u32,
+    pub name: String,
+    /// `IFLA_INFO_KIND`; `None` for physical NICs (and loopback).
+    pub kind: Option<String>,
+    pub admin_up: bool,
+    /// Operationally up (or "unknown" with the lower layer up, as links without carrier detection report).
+    pub oper_up: bool,
+    pub loopback: bool,
+    /// Index of the master (bond, bridge) this link is enslaved to.
+    pub master: Option<u32>,
+    pub alias: Option<String>,
+}
+
+impl HostLink {
+    fn from_message(msg: &LinkMessage) -> Self {
+        let flags = msg.header.flags;
+        let mut link = HostLink {
+            index: msg.header.index,
+            name: String::new(),
+            kind: None,
+            admin_up: flags.contains(LinkFlags::Up),
+            oper_up: false,
+            loopback: flags.contains(LinkFlags::Loopback),
+            master: None,
+            alias: None,
+        };
+        let mut oper = None;
+        for attr in &msg.attributes {
+            match attr {
+                LinkAttribute::IfName(n) => link.name = n.clone(),
+                LinkAttribute::OperState(s) => oper = Some(*s),
+                LinkAttribute::Controller(m) => link.master = Some(*m),
+                LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a.clone()),
+                LinkAttribute::LinkInfo(infos) => {
+                    for i in infos {
+                        if let NlLinkInfo::Kind(k) = i {
+                            link.kind = Some(kind_name(k));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+        link.oper_up = match oper {
+            Some(State::Up) => true,
+            Some(State::Unknown) => link.admin_up && flags.contains(LinkFlags::LowerUp),
+            _ => false,
+        };
+        link
+    }
+
+    /// Usable as a lower device: exists and is operationally up.
+    pub fn healthy(&self) -> bool {
+        self.oper_up
+    }
+}
+
+fn kind_name(k: &InfoKind) -> String {
+    k.to_string()
+}
+
+/// All links by name.
+pub type LinkSnapshot = Arc<BTreeMap<String, HostLink>>;
+
+/// Errors of the monitor.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("opening a netlink socket: {0}")]
+    Socket(#[source] std::io::Error),
+    #[error("joining the rtnetlink link multicast group: {0}")]
+    Bind(#[source] std::io::Error),
+    #[error("reading the link table: {0}")]
+    Dump(#[from] rtnetlink::Error),
+}
+
+/// Starts the monitor: the first snapshot is read before this returns; later ones are published as links change.
+/// The task ends when `cancel` fires.
+pub async fn spawn(cancel: CancellationToken) -> Result<watch::Receiver<LinkSnapshot>, Error> {
+    let (mut conn, handle, mut events) = rtnetlink::new_connection().map_err(Error::Socket)?;
+    conn.socket_mut()
+        .socket_mut()
+        .bind(&SocketAddr::new(0, RTMGRP_LINK))
+        .map_err(Error::Bind)?;
+    tokio::spawn(conn);
+    let first = dump(&handle).await?;
+    let (tx, rx) = watch::channel(Arc::new(first));
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                ev = events.next() => {
+                    if ev.is_none() {
+                        tracing::error!("netlink event stream ended; link health is no longer updated");
+                        return;
+                    }
+                }
+            }
+            // Coalesce a burst (one `ip link set` can emit several messages) into one re-read.
+            while events.try_recv().is_ok() {}
+            match dump(&handle).await {
+                Ok(links) => {
+                    tx.send_if_modified(|cur| {
+                        if **cur == links {
+                            false
+                        } else {
+                            *cur = Arc::new(links);
+                            true
+                        }
+                    });
+                }
+                Err(e) => tracing::warn!("re-reading links after a netlink event: {e}"),
+            }
+        }
+    });
+    Ok(rx)
+}
+
+async fn dump(handle: &rtnetlink::Handle) -> Result<BTreeMap<String, HostLink>, Error> {
+    let msgs: Vec<LinkMessage> = handle.link().get().execute().try_collect().await?;
+    Ok(msgs
+        .iter()
+        .map(HostLink::from_message)
+        .map(|l| (l.name.clone(), l))
+        .collect())
+}
+
+/// Whether `link` is a lower device that `[]` discovery serves: a physical link or a bond, not loopback, not a
+/// bond member; `extra_kinds` adds link kinds (e.g. `veth` in test nodes, `team` on some hosts).
+pub fn suitable_for_discovery(
+    link: &HostLink,
+    links: &BTreeMap<String, HostLink>,
+    extra_kinds: &[String],
+) -> bool {
+    if link.loopback {
+        return false;
+    }
+    let kind_ok = match link.kind.as_deref() {
+        None => true,
+        Some("bond") => true,
+        Some(k) => extra_kinds.iter().any(|e| e == k),
+    };
+    if !kind_ok {
+        return false;
+    }
+    // Bond members carry no traffic of their own: the bond is the lower device.
+    let enslaved_to_bond = link.master.is_some_and(|m| {
+        links
+            .values()
+            .any(|l| l.index == m && l.kind.as_deref() == Some("bond"))
+    });
+    !enslaved_to_bond
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn link(index: u32, name: &str, kind: Option<&str>) -> HostLink {
+        HostLink {
+            index,
+            name: name.into(),
+            kind: kind.map(Into::into),
+            admin_up: true,
+            oper_up: true,
+            loopback: false,
+            master: None,
+            alias: None,
+        }
+    }
+
+    #[test]
+    fn discovery_takes_physical_links_and_bonds_only() {
+        let mut lo = link(1, "lo", None);
+        lo.loopback = true;
+        let eth0 = link(2, "eth0", None);
+        let bond = link(3, "bond0", Some("bond"));
+        let mut member = link(4, "eth1", None);
+        member.master = Some(3);
+        let br = link(5, "br0", Some("bridge"));
+        let mut bridged = link(6, "eth2", None);
+        bridged.master = Some(5);
+        let veth = link(7, "veth0", Some("veth"));
+        let mvt = link(8, "mvt0123", Some("macvtap"));
+        let all: BTreeMap<_, _> = [&lo, &eth0, &bond, &member, &br, &bridged, &veth, &mvt]
+            .into_iter()
+            .map(|l| (l.name.clone(), l.clone()))
+            .collect();
+        let pick = |extra: &[String]| -> Vec<&str> {
+            all.values()
+                .filter(|l| suitable_for_discovery(l, &all, extra))
+                .map(|l| l.name.as_str())
+                .collect()
+        };
+        // A link enslaved to a bridge is still a physical NIC; only bond members are skipped.
+        assert_eq!(pick(&[]), vec!["bond0", "eth0", "eth2"]);
+        assert_eq!(
+            pick(&["veth".into()]),
+            vec!["bond0", "eth0", "eth2", "veth0"]
+        );
+    }
+}

@@ -1,0 +1,186 @@
+//! `MacvtapNodeState.status`, written by this node's agent through the status subresource with server-side apply
+//! (field manager `macvtap-agent`), at most once per `min_interval` and only when something changed.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use kube::api::{Api, Patch, PatchParams};
+use macvtap_api::{MacvtapNodeState, MacvtapNodeStateStatus, NodeResourceStatus, ResourceConfig};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ConfigState;
+use crate::gc::HeldDevices;
+use crate::shared::{ResourceRuntime, Shared};
+
+pub const FIELD_MANAGER: &str = "macvtap-agent";
+
+/// Builds the status from what the agent serves and observes (pure, without the timestamp).
+pub fn build(
+    resources: &BTreeMap<String, ResourceConfig>,
+    runtime: &BTreeMap<String, ResourceRuntime>,
+    held: Option<&HeldDevices>,
+    config: &ConfigState,
+) -> MacvtapNodeStateStatus {
+    let config_error = config.error.clone();
+    MacvtapNodeStateStatus {
+        observed_generation: config.generation,
+        agent_version: Some(crate::VERSION.to_string()),
+        resources: resources
+            .values()
+            .map(|r| {
+                let rt = runtime.get(&r.name).cloned().unwrap_or_default();
+                NodeResourceStatus {
+                    name: r.name.clone(),
+                    pool: r.pool.clone(),
+                    lower_device: r.lower_device.clone(),
+                    lower_device_present: rt.lower_present,
+                    lower_device_up: rt.lower_up,
+                    capacity: r.capacity,
+                    healthy: rt.healthy,
+                    allocated: held
+                        .and_then(|h| h.get(&r.name))
+                        .map(|s| s.len() as u32)
+                        .unwrap_or(0),
+                    registered: rt.registered,
+                    last_error: rt.last_error.or_else(|| config_error.clone()),
+                }
+            })
+            .collect(),
+        last_update_time: None,
+    }
+}
+
+pub struct StatusWriter {
+    pub client: kube::Client,
+    pub node: String,
+    pub shared: Arc<Shared>,
+    pub resources: watch::Receiver<BTreeMap<String, ResourceConfig>>,
+    pub config: watch::Receiver<ConfigState>,
+    pub held: Arc<Mutex<Option<HeldDevices>>>,
+    pub min_interval: Duration,
+}
+
+impl StatusWriter {
+    pub async fn run(mut self, cancel: CancellationToken) {
+        let api = Api::<MacvtapNodeState>::all(self.client.clone());
+        let mut last_written: Option<MacvtapNodeStateStatus> = None;
+        loop {
+            let status = {
+                let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
+                build(
+                    &self.resources.borrow_and_update(),
+                    &self.shared.runtime(),
+                    held.as_ref(),
+                    &self.config.borrow_and_update(),
+                )
+            };
+            if last_written.as_ref() != Some(&status) {
+                let mut body = status.clone();
+                body.last_update_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::now(),
+                ));
+                let patch = serde_json::json!({
+                    "apiVersion": format!("{}/{}", macvtap_api::GROUP, macvtap_api::VERSION),
+                    "kind": "MacvtapNodeState",
+                    "status": body,
+                });
+                match api
+                    .patch_status(
+                        &self.node,
+                        &PatchParams::apply(FIELD_MANAGER).force(),
+                        &Patch::Apply(&patch),
+                    )
+                    .await
+                {
+                    Ok(_) => last_written = Some(status),
+                    Err(kube::Error::Api(e)) if e.code == 404 => {
+                        tracing::debug!(node = %self.node, "no MacvtapNodeState yet; status not written");
+                    }
+                    Err(e) => {
+                        tracing::warn!(node = %self.node, "writing MacvtapNodeState status: {e}")
+                    }
+                }
+            }
+            // Rate limit: wait for a change, then let a burst settle.
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = self.shared.changed.notified() => {}
+                _ = self.resources.changed() => {}
+                _ = self.config.changed() => {}
+                // Retries failed writes and refreshes the view of a re-created object.
+                _ = tokio::time::sleep(Duration::from_secs(60)) => { last_written = None; }
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(self.min_interval) => {}
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use macvtap_api::MacvtapMode;
+
+    #[test]
+    fn status_combines_config_runtime_and_pod_resources() {
+        let resources: BTreeMap<_, _> = [("dp", Some("pool-a")), ("eth1", None)]
+            .into_iter()
+            .map(|(n, pool)| {
+                (
+                    n.to_string(),
+                    ResourceConfig {
+                        name: n.into(),
+                        lower_device: "eth1".into(),
+                        mode: MacvtapMode::Bridge,
+                        capacity: 4,
+                        pool: pool.map(Into::into),
+                    },
+                )
+            })
+            .collect();
+        let runtime: BTreeMap<_, _> = [(
+            "dp".to_string(),
+            ResourceRuntime {
+                registered: true,
+                healthy: 4,
+                lower_present: true,
+                lower_up: true,
+                last_error: None,
+            },
+        )]
+        .into();
+        let held: HeldDevices = [(
+            "dp".to_string(),
+            ["dpMvp0".to_string(), "dpMvp3".to_string()].into(),
+        )]
+        .into();
+        let config = ConfigState {
+            config: None,
+            generation: Some(7),
+            error: Some("bad update".into()),
+        };
+        let s = build(&resources, &runtime, Some(&held), &config);
+        assert_eq!(s.observed_generation, Some(7));
+        assert_eq!(s.agent_version.as_deref(), Some(crate::VERSION));
+        let dp = &s.resources[0];
+        assert_eq!(
+            (
+                dp.name.as_str(),
+                dp.pool.as_deref(),
+                dp.capacity,
+                dp.healthy,
+                dp.allocated
+            ),
+            ("dp", Some("pool-a"), 4, 4, 2)
+        );
+        assert!(dp.registered && dp.lower_device_present && dp.lower_device_up);
+        // A rejected configuration update shows on every resource until a good one arrives.
+        assert_eq!(dp.last_error.as_deref(), Some("bad update"));
+        let other = &s.resources[1];
+        assert!(!other.registered && other.healthy == 0 && other.allocated == 0);
+    }
+}

@@ -1,0 +1,715 @@
+//! Functional tests of the agent binary in a network namespace (root), against the kubelet stand-in.
+
+mod common;
+
+use std::time::Duration;
+
+use common::*;
+use macvtap_e2e::kubelet::{HEALTHY, healthy_count};
+
+const T: Duration = Duration::from_secs(10);
+
+fn all_unhealthy(d: &[macvtap_e2e::kubelet::Device]) -> bool {
+    !d.is_empty() && healthy_count(d) == 0
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn allocate_creates_the_link_and_health_follows_the_lower_device() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut node = Node::new("agent-alloc").await;
+    node.start_agent_with_file(
+        r#"[{"name":"dp","lowerDevice":"lower0","mode":"vepa","capacity":4},
+            {"name":"gone","lowerDevice":"nosuch0","capacity":2}]"#,
+        &[],
+    );
+    let res = resource("dp");
+    let devices = node
+        .kubelet
+        .wait_for_resource(&res, T, |d| healthy_count(d) == 4)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+    let ids: Vec<_> = devices.iter().map(|d| d.id.as_str()).collect();
+    assert_eq!(ids, ["dpMvp0", "dpMvp1", "dpMvp2", "dpMvp3"]);
+    let opts = node.kubelet.plugin(&res).unwrap().options.unwrap();
+    assert!(opts.get_preferred_allocation_available);
+
+    // Allocate: the link exists, with the pool's mode, the marker, up, and /dev/tapN is its ifindex.
+    let resp = node
+        .kubelet
+        .allocate("default", "vm-a", "compute", &res, 1)
+        .await
+        .unwrap();
+    assert_eq!(resp.devices.len(), 1);
+    let spec = &resp.devices[0];
+    assert_eq!(spec.permissions, "rw");
+    assert_eq!(spec.host_path, spec.container_path);
+    let id = node.kubelet.allocated(&res).into_iter().next().unwrap();
+    assert_eq!(id, "dpMvp0", "preferred allocation picks the lowest slot");
+    let name = macvtap_link::host_link_name(&id);
+    let link = node.link(&name).expect("host link created");
+    assert_eq!(link["linkinfo"]["info_kind"], "macvtap");
+    assert_eq!(link["linkinfo"]["info_data"]["mode"], "vepa");
+    assert_eq!(link["ifalias"], macvtap_link::ownership_alias(&id));
+    assert_eq!(link["link"], "lower0");
+    assert!(link["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
+    assert_eq!(spec.host_path, format!("/dev/tap{}", ifindex_of(&link)));
+
+    // Allocating the same ID again recreates the link (a stale one from a failed sandbox).
+    let again = node
+        .kubelet
+        .allocate_ids("default", "vm-a", "compute", &res, &[&id])
+        .await
+        .unwrap();
+    let relink = node.link(&name).unwrap();
+    assert_ne!(ifindex_of(&relink), ifindex_of(&link));
+    assert_eq!(
+        again.devices[0].host_path,
+        format!("/dev/tap{}", ifindex_of(&relink))
+    );
+
+    // A missing lower device: every device Unhealthy, and Allocate says why.
+    let gone = resource("gone");
+    node.kubelet
+        .wait_for_resource(&gone, T, all_unhealthy)
+        .await
+        .unwrap();
+    let err = node
+        .kubelet
+        .allocate_ids("default", "vm-b", "c", &gone, &["goneMvp0"])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("nosuch0") && err.contains("does not exist on this node"),
+        "{err}"
+    );
+    // An ID that is not one of the resource's is refused.
+    let err = node
+        .kubelet
+        .allocate_ids("default", "vm-b", "c", &res, &["dpMvp9"])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("not one of resource dp's 4 devices"), "{err}");
+
+    // Lower device down -> Unhealthy, up -> Healthy, removed -> Unhealthy, back -> Healthy (netlink events).
+    node.ip(&["link", "set", "lower0", "down"]);
+    node.kubelet
+        .wait_for_resource(&res, T, all_unhealthy)
+        .await
+        .unwrap();
+    node.ip(&["link", "set", "lower0", "up"]);
+    node.kubelet
+        .wait_for_resource(&res, T, |d| healthy_count(d) == 4)
+        .await
+        .unwrap();
+    node.ip(&["link", "del", "lower0"]);
+    node.kubelet
+        .wait_for_resource(&res, T, all_unhealthy)
+        .await
+        .unwrap();
+    node.netns.add_veth("lower0", "peer0").unwrap();
+    node.kubelet
+        .wait_for_resource(&res, T, |d| healthy_count(d) == 4)
+        .await
+        .unwrap();
+    // The lower device appearing later makes the other resource healthy too.
+    node.netns.add_veth("nosuch0", "nosuchp").unwrap();
+    node.kubelet
+        .wait_for_resource(&gone, T, |d| healthy_count(d) == 2)
+        .await
+        .unwrap();
+
+    // Metrics.
+    let m = |n: &str| node.metric(n).unwrap_or(-1.0);
+    assert!(m("macvtap_agent_allocations_total{resource=\"dp\"}") >= 2.0);
+    assert!(m("macvtap_agent_allocation_failures_total{resource=\"gone\"}") >= 1.0);
+    assert_eq!(m("macvtap_agent_healthy_devices{resource=\"dp\"}"), 4.0);
+    assert_eq!(node.http_get("/readyz").unwrap().0, 200);
+    assert_eq!(node.http_get("/healthz").unwrap().0, 200);
+
+    // Deleting the lower device took its macvtaps with it; allocate one again to see shutdown leave it alone.
+    assert!(node.link(&name).is_none());
+    node.kubelet
+        .allocate("default", "vm-c", "compute", &res, 1)
+        .await
+        .unwrap();
+    let name = macvtap_link::host_link_name("dpMvp1");
+    assert!(node.link(&name).is_some());
+
+    // Shutdown removes the sockets and leaves the allocated link alone.
+    node.agent.take().unwrap().stop(Duration::from_secs(5));
+    assert_eq!(sockets_in(&node.device_plugin_dir()), ["kubelet.sock"]);
+    assert!(
+        node.link(&name).is_some(),
+        "a link in use survives shutdown"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kubelet_restarts_always_get_a_registration_back() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut node = Node::new("agent-restart").await;
+    node.start_agent_with_file(
+        r#"[{"name":"a","lowerDevice":"lower0","capacity":3},{"name":"b","lowerDevice":"lower0","capacity":2}]"#,
+        &[],
+    );
+    let (ra, rb) = (resource("a"), resource("b"));
+    for r in [&ra, &rb] {
+        node.kubelet
+            .wait_for_resource(r, T, |d| healthy_count(d) == d.len() && !d.is_empty())
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+    }
+    let mut slowest = Duration::ZERO;
+    for i in 0..20 {
+        let before = node.kubelet.registrations(&ra);
+        let started = std::time::Instant::now();
+        node.kubelet.restart().await.unwrap();
+        for r in [&ra, &rb] {
+            node.kubelet
+                .wait_for_resource(r, Duration::from_secs(3), |d| {
+                    !d.is_empty() && healthy_count(d) == d.len()
+                })
+                .await
+                .unwrap_or_else(|e| panic!("restart {i}: {e}\n{}", node.log()));
+        }
+        assert!(node.kubelet.registrations(&ra) > before);
+        let took = started.elapsed();
+        slowest = slowest.max(took);
+        assert!(
+            took < Duration::from_secs(1),
+            "restart {i}: re-registration took {took:?}"
+        );
+    }
+    eprintln!("slowest re-registration of both resources after a kubelet restart: {slowest:?}");
+    // No leaked streams: exactly one open ListAndWatch stream per resource after all that.
+    let streams_ok = eventually(T, || {
+        node.metric("macvtap_agent_list_and_watch_streams{resource=\"a\"}") == Some(1.0)
+            && node.metric("macvtap_agent_list_and_watch_streams{resource=\"b\"}") == Some(1.0)
+    })
+    .await;
+    assert!(streams_ok, "{:?}", node.http_get("/metrics"));
+    assert!(
+        node.metric("macvtap_agent_registrations_total{resource=\"a\"}")
+            .unwrap()
+            >= 21.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_killed_agent_restarts_without_touching_links_in_use_and_cleans_orphans() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut node = Node::new("agent-gc").await;
+    let cfg = r#"[{"name":"dp","lowerDevice":"lower0","capacity":8}]"#;
+    node.start_agent_with_file(cfg, &[]);
+    let res = resource("dp");
+    node.kubelet
+        .wait_for_resource(&res, T, |d| healthy_count(d) == 8)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+    // vm-a holds 2 devices, vm-b 1; vm-b then goes away (its link is an orphan).
+    node.kubelet
+        .allocate("ns", "vm-a", "c", &res, 2)
+        .await
+        .unwrap();
+    node.kubelet
+        .allocate("ns", "vm-b", "c", &res, 1)
+        .await
+        .unwrap();
+    let held: Vec<String> = node.kubelet.allocated(&res).into_iter().collect();
+    assert_eq!(held, ["dpMvp0", "dpMvp1", "dpMvp2"]);
+    node.kubelet.release_pod("ns", "vm-b").await;
+    // Links that are not ours, one of them with our name scheme but without the marker, and one with a forged
+    // marker but a foreign name: never touched.
+    let fake_name = macvtap_link::host_link_name("dpMvp5");
+    node.ip(&[
+        "link", "add", "link", "lower0", "name", &fake_name, "type", "macvtap",
+    ]);
+    node.ip(&[
+        "link", "add", "link", "lower0", "name", "foreign0", "type", "macvtap",
+    ]);
+    node.ip(&[
+        "link",
+        "set",
+        "foreign0",
+        "alias",
+        &macvtap_link::ownership_alias("dpMvp6"),
+    ]);
+
+    node.agent.take().unwrap().kill();
+    // The orphan survives while no agent runs; sockets are left behind by the crash.
+    let orphan = macvtap_link::host_link_name("dpMvp2");
+    assert!(node.link(&orphan).is_some());
+    node.start_agent_with_file(cfg, &[]);
+    node.kubelet
+        .wait_for_resource(&res, T, |d| healthy_count(d) == 8)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+    let cleaned = eventually(Duration::from_secs(15), || node.link(&orphan).is_none()).await;
+    assert!(cleaned, "orphan not removed\n{}", node.log());
+    for id in ["dpMvp0", "dpMvp1"] {
+        assert!(
+            node.link(&macvtap_link::host_link_name(id)).is_some(),
+            "{id} is held by vm-a and must stay"
+        );
+    }
+    assert!(node.link(&fake_name).is_some(), "unmarked link touched");
+    assert!(node.link("foreign0").is_some(), "foreign link touched");
+    assert!(node.metric("macvtap_agent_links_removed_total").unwrap() >= 1.0);
+
+    // A fresh Allocate whose pod the kubelet does not list (yet) is kept for the grace period.
+    let resp = node
+        .kubelet
+        .allocate_ids("ns", "vm-c", "c", &res, &["dpMvp3"])
+        .await
+        .unwrap();
+    node.kubelet.release_pod("ns", "vm-c").await;
+    assert!(resp.devices[0].host_path.starts_with("/dev/tap"));
+    let fresh = macvtap_link::host_link_name("dpMvp3");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert!(
+        node.link(&fresh).is_some(),
+        "removed within the grace period"
+    );
+    assert!(eventually(Duration::from_secs(15), || node.link(&fresh).is_none()).await);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn live_config_changes_and_bad_updates() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut node = Node::new("agent-cfg").await;
+    node.netns.add_veth("lower1", "peer1").unwrap();
+    node.start_agent_with_file(
+        r#"[{"name":"dp","lowerDevice":"lower0","capacity":2},{"name":"old","lowerDevice":"lower0","capacity":1}]"#,
+        &[],
+    );
+    let res = resource("dp");
+    node.kubelet
+        .wait_for_resource(&res, T, |d| d.len() == 2 && healthy_count(d) == 2)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+    node.kubelet
+        .wait_for_resource(&resource("old"), T, |d| d.len() == 1)
+        .await
+        .unwrap();
+    let registrations = node.kubelet.registrations(&res);
+
+    // Capacity up, mode and lower device changed, "old" removed: ListAndWatch shows it, no re-registration.
+    node.write_config(r#"[{"name":"dp","lowerDevice":"lower1","mode":"private","capacity":5}]"#);
+    node.kubelet
+        .wait_for_resource(&res, T, |d| d.len() == 5 && healthy_count(d) == 5)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+    assert_eq!(node.kubelet.registrations(&res), registrations);
+    node.kubelet
+        .wait_for_unregistered(&resource("old"), T)
+        .await
+        .unwrap();
+    assert!(
+        eventually(T, || !sockets_in(&node.device_plugin_dir())
+            .contains(&"macvtap-old.sock".to_string()))
+        .await
+    );
+    node.kubelet
+        .allocate("ns", "p", "c", &res, 1)
+        .await
+        .unwrap();
+    let link = node.link(&macvtap_link::host_link_name("dpMvp0")).unwrap();
+    assert_eq!(link["link"], "lower1");
+    assert_eq!(link["linkinfo"]["info_data"]["mode"], "private");
+    // The new lower device's state drives health now.
+    node.ip(&["link", "set", "lower1", "down"]);
+    node.kubelet
+        .wait_for_resource(&res, T, all_unhealthy)
+        .await
+        .unwrap();
+    node.ip(&["link", "set", "lower1", "up"]);
+
+    // A bad update is rejected; the last good configuration keeps being served.
+    node.write_config(r#"[{"name":"dp","lowerDevice":"lower0","mode":"bridged"}]"#);
+    assert!(
+        eventually(T, || node.metric("macvtap_agent_config_errors_total")
+            == Some(1.0))
+        .await
+    );
+    assert!(
+        node.log().contains("unknown macvtap mode \\\"bridged\\\"")
+            || node.log().contains("unknown macvtap mode \"bridged\""),
+        "{}",
+        node.log()
+    );
+    node.kubelet
+        .wait_for_resource(&res, T, |d| d.len() == 5 && healthy_count(d) == 5)
+        .await
+        .unwrap();
+    node.write_config("not json");
+    assert!(
+        eventually(T, || node.metric("macvtap_agent_config_errors_total")
+            == Some(2.0))
+        .await
+    );
+    assert_eq!(node.kubelet.devices(&res).len(), 5);
+    // A good one after that applies.
+    node.write_config(r#"[{"name":"dp","lowerDevice":"lower0","capacity":3}]"#);
+    node.kubelet
+        .wait_for_resource(&res, T, |d| {
+            d.len() == 3 && d.iter().all(|x| x.health == HEALTHY)
+        })
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_initial_legacy_config_is_a_clear_error() {
+    if skip_unless_root() {
+        return;
+    }
+    let node = Node::new("agent-badcfg").await;
+    let out = node
+        .agent_command(&[])
+        .env(
+            macvtap_api::legacy::ENV_VAR,
+            r#"[{"name":"dp","lowerDevice":"lower0"},{"name":"dp","lowerDevice":"lower0"}]"#,
+        )
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("invalid configuration"), "{err}");
+    assert!(
+        err.contains("DP_MACVTAP_CONF entries 0 and 1 both use the name \"dp\""),
+        "{err}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legacy_env_config_is_served() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut node = Node::new("agent-env").await;
+    let cmd = {
+        let mut c = node.agent_command(&[]);
+        c.env(
+            macvtap_api::legacy::ENV_VAR,
+            r#"[{"name":"dataplane","lowerDevice":"lower0"}]"#,
+        );
+        c
+    };
+    node.spawn(cmd);
+    // The original's default capacity.
+    node.kubelet
+        .wait_for_resource(&resource("dataplane"), T, |d| healthy_count(d) == 100)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn discovery_follows_links() {
+    if skip_unless_root() {
+        return;
+    }
+    let mut node = Node::new("agent-disc").await;
+    // Only veths can be made here: let discovery take them like physical links.
+    node.start_agent_with_file("[]", &["--discovery-include-kind", "veth"]);
+    for l in ["lower0", "peer0"] {
+        node.kubelet
+            .wait_for_resource(&resource(l), T, |d| healthy_count(d) == 100)
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+    }
+    assert!(
+        node.kubelet.plugin(&resource("lo")).is_none(),
+        "loopback is never a lower device"
+    );
+    // A link appears.
+    node.netns.add_veth("new0", "new1").unwrap();
+    node.kubelet
+        .wait_for_resource(&resource("new0"), T, |d| healthy_count(d) == 100)
+        .await
+        .unwrap();
+    // Renamed: the old name stops, the new one is served.
+    node.ip(&["link", "set", "new0", "down"]);
+    node.ip(&["link", "set", "new0", "name", "renamed0"]);
+    node.ip(&["link", "set", "renamed0", "up"]);
+    node.kubelet
+        .wait_for_resource(&resource("renamed0"), T, |d| healthy_count(d) == 100)
+        .await
+        .unwrap();
+    node.kubelet
+        .wait_for_unregistered(&resource("new0"), T)
+        .await
+        .unwrap();
+    // Removed (with its peer): both stop.
+    node.ip(&["link", "del", "renamed0"]);
+    node.kubelet
+        .wait_for_unregistered(&resource("renamed0"), T)
+        .await
+        .unwrap();
+    node.kubelet
+        .wait_for_unregistered(&resource("new1"), T)
+        .await
+        .unwrap();
+    // Our own macvtap links are never discovered as lower devices.
+    node.kubelet
+        .allocate("ns", "p", "c", &resource("lower0"), 1)
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let names: Vec<String> = node.kubelet.resources().into_keys().collect();
+    assert!(names.iter().all(|n| !n.contains("mvt")), "{names:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cni_add_moves_the_allocated_link_into_the_pod() {
+    if skip_unless_root() {
+        return;
+    }
+    let cni = match macvtap_e2e::workspace::binary("macvtap") {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("SKIPPED: the macvtap CNI binary is not built ({e})");
+            return;
+        }
+    };
+    let mut node = Node::new("agent-cni").await;
+    node.start_agent_with_file(
+        r#"[{"name":"dp","lowerDevice":"lower0","capacity":2}]"#,
+        &[],
+    );
+    let res = resource("dp");
+    node.kubelet
+        .wait_for_resource(&res, T, |d| healthy_count(d) == 2)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+    let resp = node
+        .kubelet
+        .allocate("ns", "vm", "compute", &res, 1)
+        .await
+        .unwrap();
+    let id = node.kubelet.allocated(&res).into_iter().next().unwrap();
+    let host_name = macvtap_link::host_link_name(&id);
+    let host = node.link(&host_name).unwrap();
+    assert_eq!(
+        resp.devices[0].host_path,
+        format!("/dev/tap{}", ifindex_of(&host))
+    );
+
+    let pod = macvtap_e2e::netns::Netns::new("agent-cni-pod").unwrap();
+    let conf = serde_json::json!({
+        "cniVersion": "1.0.0", "name": "mvt", "type": "macvtap", "deviceID": id,
+    });
+    let mut child = std::process::Command::new("ip")
+        .args(["netns", "exec", node.netns.name()])
+        .arg(&cni)
+        .env("CNI_COMMAND", "ADD")
+        .env("CNI_CONTAINERID", "ctr1")
+        .env("CNI_NETNS", pod.path())
+        .env("CNI_IFNAME", "net1")
+        .env("CNI_PATH", "/usr/lib/cni")
+        .env(
+            "CNI_ARGS",
+            "IgnoreUnknown=true;K8S_POD_NAMESPACE=ns;K8S_POD_NAME=vm",
+        )
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(conf.to_string().as_bytes())
+            .unwrap();
+    }
+    let out = child.wait_with_output().unwrap();
+    assert!(
+        out.status.success(),
+        "CNI ADD failed: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        node.link(&host_name).is_none(),
+        "the host link moved out of the node"
+    );
+    let in_pod = pod.link_json("net1").unwrap().expect("net1 in the pod");
+    assert_eq!(in_pod["linkinfo"]["info_kind"], "macvtap");
+    assert_eq!(in_pod["ifalias"], macvtap_link::ownership_alias(&id));
+
+    // Cleanup passes while the pod runs never touch it (it is in the pod's namespace, and held).
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert!(pod.link_json("net1").unwrap().is_some());
+    assert!(node.agent.as_mut().unwrap().is_running());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn node_state_spec_edits_reach_the_kubelet_and_status_is_written() {
+    use kube::api::{Api, Patch, PatchParams, PostParams};
+    use macvtap_api::{MacvtapMode, MacvtapNodeState, MacvtapNodeStateSpec, NodeResource};
+
+    if skip_unless_root() {
+        return;
+    }
+    let cp = macvtap_e2e::control_plane::ControlPlane::shared();
+    cp.apply_crds().await.unwrap();
+    let client = cp.admin_client();
+    let api = Api::<MacvtapNodeState>::all(client.clone());
+    let spec = |capacity: u32, mode: MacvtapMode| MacvtapNodeStateSpec {
+        resources: vec![NodeResource {
+            name: "crdp".into(),
+            pool: "pool-a".into(),
+            lower_device: "lower0".into(),
+            mode,
+            capacity,
+        }],
+        discovery: None,
+    };
+    let _ = api.delete("test-node", &Default::default()).await;
+    api.create(
+        &PostParams::default(),
+        &MacvtapNodeState::new("test-node", spec(3, MacvtapMode::Bridge)),
+    )
+    .await
+    .unwrap();
+
+    let mut node = Node::new("agent-crd").await;
+    let server: std::net::SocketAddr = cp
+        .server_url()
+        .trim_start_matches("https://")
+        .parse()
+        .unwrap();
+    let fwd = macvtap_e2e::forward::NetnsForward::start(node.netns.path(), 0, server).unwrap();
+    let mut kc = kube::config::Kubeconfig::read_from(cp.kubeconfig_path()).unwrap();
+    for c in &mut kc.clusters {
+        if let Some(cluster) = c.cluster.as_mut() {
+            cluster.server = Some(format!("https://127.0.0.1:{}", fwd.port()));
+        }
+    }
+    let kubeconfig = node.dir.path().join("kubeconfig");
+    std::fs::write(&kubeconfig, serde_json::to_vec(&kc).unwrap()).unwrap();
+    let mut cmd = node.agent_command(&[]);
+    cmd.env("KUBECONFIG", &kubeconfig);
+    node.spawn(cmd);
+
+    let res = resource("crdp");
+    node.kubelet
+        .wait_for_resource(&res, Duration::from_secs(20), |d| healthy_count(d) == 3)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+
+    // A spec edit (capacity, mode) reaches ListAndWatch without a restart.
+    let registrations = node.kubelet.registrations(&res);
+    api.patch(
+        "test-node",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": spec(6, MacvtapMode::Vepa)})),
+    )
+    .await
+    .unwrap();
+    node.kubelet
+        .wait_for_resource(&res, T, |d| healthy_count(d) == 6)
+        .await
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+    assert_eq!(node.kubelet.registrations(&res), registrations);
+    node.kubelet
+        .allocate("ns", "vm", "c", &res, 1)
+        .await
+        .unwrap();
+    let link = node
+        .link(&macvtap_link::host_link_name("crdpMvp0"))
+        .unwrap();
+    assert_eq!(link["linkinfo"]["info_data"]["mode"], "vepa");
+
+    // Status: written through the status subresource, for the generation served.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let (ok, last) = loop {
+        let obj = api.get("test-node").await.unwrap();
+        let good = obj.status.as_ref().is_some_and(|s| {
+            s.observed_generation == obj.metadata.generation
+                && s.agent_version.as_deref() == Some(macvtap_agent::VERSION)
+                && s.resources.len() == 1
+                && s.resources[0].registered
+                && s.resources[0].healthy == 6
+                && s.resources[0].capacity == 6
+                && s.resources[0].lower_device_present
+                && s.resources[0].lower_device_up
+                && s.resources[0].allocated == 1
+                && s.resources[0].pool.as_deref() == Some("pool-a")
+        });
+        if good || std::time::Instant::now() > deadline {
+            break (good, obj.status);
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    assert!(ok, "status: {last:?}\n{}", node.log());
+
+    // The resource leaves the spec: it stops and its socket goes.
+    api.patch(
+        "test-node",
+        &PatchParams::default(),
+        &Patch::Merge(serde_json::json!({"spec": {"resources": []}})),
+    )
+    .await
+    .unwrap();
+    node.kubelet.wait_for_unregistered(&res, T).await.unwrap();
+    assert!(
+        eventually(T, || sockets_in(&node.device_plugin_dir())
+            == ["kubelet.sock"])
+        .await,
+        "{:?}",
+        sockets_in(&node.device_plugin_dir())
+    );
+    node.agent.take().unwrap().stop(Duration::from_secs(5));
+    api.delete("test-node", &Default::default()).await.unwrap();
+}
+
+#[test]
+fn install_cni_subcommand_copies_atomically_and_logs_json() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("macvtap-build");
+    std::fs::write(&src, b"#!/bin/sh\necho cni\n").unwrap();
+    let dest = dir.path().join("opt/cni/bin");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_macvtap-agent"))
+        .args(["--log-format", "json", "install-cni", "--dest"])
+        .arg(&dest)
+        .arg("--source")
+        .arg(&src)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        std::fs::read(dest.join("macvtap")).unwrap(),
+        std::fs::read(&src).unwrap()
+    );
+    let log = String::from_utf8_lossy(&out.stderr);
+    let line: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
+    assert_eq!(line["fields"]["message"], "CNI binary installed");
+    // A missing source is an error naming it, and nothing is installed.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_macvtap-agent"))
+        .args(["install-cni", "--dest"])
+        .arg(dir.path().join("other"))
+        .arg("--source")
+        .arg(dir.path().join("nope"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
+    assert!(!dir.path().join("other/macvtap").exists());
+}
