@@ -5,10 +5,12 @@ CARGO ?= cargo
 
 ## Run every test: builds the Go test tools (cached), then the whole workspace's tests.
 test: tools
+	$(CARGO) build --workspace --bins --locked
 	$(CARGO) test --workspace --locked
 
 ## Bring up the sandbox cluster and attach a pod through the CNI (KEEP=1 leaves it running).
 sandbox: tools
+	$(CARGO) build --workspace --bins --locked
 	$(CARGO) run --locked -p macvtap-e2e --bin sandbox -- $(if $(KEEP),--keep,)
 
 ## Build kube-apiserver, etcd, kubectl, helm, Multus and kube-ovn from the Go module proxy (cached).
