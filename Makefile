@@ -7,6 +7,8 @@ CARGO ?= cargo
 test: tools
 	$(CARGO) build --workspace --bins --locked
 	$(CARGO) test --workspace --locked
+	# The image build (static musl release binaries + buildah) is slow, so it is #[ignore]d in the plain run.
+	$(CARGO) test --locked -p macvtap-e2e --test images -- --include-ignored
 
 ## Bring up the sandbox cluster and attach a pod through the CNI (KEEP=1 leaves it running).
 sandbox: tools
