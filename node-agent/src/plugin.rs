@@ -199,7 +199,13 @@ async fn run(
                     remove_socket_if(&socket, ino);
                     break 'serve;
                 }
-                r = dir.changed() => if r.is_err() { generation.cancel(); break 'serve; },
+                // The directory watcher ends only at shutdown, possibly before this task sees the cancel: the
+                // socket must go either way.
+                r = dir.changed() => if r.is_err() {
+                    generation.cancel();
+                    remove_socket_if(&socket, ino);
+                    break 'serve;
+                },
                 _ = retry => {}
             }
         }
