@@ -1,1 +1,10 @@
-//! placeholder
+//! macvtap-operator: turns cluster-wide `MacvtapPool`s into one `MacvtapNodeState` per Node, and reports pool
+//! status from what the node agents observe.
+
+pub mod cli;
+pub mod controller;
+pub mod metrics;
+pub mod pool_status;
+pub mod selection;
+pub mod server;
+pub mod telemetry;
