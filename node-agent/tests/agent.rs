@@ -262,7 +262,14 @@ async fn a_killed_agent_restarts_without_touching_links_in_use_and_cleans_orphan
     }
     assert!(node.link(&fake_name).is_some(), "unmarked link touched");
     assert!(node.link("foreign0").is_some(), "foreign link touched");
-    assert!(node.metric("macvtap_agent_links_removed_total").unwrap() >= 1.0);
+    // The counter moves right after the deletion the test just saw.
+    let counted = eventually(Duration::from_secs(5), || {
+        node.metric("macvtap_agent_links_removed_total")
+            .unwrap_or(0.0)
+            >= 1.0
+    })
+    .await;
+    assert!(counted, "links_removed_total not incremented");
 
     // A fresh Allocate whose pod the kubelet does not list (yet) is kept for the grace period.
     let resp = node
