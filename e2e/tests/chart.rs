@@ -424,8 +424,7 @@ fn default_render_is_least_privilege_and_matches_the_binaries_interfaces() {
     let g = "macvtap.network.kubevirt.io";
     let mut want: BTreeSet<_> = BTreeSet::new();
     want.extend(grant(g, "macvtappools", &["get", "list", "watch"]));
-    want.extend(grant(g, "macvtappools/status", &["get", "update", "patch"]));
-    want.extend(grant(g, "macvtappools/finalizers", &["update"]));
+    want.extend(grant(g, "macvtappools/status", &["get", "patch"]));
     want.extend(grant(
         g,
         "macvtapnodestates",
