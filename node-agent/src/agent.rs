@@ -234,20 +234,8 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> anyhow::Resul
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::netmon::tests::link;
     use macvtap_api::{DiscoveryConfig, MacvtapMode};
-
-    fn link(index: u32, name: &str, kind: Option<&str>) -> HostLink {
-        HostLink {
-            index,
-            name: name.into(),
-            kind: kind.map(Into::into),
-            admin_up: true,
-            oper_up: true,
-            loopback: false,
-            master: None,
-            alias: None,
-        }
-    }
 
     #[test]
     fn explicit_resources_win_over_discovered_names() {

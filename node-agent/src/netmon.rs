@@ -172,10 +172,11 @@ pub fn suitable_for_discovery(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn link(index: u32, name: &str, kind: Option<&str>) -> HostLink {
+    /// An up, non-loopback link without master or alias, for tests here and in `agent`.
+    pub(crate) fn link(index: u32, name: &str, kind: Option<&str>) -> HostLink {
         HostLink {
             index,
             name: name.into(),
