@@ -91,6 +91,9 @@ pub fn valid_ifname(name: &str) -> bool {
 }
 
 /// macvtap forwarding mode.
+///
+/// `macvtap_api::MacvtapMode` is the same set with a JSON schema for the CRDs; it is kept apart so the CNI does not
+/// depend on kube. The two convert through their lowercase names (`as_str` / `FromStr`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
 pub enum MacvtapMode {
     #[default]
