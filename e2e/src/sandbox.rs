@@ -28,7 +28,7 @@ use crate::control_plane::ControlPlane;
 use crate::forward::NetnsForward;
 use crate::kubelet::KubeletStandIn;
 use crate::netns::Netns;
-use crate::node_exec::{DEVICE_PLUGINS_DIR, NodeContext, POD_RESOURCES_DIR};
+use crate::node_exec::{NodeContext, POD_RESOURCES_DIR};
 use crate::process::Process;
 use crate::tools;
 use crate::workspace;
@@ -81,16 +81,7 @@ pub struct SandboxNode {
     /// The agent's ServiceAccount kubeconfig, from inside the node's netns.
     pub agent_kubeconfig: PathBuf,
     forward: NetnsForward,
-    checkpoint: std::sync::Mutex<Vec<CheckpointEntry>>,
-}
-
-/// One container's devices of one resource, as the kubelet checkpoints them.
-#[derive(Debug, Clone)]
-struct CheckpointEntry {
-    pod_uid: String,
-    container: String,
-    resource: String,
-    device_ids: Vec<String>,
+    _podresources_relay: Process,
 }
 
 impl SandboxNode {
@@ -107,15 +98,8 @@ impl SandboxNode {
         NodeContext {
             netns_path: self.netns.path().to_path_buf(),
             binds: vec![
-                // See `write_checkpoint`: Multus reads the checkpoint when no PodResources socket is there.
-                (
-                    self.dir.join("multus-pod-resources"),
-                    PathBuf::from(POD_RESOURCES_DIR),
-                ),
-                (
-                    self.dir.join("checkpoint"),
-                    PathBuf::from(DEVICE_PLUGINS_DIR),
-                ),
+                // Multus reads PodResources at the kubelet's path: there it finds the relay (see `podresources_relay`).
+                (self.relay_dir(), PathBuf::from(POD_RESOURCES_DIR)),
                 (
                     self.dir.parent().expect("sandbox dir").join("openvswitch"),
                     PathBuf::from(KUBE_OVN_SOCKET_DIR),
@@ -124,35 +108,9 @@ impl SandboxNode {
         }
     }
 
-    /// Writes the kubelet's device manager checkpoint (`kubelet_internal_checkpoint`, the real kubelet's JSON
-    /// shape) for the allocations of this node's pods.
-    ///
-    /// Why not PodResources: Multus' PodResources client (grpc-go, dialing a plain socket path) sends that path as
-    /// the HTTP/2 `:authority`; the real kubelet's Go server takes it, but the stand-in's Rust (h2) server rejects
-    /// it as a malformed authority. Multus falls back to this checkpoint, which the real kubelet writes too, when
-    /// no PodResources socket exists; the node context hides the stand-in's socket from Multus.
-    fn write_checkpoint(&self) -> Result<()> {
-        let entries = self.checkpoint.lock().expect("checkpoint lock").clone();
-        let data = serde_json::json!({
-            "Data": {
-                "PodDeviceEntries": entries.iter().map(|e| serde_json::json!({
-                    "PodUID": e.pod_uid,
-                    "ContainerName": e.container,
-                    "ResourceName": e.resource,
-                    "DeviceIDs": {"-1": e.device_ids},
-                    "AllocResp": "",
-                })).collect::<Vec<_>>(),
-                "RegisteredDevices": {},
-            },
-            "Checksum": 0,
-        });
-        let dir = self.dir.join("checkpoint");
-        std::fs::create_dir_all(&dir)?;
-        std::fs::create_dir_all(self.dir.join("multus-pod-resources"))?;
-        let tmp = dir.join(".kubelet_internal_checkpoint.tmp");
-        std::fs::write(&tmp, serde_json::to_vec(&data)?)?;
-        std::fs::rename(tmp, dir.join("kubelet_internal_checkpoint"))?;
-        Ok(())
+    /// The directory holding the PodResources relay's socket, seen by Multus as `/var/lib/kubelet/pod-resources`.
+    pub fn relay_dir(&self) -> PathBuf {
+        self.dir.join("multus-pod-resources")
     }
 
     /// Port inside the node's netns that reaches the API server.
@@ -342,6 +300,7 @@ impl Sandbox {
             )
             .await
             .with_context(|| format!("kubelet stand-in of {name}"))?;
+            let podresources_relay = start_podresources_relay(&node_dir)?;
 
             let mut cmd = Command::new("ip");
             cmd.args(["netns", "exec", netns.name()])
@@ -366,7 +325,7 @@ impl Sandbox {
                 admin_kubeconfig,
                 agent_kubeconfig,
                 forward,
-                checkpoint: Default::default(),
+                _podresources_relay: podresources_relay,
             });
         }
 
@@ -557,30 +516,13 @@ impl Sandbox {
                     .0
                     .parse()
                     .with_context(|| format!("quantity {}", qty.0))?;
-                let before = kubelet.allocated(&resource);
                 let resp = kubelet
                     .allocate(&namespace, &name, &c.name, &resource, n)
                     .await
                     .with_context(|| format!("Allocate {resource} x{n} for {namespace}/{name}"))?;
                 tap_devices.extend(resp.devices.iter().map(|d| PathBuf::from(&d.host_path)));
-                let device_ids = kubelet
-                    .allocated(&resource)
-                    .difference(&before)
-                    .cloned()
-                    .collect();
-                self.nodes[node]
-                    .checkpoint
-                    .lock()
-                    .expect("checkpoint lock")
-                    .push(CheckpointEntry {
-                        pod_uid: uid.clone(),
-                        container: c.name.clone(),
-                        resource: resource.clone(),
-                        device_ids,
-                    });
             }
         }
-        self.nodes[node].write_checkpoint()?;
 
         let netns = Netns::new("mvt-pod")?;
         let container_id = format!("{:x}", rand_u64());
@@ -706,6 +648,40 @@ async fn chart_service_accounts(client: &Client, namespace: &str) -> Result<(Str
             })
     };
     Ok((find("operator")?, find("agent")?))
+}
+
+/// Starts the PodResources relay of a node and waits for its socket.
+///
+/// Why a relay: Multus' PodResources client (grpc-go dialing a plain socket path) sends that path as the HTTP/2
+/// `:authority`. The real kubelet's Go server accepts it; the stand-in's Rust (h2) server rejects it as malformed.
+/// The relay (e2e/tools/podresources-relay, Go) serves Multus as the kubelet would and asks the stand-in with
+/// `:authority` `localhost`, as the kubelet itself does towards device plugins.
+fn start_podresources_relay(node_dir: &Path) -> Result<Process> {
+    let relay = tools::tool("podresources-relay").map_err(|e| anyhow!(e))?;
+    let dir = node_dir.join("multus-pod-resources");
+    std::fs::create_dir_all(&dir)?;
+    let socket = dir.join("kubelet.sock");
+    let mut cmd = Command::new(relay);
+    cmd.arg("-listen")
+        .arg(&socket)
+        .arg("-upstream")
+        .arg(node_dir.join("pod-resources").join("kubelet.sock"));
+    let process = Process::spawn(
+        "podresources-relay",
+        cmd,
+        &node_dir.join("podresources-relay.log"),
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !socket.exists() {
+        if Instant::now() > deadline {
+            bail!(
+                "podresources-relay did not start:\n{}",
+                process.log_tail(20)
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok(process)
 }
 
 /// A Pod object standing for the agent DaemonSet's pod on `node`, and a token bound to it (TokenRequest with a
