@@ -15,8 +15,10 @@ sandbox: tools
 	$(CARGO) build --workspace --bins --locked
 	$(CARGO) run --locked -p macvtap-e2e --bin sandbox -- $(if $(KEEP),--keep,)
 
-## Build kube-apiserver, etcd, kubectl, helm, Multus and kube-ovn from the Go module proxy (cached).
+## Install missing Debian packages / Rust parts, then build kube-apiserver, etcd, kubectl, helm, Multus and kube-ovn
+## from the Go module proxy (cached).
 tools:
+	e2e/tools/install-deps.sh
 	e2e/tools/build-tools.sh
 
 ## Regenerate the CRD YAML from the Rust types.

@@ -1,0 +1,23 @@
+#!/usr/bin/env bash
+# Installs what a fresh Debian machine lacks for building and testing (run as root): Debian packages, the pinned Rust
+# toolchain with rustfmt/clippy, and the musl target for the static container images. Idempotent and quick when
+# everything is there.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+
+pkgs=(protobuf-compiler containernetworking-plugins iproute2 openssl buildah jq musl-tools make)
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  echo "installing Debian packages: ${missing[*]}" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
+if ! rustup target list --installed --toolchain "$toolchain" 2>/dev/null | grep -q x86_64-unknown-linux-musl; then
+  rustup toolchain install "$toolchain" --profile minimal --component rustfmt,clippy >/dev/null
+  rustup target add --toolchain "$toolchain" x86_64-unknown-linux-musl >/dev/null
+fi
