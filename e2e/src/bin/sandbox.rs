@@ -178,8 +178,14 @@ async fn run(keep: bool) -> Result<()> {
         );
         println!("   try: kubectl get macvtappools,macvtapnodestates; ip netns list");
         tokio::signal::ctrl_c().await?;
+        // Ctrl-C reached the whole process group, the API server included: nothing is left to ask, so tear down
+        // locally (pod namespaces, and with them their links; processes; node namespaces; files).
+        step("tearing down");
+        drop((pod2, pod, sandbox));
+        println!("   done");
+        return Ok(());
     }
-    step("tearing down");
+    step("tearing down (CNI DEL through Multus, then everything else)");
     sandbox.delete_pod(pod2).await?;
     sandbox.delete_pod(pod).await?;
     drop(sandbox);
