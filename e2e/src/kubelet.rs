@@ -163,6 +163,29 @@ struct Served {
 }
 
 impl Served {
+    /// Serves `router` on `incoming` until [`Served::shutdown`].
+    fn spawn(
+        router: tonic::transport::server::Router,
+        incoming: tokio_stream::wrappers::UnixListenerStream,
+        what: &'static str,
+    ) -> Served {
+        let (stop, stopped) = oneshot::channel();
+        let task = tokio::spawn(async move {
+            let r = router
+                .serve_with_incoming_shutdown(incoming, async {
+                    let _ = stopped.await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::warn!("kubelet stand-in: {what} server: {e}");
+            }
+        });
+        Served {
+            stop: Some(stop),
+            task,
+        }
+    }
+
     async fn shutdown(mut self) {
         if let Some(s) = self.stop.take() {
             let _ = s.send(());
@@ -209,23 +232,13 @@ impl KubeletStandIn {
         });
         let incoming = kubelet_api::unix::bind(pod_resources_socket)
             .map_err(io(format!("binding {}", pod_resources_socket.display())))?;
-        let (stop, stopped) = oneshot::channel();
-        let svc = PodResourcesListerServer::new(PodResourcesService(inner.clone()));
-        let task = tokio::spawn(async move {
-            let r = tonic::transport::Server::builder()
-                .add_service(svc)
-                .serve_with_incoming_shutdown(incoming, async {
-                    let _ = stopped.await;
-                })
-                .await;
-            if let Err(e) = r {
-                tracing::warn!("kubelet stand-in: PodResources server: {e}");
-            }
-        });
-        let pod_resources = Some(Served {
-            stop: Some(stop),
-            task,
-        });
+        let pod_resources = Some(Served::spawn(
+            tonic::transport::Server::builder().add_service(PodResourcesListerServer::new(
+                PodResourcesService(inner.clone()),
+            )),
+            incoming,
+            "PodResources",
+        ));
         let registration = serve_registration(&inner)?;
         Ok(KubeletStandIn {
             inner,
@@ -558,23 +571,12 @@ fn serve_registration(inner: &Arc<Inner>) -> Result<Served> {
         what: format!("binding {}", path.display()),
         source,
     })?;
-    let (stop, stopped) = oneshot::channel();
-    let svc = RegistrationServer::new(RegistrationService(inner.clone()));
-    let task = tokio::spawn(async move {
-        let r = tonic::transport::Server::builder()
-            .add_service(svc)
-            .serve_with_incoming_shutdown(incoming, async {
-                let _ = stopped.await;
-            })
-            .await;
-        if let Err(e) = r {
-            tracing::warn!("kubelet stand-in: Registration server: {e}");
-        }
-    });
-    Ok(Served {
-        stop: Some(stop),
-        task,
-    })
+    Ok(Served::spawn(
+        tonic::transport::Server::builder()
+            .add_service(RegistrationServer::new(RegistrationService(inner.clone()))),
+        incoming,
+        "Registration",
+    ))
 }
 
 struct RegistrationService(Arc<Inner>);

@@ -1032,6 +1032,28 @@ fn assert_forbidden<T: Debug>(what: &str, r: Result<T, kube::Error>) -> String {
     }
 }
 
+/// Neither component may read Secrets (here or anywhere) or list Pods.
+async fn assert_no_secrets_or_pods(client: &Client, namespace: &str) {
+    assert_forbidden(
+        "secrets here",
+        Api::<Secret>::namespaced(client.clone(), namespace)
+            .list(&ListParams::default())
+            .await,
+    );
+    assert_forbidden(
+        "all secrets",
+        Api::<Secret>::all(client.clone())
+            .list(&ListParams::default())
+            .await,
+    );
+    assert_forbidden(
+        "pods",
+        Api::<Pod>::all(client.clone())
+            .list(&ListParams::default())
+            .await,
+    );
+}
+
 /// Retries `f` until it returns Some (policies reach the admission chain asynchronously).
 async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
 where
@@ -1515,21 +1537,9 @@ async fn operator_service_account_can_do_its_job_and_nothing_more() {
 
     // Never secrets, nor anything else.
     assert_forbidden(
-        "list secrets here",
-        Api::<Secret>::namespaced(op.clone(), namespace)
-            .list(&ListParams::default())
-            .await,
-    );
-    assert_forbidden(
         "get a secret",
         Api::<Secret>::namespaced(op.clone(), namespace)
             .get("x")
-            .await,
-    );
-    assert_forbidden(
-        "list all secrets",
-        Api::<Secret>::all(op.clone())
-            .list(&ListParams::default())
             .await,
     );
     assert_forbidden(
@@ -1538,12 +1548,7 @@ async fn operator_service_account_can_do_its_job_and_nothing_more() {
             .list(&ListParams::default())
             .await,
     );
-    assert_forbidden(
-        "pods",
-        Api::<Pod>::all(op.clone())
-            .list(&ListParams::default())
-            .await,
-    );
+    assert_no_secrets_or_pods(&op, namespace).await;
 
     // The value that grants nodes/status really does.
     upgrade(
@@ -1703,24 +1708,7 @@ async fn agent_service_account_writes_only_its_own_nodes_status() {
             .list(&ListParams::default())
             .await,
     );
-    assert_forbidden(
-        "secrets here",
-        Api::<Secret>::namespaced(agent.clone(), namespace)
-            .list(&ListParams::default())
-            .await,
-    );
-    assert_forbidden(
-        "all secrets",
-        Api::<Secret>::all(agent.clone())
-            .list(&ListParams::default())
-            .await,
-    );
-    assert_forbidden(
-        "pods",
-        Api::<Pod>::all(agent.clone())
-            .list(&ListParams::default())
-            .await,
-    );
+    assert_no_secrets_or_pods(&agent, namespace).await;
 
     // A token not bound to a pod names no node: refused even for "its own" object.
     let unbound = cp()
