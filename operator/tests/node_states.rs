@@ -105,7 +105,8 @@ async fn pools_and_node_labels_drive_node_states() {
     )
     .await;
     c.label_node("ns-n2", &[("nic", Some("mlx"))]).await;
-    eventually("override on n2", TIMEOUT, || async {
+    // n2 has the override, n3 the pool's own lower device.
+    let overridden = || async {
         let (r2, r3) = (c.resources_of("ns-n2").await, c.resources_of("ns-n3").await);
         if r2 == Some(vec![res("dataplane", "dataplane", "ens5f0", 7)])
             && r3 == Some(vec![res("dataplane", "dataplane", "eth1", 7)])
@@ -114,8 +115,8 @@ async fn pools_and_node_labels_drive_node_states() {
         } else {
             Err(format!("n2 {r2:?} n3 {r3:?}"))
         }
-    })
-    .await;
+    };
+    eventually("override on n2", TIMEOUT, overridden).await;
 
     // Edits of the spec by someone else are reverted; a deleted state of a live node comes back.
     c.states()
@@ -130,17 +131,7 @@ async fn pools_and_node_labels_drive_node_states() {
         .delete("ns-n2", &DeleteParams::default())
         .await
         .unwrap();
-    eventually("edits reverted, state recreated", TIMEOUT, || async {
-        let (r2, r3) = (c.resources_of("ns-n2").await, c.resources_of("ns-n3").await);
-        if r2 == Some(vec![res("dataplane", "dataplane", "ens5f0", 7)])
-            && r3 == Some(vec![res("dataplane", "dataplane", "eth1", 7)])
-        {
-            Ok(())
-        } else {
-            Err(format!("n2 {r2:?} n3 {r3:?}"))
-        }
-    })
-    .await;
+    eventually("edits reverted, state recreated", TIMEOUT, overridden).await;
 
     // A deleted Node takes its state along (no garbage collector runs here: the operator deletes it).
     c.delete_node("ns-n2").await;
