@@ -9,7 +9,9 @@
 # Override the cache with MACVTAP_TOOLS_CACHE (default ~/.cache/macvtap-operator/tools).
 set -euo pipefail
 
-K8S_VERSION=v1.35.3          # kube-apiserver, kubectl; same minor as kube-ovn v1.16.2 so the Go build cache is shared
+K8S_VERSION=v1.35.3          # same minor as kube-ovn v1.16.2 so the Go build cache is shared
+# Every Kubernetes program the real cluster runs, built in one wrapper module at one version.
+K8S_CMDS="kube-apiserver kubectl kubelet kube-scheduler kube-controller-manager kube-proxy"
 ETCD_VERSION=v3.6.16
 HELM_VERSION=v3.21.4
 MULTUS_VERSION=v4.3.0
@@ -53,10 +55,12 @@ heartbeat() {
 }
 
 build_k8s() {
-  have kube-apiserver "$K8S_VERSION" && have kubectl "$K8S_VERSION" && return 0
+  local c missing=0
+  for c in $K8S_CMDS; do have "$c" "$K8S_VERSION" || missing=1; done
+  ((missing)) || return 0
   need_go
   local t0=$SECONDS stg="v0.${K8S_VERSION#v1.}" dir="$CACHE/src/k8s-$K8S_VERSION"
-  log "kube-apiserver + kubectl $K8S_VERSION (cold: 5-7 min on 2 cores)"
+  log "$K8S_CMDS $K8S_VERSION (cold: 8-12 min on 2 cores)"
   mkdir -p "$dir" && cd "$dir"
   # A wrapper module: k8s.io/kubernetes requires its staging modules at v0.0.0 and replaces them with local
   # paths, so it cannot be built with `go install`; we replace each one with its published v0.X.Y instead.
@@ -67,16 +71,11 @@ build_k8s() {
   for m in $(sed -n 's#^[[:space:]]*\(k8s\.io/[a-z0-9-]*\)[[:space:]]*=>[[:space:]]*\./staging/.*#\1#p' "$gomod"); do
     go mod edit -replace="$m=$m@$stg"
   done
-  cat >tools.go <<'GO'
-//go:build tools
-
-package tools
-
-import (
-	_ "k8s.io/kubernetes/cmd/kube-apiserver"
-	_ "k8s.io/kubernetes/cmd/kubectl"
-)
-GO
+  {
+    printf '//go:build tools\n\npackage tools\n\nimport (\n'
+    for c in $K8S_CMDS; do printf '\t_ "k8s.io/kubernetes/cmd/%s"\n' "$c"; done
+    printf ')\n'
+  } >tools.go
   go mod tidy >/dev/null
   local vp=k8s.io/component-base/version cp=k8s.io/client-go/pkg/version minor
   minor=$(echo "$K8S_VERSION" | cut -d. -f2)
@@ -84,10 +83,11 @@ GO
   for p in $vp $cp; do
     ld="$ld -X $p.gitVersion=$K8S_VERSION -X $p.gitMajor=1 -X $p.gitMinor=$minor -X $p.gitTreeState=clean"
   done
-  heartbeat kube-apiserver go build -trimpath -buildvcs=false -ldflags "$ld" -o "$BIN/" \
-    k8s.io/kubernetes/cmd/kube-apiserver k8s.io/kubernetes/cmd/kubectl
-  stamp kube-apiserver "$K8S_VERSION"; stamp kubectl "$K8S_VERSION"
-  log "kube-apiserver + kubectl done in $((SECONDS - t0))s"
+  local pkgs=()
+  for c in $K8S_CMDS; do pkgs+=("k8s.io/kubernetes/cmd/$c"); done
+  heartbeat kubernetes go build -trimpath -buildvcs=false -ldflags "$ld" -o "$BIN/" "${pkgs[@]}"
+  for c in $K8S_CMDS; do stamp "$c" "$K8S_VERSION"; done
+  log "$K8S_CMDS done in $((SECONDS - t0))s"
 }
 
 build_etcd() {
