@@ -3,20 +3,19 @@ CARGO ?= cargo
 
 .PHONY: test sandbox tools crds images bench fmt lint
 
-## Run every test: builds the Go test tools (cached), then the whole workspace's tests.
-test: tools
+## Run every test: builds the Go test tools (cached) and the images the real cluster runs, then every test.
+test: tools images
 	$(CARGO) build --workspace --bins --locked
 	$(CARGO) test --workspace --locked
-	# The image build (static musl release binaries + buildah) is slow, so it is #[ignore]d in the plain run.
+	# The image checks (static musl release binaries + buildah) are slow, so they are #[ignore]d in the plain run.
 	$(CARGO) test --locked -p macvtap-e2e --test images -- --include-ignored
 
-## Bring up the sandbox cluster and attach a pod through the CNI (KEEP=1 leaves it running).
-sandbox: tools
-	$(CARGO) build --workspace --bins --locked
-	$(CARGO) run --locked -p macvtap-e2e --bin sandbox -- $(if $(KEEP),--keep,)
+## Bring up the sandbox cluster and attach a pod through the CNI (KEEP=1 leaves it running, NODES=3 for more).
+sandbox: tools images
+	$(CARGO) run --locked -p macvtap-e2e --bin sandbox -- $(if $(KEEP),--keep,) $(if $(NODES),--nodes $(NODES),)
 
-## Install missing Debian packages / Rust parts, then build kube-apiserver, etcd, kubectl, helm, Multus and kube-ovn
-## from the Go module proxy (cached).
+## Install missing Debian packages (containerd, runc, ...) and Rust parts, then build the Kubernetes programs, etcd,
+## helm, Multus, kube-ovn's CNI and the registry from the Go module proxy (cached).
 tools:
 	e2e/tools/install-deps.sh
 	e2e/tools/build-tools.sh
@@ -25,7 +24,7 @@ tools:
 crds:
 	$(CARGO) run -p macvtap-api --bin crdgen
 
-## Container images as OCI archives (buildah, FROM scratch).
+## Container images as OCI archives (buildah, FROM scratch): operator, agent, and the cluster's pause and busybox.
 images:
 	images/build.sh
 

@@ -94,7 +94,23 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
-/// A running etcd + kube-apiserver pair. Drop stops it and removes its files.
+/// The control plane of a cluster with real nodes (see `crate::cluster`): what the API server needs to know
+/// about the network the nodes live on, and which nodes get credentials.
+#[derive(Debug, Clone)]
+pub struct ClusterSpec {
+    /// The host's address on the nodes' segment: the API server listens there too and advertises it as the
+    /// endpoint of the `kubernetes` Service.
+    pub host_ip: Ipv4Addr,
+    /// `--service-cluster-ip-range`; its first address is the `kubernetes` Service's ClusterIP.
+    pub service_cidr: String,
+    /// The `kubernetes` Service's ClusterIP (first address of `service_cidr`), for the serving certificate.
+    pub service_ip: Ipv4Addr,
+    /// Node names that get a client certificate (`system:node:<name>` in `system:nodes`).
+    pub nodes: Vec<String>,
+}
+
+/// A running etcd + kube-apiserver pair (plus kube-controller-manager and kube-scheduler for a cluster). Drop
+/// stops it and removes its files.
 #[derive(Debug)]
 pub struct ControlPlane {
     dir: PathBuf,
@@ -102,23 +118,108 @@ pub struct ControlPlane {
     etcd_url: String,
     etcd: Child,
     apiserver: Child,
+    /// kube-controller-manager and kube-scheduler, when started for a cluster.
+    controllers: Vec<Child>,
     reaper: Option<Child>,
     admin_config: Config,
     kubeconfig_path: PathBuf,
     ca_path: PathBuf,
+    cluster: Option<ClusterSpec>,
 }
 
 impl ControlPlane {
     /// Starts a new control plane and waits until `/readyz` answers ok. Blocking; fine to call from async tests.
     pub fn start() -> Result<ControlPlane> {
+        Self::start_with(None)
+    }
+
+    /// Starts the control plane of a cluster with real nodes: the API server also listens on
+    /// `cluster.host_ip`, authorizes kubelets with the Node authorizer, mounts ServiceAccount tokens into pods,
+    /// and kube-controller-manager and kube-scheduler run beside it.
+    pub fn start_cluster(cluster: ClusterSpec) -> Result<ControlPlane> {
+        Self::start_with(Some(cluster))
+    }
+
+    fn start_with(cluster: Option<ClusterSpec>) -> Result<ControlPlane> {
         // Readiness checks need a runtime of their own; a caller inside one cannot block on another, so start
         // from a plain thread.
         std::thread::Builder::new()
             .name("control-plane-start".into())
-            .spawn(start_blocking)
+            .spawn(move || start_blocking(cluster))
             .map_err(io_err("spawning the start thread"))?
             .join()
             .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
+    /// The API server URL as the nodes of a cluster reach it (`https://<host_ip>:<port>`); the loopback URL for
+    /// a control plane without nodes.
+    pub fn node_server_url(&self) -> String {
+        match &self.cluster {
+            Some(c) => self
+                .server_url
+                .replace("127.0.0.1", &c.host_ip.to_string()),
+            None => self.server_url.clone(),
+        }
+    }
+
+    /// Client certificate and key of a node named in [`ClusterSpec::nodes`].
+    pub fn node_credentials(&self, node: &str) -> (PathBuf, PathBuf) {
+        (
+            self.dir.join(format!("node-{node}.crt")),
+            self.dir.join(format!("node-{node}.key")),
+        )
+    }
+
+    /// Writes a kubeconfig for `node` (its client certificate, the node-side server URL) to `path`.
+    pub fn write_node_kubeconfig(&self, node: &str, path: &Path) -> Result<()> {
+        let (cert, key) = self.node_credentials(node);
+        let kc = kubeconfig(
+            &self.node_server_url(),
+            &self.ca_path,
+            &format!("system:node:{node}"),
+            None,
+            AuthInfo {
+                client_certificate: Some(cert.display().to_string()),
+                client_key: Some(key.display().to_string()),
+                ..Default::default()
+            },
+        );
+        write_kubeconfig(path, &kc)
+    }
+
+    /// Writes an admin kubeconfig with the node-side server URL (for node programs such as kube-proxy, and for
+    /// users of a kept sandbox who work from a node).
+    pub fn write_node_admin_kubeconfig(&self, path: &Path) -> Result<()> {
+        let mut kc = Kubeconfig::read_from(&self.kubeconfig_path)?;
+        for c in &mut kc.clusters {
+            if let Some(cluster) = c.cluster.as_mut() {
+                cluster.server = Some(self.node_server_url());
+            }
+        }
+        write_kubeconfig(path, &kc)
+    }
+
+    /// Writes a kubeconfig for a ServiceAccount (a TokenRequest token valid `seconds`) that works from the
+    /// nodes (`node_server_url`), for node-level programs such as Multus.
+    pub async fn write_node_service_account_kubeconfig(
+        &self,
+        namespace: &str,
+        name: &str,
+        seconds: i64,
+        path: &Path,
+    ) -> Result<()> {
+        let token = self.token(namespace, name, seconds).await?;
+        let kc = kubeconfig(
+            &self.node_server_url(),
+            &self.ca_path,
+            &format!("system:serviceaccount:{namespace}:{name}"),
+            Some(namespace),
+            AuthInfo {
+                token: Some(token.into()),
+                ..Default::default()
+            },
+        );
+        write_kubeconfig(path, &kc)
     }
 
     /// One control plane per test binary, started on first use and stopped when the process exits.
@@ -222,9 +323,13 @@ impl ControlPlane {
 
     /// A one-hour token of an existing ServiceAccount, issued by the API server (TokenRequest).
     pub async fn service_account_token(&self, namespace: &str, name: &str) -> Result<String> {
+        self.token(namespace, name, 3600).await
+    }
+
+    async fn token(&self, namespace: &str, name: &str, seconds: i64) -> Result<String> {
         let req = TokenRequest {
             spec: TokenRequestSpec {
-                expiration_seconds: Some(3600),
+                expiration_seconds: Some(seconds),
                 ..Default::default()
             },
             ..Default::default()
@@ -327,6 +432,9 @@ impl Drop for ControlPlane {
         // The reaper first, so it never signals pids that are already reaped (and possibly reused).
         if let Some(mut reaper) = self.reaper.take() {
             kill_and_wait(&mut reaper);
+        }
+        for c in &mut self.controllers {
+            kill_and_wait(c);
         }
         kill_and_wait(&mut self.apiserver);
         kill_and_wait(&mut self.etcd);
@@ -455,9 +563,12 @@ struct Certs {
     admin_key: PathBuf,
     sa_key: PathBuf,
     sa_pub: PathBuf,
+    /// The API server's client certificate towards kubelets (logs, exec), in `system:masters`.
+    kubelet_client_cert: PathBuf,
+    kubelet_client_key: PathBuf,
 }
 
-fn start_blocking() -> Result<ControlPlane> {
+fn start_blocking(cluster: Option<ClusterSpec>) -> Result<ControlPlane> {
     let etcd_bin = tools::tool("etcd").map_err(Error::ToolMissing)?;
     let apiserver_bin = tools::tool("kube-apiserver").map_err(Error::ToolMissing)?;
     let t0 = Instant::now();
@@ -475,11 +586,23 @@ fn start_blocking() -> Result<ControlPlane> {
         }
     };
     let result = (|| {
-        let certs = write_certs(&dir)?;
+        let certs = write_certs(&dir, cluster.as_ref())?;
         let mut last_err = None;
         for attempt in 1..=START_ATTEMPTS {
-            match start_attempt(&dir, &etcd_bin, &apiserver_bin, &certs, &mut reaper.stdin) {
-                Ok(cp) => return Ok(cp),
+            match start_attempt(
+                &dir,
+                &etcd_bin,
+                &apiserver_bin,
+                &certs,
+                cluster.as_ref(),
+                &mut reaper.stdin,
+            ) {
+                Ok(mut cp) => {
+                    if cluster.is_some() {
+                        start_controllers(&mut cp, &certs, &mut reaper.stdin)?;
+                    }
+                    return Ok(cp);
+                }
                 Err((e, retry)) => {
                     warn!(attempt, error = %e, "control plane did not start");
                     last_err = Some(e);
@@ -513,6 +636,7 @@ fn start_attempt(
     etcd_bin: &Path,
     apiserver_bin: &Path,
     certs: &Certs,
+    cluster: Option<&ClusterSpec>,
     reaper: &mut Option<ChildStdin>,
 ) -> std::result::Result<ControlPlane, (Error, bool)> {
     let fatal = |e: Error| (e, false);
@@ -549,8 +673,6 @@ fn start_attempt(
     let mut api_cmd = Command::new(apiserver_bin);
     api_cmd
         .arg(format!("--etcd-servers={etcd_url}"))
-        .arg("--bind-address=127.0.0.1")
-        .arg("--advertise-address=127.0.0.1")
         .arg(format!("--secure-port={api_port}"))
         .arg(format!(
             "--cert-dir={}",
@@ -562,7 +684,6 @@ fn start_attempt(
             certs.serving_key.display()
         ))
         .arg(format!("--client-ca-file={}", certs.ca.display()))
-        .arg("--authorization-mode=RBAC")
         .arg(format!("--service-account-issuer={server_url}"))
         .arg(format!(
             "--service-account-key-file={}",
@@ -572,14 +693,42 @@ fn start_attempt(
             "--service-account-signing-key-file={}",
             certs.sa_key.display()
         ))
-        .arg("--service-cluster-ip-range=10.0.0.0/24")
         .arg("--allow-privileged=true")
-        // No controller-manager creates `default` ServiceAccounts, which this plugin would require.
-        .arg("--disable-admission-plugins=ServiceAccount")
-        // Speed: no request queuing, no endpoint bookkeeping for the `kubernetes` Service.
+        // Speed: no request queuing.
         .arg("--enable-priority-and-fairness=false")
-        .arg("--endpoint-reconciler-type=none")
         .arg("--profiling=false");
+    match cluster {
+        // Nodes reach the API server on the segment; pods through the `kubernetes` Service, whose endpoint
+        // is the advertised address. Kubelets are authorized as nodes and reached for logs and exec.
+        Some(c) => {
+            api_cmd
+                .arg("--bind-address=0.0.0.0")
+                .arg(format!("--advertise-address={}", c.host_ip))
+                .arg(format!("--service-cluster-ip-range={}", c.service_cidr))
+                .arg("--authorization-mode=Node,RBAC")
+                .arg("--enable-admission-plugins=NodeRestriction")
+                .arg(format!(
+                    "--kubelet-client-certificate={}",
+                    certs.kubelet_client_cert.display()
+                ))
+                .arg(format!(
+                    "--kubelet-client-key={}",
+                    certs.kubelet_client_key.display()
+                ))
+                .arg("--kubelet-preferred-address-types=InternalIP");
+        }
+        // API only: no nodes, no controller-manager to create `default` ServiceAccounts (which that admission
+        // plugin would require), no endpoint bookkeeping for the `kubernetes` Service.
+        None => {
+            api_cmd
+                .arg("--bind-address=127.0.0.1")
+                .arg("--advertise-address=127.0.0.1")
+                .arg("--service-cluster-ip-range=10.0.0.0/24")
+                .arg("--authorization-mode=RBAC")
+                .arg("--disable-admission-plugins=ServiceAccount")
+                .arg("--endpoint-reconciler-type=none");
+        }
+    }
     let mut apiserver = spawn_logged(api_cmd, &apiserver_log).map_err(|e| {
         kill_and_wait(&mut etcd);
         (e, false)
@@ -613,10 +762,12 @@ fn start_attempt(
             etcd_url,
             etcd,
             apiserver,
+            controllers: Vec::new(),
             reaper: None,
             admin_config,
             kubeconfig_path,
             ca_path: certs.ca.clone(),
+            cluster: cluster.cloned(),
         }),
         Err(e) => {
             kill_and_wait(&mut apiserver);
@@ -624,6 +775,56 @@ fn start_attempt(
             Err(e)
         }
     }
+}
+
+/// kube-controller-manager (ServiceAccounts and their CA bundle, workload controllers, garbage collection, node
+/// lifecycle) and kube-scheduler, both as the admin user on loopback, without leader election.
+fn start_controllers(
+    cp: &mut ControlPlane,
+    certs: &Certs,
+    reaper: &mut Option<ChildStdin>,
+) -> Result<()> {
+    let kcm = tools::tool("kube-controller-manager").map_err(Error::ToolMissing)?;
+    let scheduler = tools::tool("kube-scheduler").map_err(Error::ToolMissing)?;
+    let kubeconfig = cp.kubeconfig_path.display().to_string();
+    let [kcm_port, sched_port, _] = free_ports()?;
+    let mut kcm_cmd = Command::new(kcm);
+    kcm_cmd
+        .arg(format!("--kubeconfig={kubeconfig}"))
+        .arg(format!("--authentication-kubeconfig={kubeconfig}"))
+        .arg(format!("--authorization-kubeconfig={kubeconfig}"))
+        .arg(format!("--root-ca-file={}", certs.ca.display()))
+        .arg(format!(
+            "--service-account-private-key-file={}",
+            certs.sa_key.display()
+        ))
+        .arg("--use-service-account-credentials=false")
+        .arg("--leader-elect=false")
+        .arg("--bind-address=127.0.0.1")
+        .arg(format!("--secure-port={kcm_port}"))
+        // A node that stops reporting is tainted after this long (the drain and kubelet-restart scenarios).
+        .arg("--node-monitor-grace-period=40s")
+        .arg("--profiling=false");
+    let mut sched_cmd = Command::new(scheduler);
+    sched_cmd
+        .arg(format!("--kubeconfig={kubeconfig}"))
+        .arg(format!("--authentication-kubeconfig={kubeconfig}"))
+        .arg(format!("--authorization-kubeconfig={kubeconfig}"))
+        .arg("--leader-elect=false")
+        .arg("--bind-address=127.0.0.1")
+        .arg(format!("--secure-port={sched_port}"))
+        .arg("--profiling=false");
+    for (name, cmd) in [
+        ("kube-controller-manager", kcm_cmd),
+        ("kube-scheduler", sched_cmd),
+    ] {
+        let child = spawn_logged(cmd, &cp.dir.join(format!("{name}.log")))?;
+        if let Some(r) = reaper.as_mut() {
+            let _ = writeln!(r, "{}", child.id());
+        }
+        cp.controllers.push(child);
+    }
+    Ok(())
 }
 
 /// Three distinct free loopback ports. They are released before the servers bind them, so another process
@@ -756,7 +957,7 @@ fn wait_apiserver(
     })
 }
 
-fn write_certs(dir: &Path) -> Result<Certs> {
+fn write_certs(dir: &Path, cluster: Option<&ClusterSpec>) -> Result<Certs> {
     let file = |name: &str| dir.join(name);
     let mut ca_params = CertificateParams::new(Vec::<String>::new())?;
     ca_params
@@ -782,6 +983,13 @@ fn write_certs(dir: &Path) -> Result<Certs> {
         "kubernetes.default.svc.cluster.local".into(),
         "10.0.0.1".into(),
     ])?;
+    if let Some(c) = cluster {
+        for ip in [c.host_ip, c.service_ip] {
+            serving
+                .subject_alt_names
+                .push(rcgen::SanType::IpAddress(ip.into()));
+        }
+    }
     serving
         .distinguished_name
         .push(DnType::CommonName, "kube-apiserver");
@@ -802,6 +1010,31 @@ fn write_certs(dir: &Path) -> Result<Certs> {
     // ES256 ServiceAccount token signing key.
     let sa_key = KeyPair::generate()?;
 
+    let client_cert = |cn: &str, org: &str, cert: PathBuf, key: PathBuf| -> Result<()> {
+        let mut p = CertificateParams::new(Vec::<String>::new())?;
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.distinguished_name.push(DnType::OrganizationName, org);
+        p.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        let k = KeyPair::generate()?;
+        let c = p.signed_by(&k, &issuer)?;
+        write_private(&cert, c.pem().as_bytes())?;
+        write_private(&key, k.serialize_pem().as_bytes())
+    };
+    client_cert(
+        "kube-apiserver-kubelet-client",
+        "system:masters",
+        file("kubelet-client.crt"),
+        file("kubelet-client.key"),
+    )?;
+    for node in cluster.map(|c| c.nodes.as_slice()).unwrap_or_default() {
+        client_cert(
+            &format!("system:node:{node}"),
+            "system:nodes",
+            file(&format!("node-{node}.crt")),
+            file(&format!("node-{node}.key")),
+        )?;
+    }
+
     let certs = Certs {
         ca: file("ca.crt"),
         serving_cert: file("apiserver.crt"),
@@ -810,6 +1043,8 @@ fn write_certs(dir: &Path) -> Result<Certs> {
         admin_key: file("admin.key"),
         sa_key: file("sa.key"),
         sa_pub: file("sa.pub"),
+        kubelet_client_cert: file("kubelet-client.crt"),
+        kubelet_client_key: file("kubelet-client.key"),
     };
     write_private(&certs.ca, ca_cert.pem().as_bytes())?;
     write_private(&certs.serving_cert, serving_cert.pem().as_bytes())?;

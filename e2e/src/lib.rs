@@ -1,16 +1,14 @@
-//! Test harness shared by every crate's tests: a local control plane (real etcd + kube-apiserver), network
-//! namespaces acting as nodes and pods, a kubelet stand-in, a kube-ovn daemon stand-in, and the sandbox cluster
-//! that puts them together with the chart, the operator and the agents.
+//! Test harness shared by every crate's tests: a local control plane (real etcd + kube-apiserver), a real
+//! multi-node cluster on this machine (kubelet + containerd + runc per node, see [`cluster`]), network namespaces,
+//! a local OCI registry, a kubelet stand-in for the agent's protocol tests, and a kube-ovn daemon stand-in.
 
 pub mod apply;
+pub mod cluster;
 pub mod control_plane;
-pub mod forward;
 pub mod kube_ovn;
 pub mod kubelet;
 pub mod netns;
-pub mod node_exec;
 pub mod process;
-pub mod sandbox;
 pub mod tap;
 pub mod tools;
 pub mod workspace;

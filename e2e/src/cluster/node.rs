@@ -1,0 +1,433 @@
+//! A node of the test cluster: what one host of a user's cluster is, made of namespaces on this machine.
+//!
+//! - **network**: a network namespace (its "host network") with `eth0` (node IP, lower device) and `p4p1` on the
+//!   cluster's segments (see [`super::network`]);
+//! - **files**: a private mount namespace, kept in a file so every process of the node can enter it, in which the
+//!   paths the kubelet, containerd, the CNI plugins and the device plugin API fix (`/var/lib/kubelet`,
+//!   `/run/containerd`, `/etc/cni/net.d`, `/opt/cni/bin`, ...) are bind mounts of the node's own directories.
+//!   Container rootfs and pod netns mounts live and die in it;
+//! - **cgroups**: a root of its own (`cgroupRoot` of the kubelet) in every hierarchy;
+//! - **programs**: containerd (Debian's, with runc), the kubelet and kube-proxy (nftables mode), each entered into
+//!   both namespaces with `nsenter`. Everything else on the node (our agent, Multus's NADs, pods) comes through
+//!   the API server, as on a real node. Multus (the thin plugin) is installed the way its install step would:
+//!   binary into `/opt/cni/bin`, `00-multus.conf` first in `/etc/cni/net.d`.
+
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+
+use super::network::ifindex_base;
+use crate::netns::Netns;
+use crate::process::Process;
+use crate::tools;
+
+/// Paths every node has privately: (name of the node's directory, path inside the node).
+pub const NODE_MOUNTS: [(&str, &str); 11] = [
+    ("kubelet", "/var/lib/kubelet"),
+    ("containerd", "/var/lib/containerd"),
+    ("run-containerd", "/run/containerd"),
+    ("cni-conf", "/etc/cni/net.d"),
+    ("cni-bin", "/opt/cni/bin"),
+    ("cni-state", "/var/lib/cni"),
+    ("pod-logs", "/var/log/pods"),
+    ("container-logs", "/var/log/containers"),
+    ("netns", "/run/netns"),
+    // The kube-ovn daemon's socket dir (a stand-in of ours serves it, see crate::kube_ovn).
+    ("openvswitch", "/run/openvswitch"),
+    ("etc-kubernetes", "/etc/kubernetes"),
+];
+
+/// The CNI network every pod gets first (Multus' `clusterNetwork`): a bridge with the node's pod network.
+pub const CLUSTER_NETWORK_NAME: &str = "cluster";
+
+/// Everything a node needs to know about its cluster.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    pub name: String,
+    /// Position in the cluster (address and ifindex ranges).
+    pub index: usize,
+    pub ip: Ipv4Addr,
+    pub prefix_len: u8,
+    pub pod_cidr: String,
+    pub cluster_cidr: String,
+    /// containerd's registry `config_path`: a `hosts.toml` per mirrored registry naming the cluster's registry
+    /// as its only server (see `crate::registry`), so no pull ever leaves the machine.
+    pub registry_hosts_dir: PathBuf,
+    /// The CRI sandbox image.
+    pub pause_image: String,
+    /// cgroup root (under every hierarchy) of this node's pods.
+    pub cgroup_root: String,
+}
+
+/// A running node. Dropping it stops its programs; the cluster's teardown script removes the rest.
+pub struct Node {
+    pub spec: NodeSpec,
+    pub netns: Netns,
+    /// The node's own directory (what [`NODE_MOUNTS`] bind).
+    pub dir: PathBuf,
+    /// The file that keeps the node's mount namespace.
+    pub mount_ns: PathBuf,
+    containerd: Option<Process>,
+    kubelet: Option<Process>,
+    kube_proxy: Option<Process>,
+}
+
+impl Node {
+    /// Creates the node's namespaces and directories and writes its configuration; starts nothing yet.
+    pub fn create(spec: NodeSpec, netns: Netns, dir: PathBuf, mount_ns: PathBuf) -> Result<Node> {
+        for (sub, _) in NODE_MOUNTS {
+            std::fs::create_dir_all(dir.join(sub))?;
+        }
+        std::fs::File::create(&mount_ns)
+            .with_context(|| format!("creating {}", mount_ns.display()))?;
+        // `unshare --mount=<file>` keeps the namespace alive in the file after the setup shell exits.
+        let mut script = String::from("set -e\n");
+        for (sub, target) in NODE_MOUNTS {
+            script.push_str(&format!(
+                "mount --bind '{}' '{target}'\n",
+                dir.join(sub).display()
+            ));
+        }
+        let out = Command::new("nsenter")
+            .arg(format!("--net={}", netns.path().display()))
+            .arg("unshare")
+            .arg(format!("--mount={}", mount_ns.display()))
+            .args(["--propagation", "private", "sh", "-c", &script])
+            .output()
+            .context("nsenter/unshare (util-linux)")?;
+        if !out.status.success() {
+            bail!(
+                "setting up the mount namespace of {}: {}",
+                spec.name,
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        create_cgroup_root(&spec.cgroup_root)?;
+        let node = Node {
+            spec,
+            netns,
+            dir,
+            mount_ns,
+            containerd: None,
+            kubelet: None,
+            kube_proxy: None,
+        };
+        node.write_containerd_config()?;
+        node.install_cni()?;
+        Ok(node)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.spec.name
+    }
+
+    /// A command run on the node: inside its network and mount namespaces.
+    pub fn command(&self, program: impl AsRef<std::ffi::OsStr>) -> Command {
+        let mut cmd = Command::new("nsenter");
+        cmd.arg(format!("--mount={}", self.mount_ns.display()))
+            .arg(format!("--net={}", self.netns.path().display()))
+            .arg("--")
+            .arg(program);
+        cmd
+    }
+
+    /// Runs a command on the node and returns its stdout; an error with its stderr when it fails.
+    pub fn run(&self, program: &str, args: &[&str]) -> Result<String> {
+        let out = self
+            .command(program)
+            .args(args)
+            .output()
+            .with_context(|| format!("running {program} on {}", self.name()))?;
+        if !out.status.success() {
+            bail!(
+                "{program} {} on {}: {}{}",
+                args.join(" "),
+                self.name(),
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        }
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    fn log(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.log"))
+    }
+
+    pub fn start_containerd(&mut self) -> Result<()> {
+        let mut cmd = self.command("containerd");
+        cmd.arg("--config")
+            .arg(self.dir.join("containerd.toml"));
+        self.containerd = Some(Process::spawn(
+            &format!("containerd-{}", self.name()),
+            cmd,
+            &self.log("containerd"),
+        )?);
+        let sock = self.dir.join("run-containerd/containerd.sock");
+        wait_for(Duration::from_secs(30), || sock.exists())
+            .with_context(|| format!("containerd of {} did not start: {}", self.name(), self.containerd_log_tail()))
+    }
+
+    fn containerd_log_tail(&self) -> String {
+        self.containerd
+            .as_ref()
+            .map(|p| p.log_tail(20))
+            .unwrap_or_default()
+    }
+
+    /// Starts (or restarts) the kubelet.
+    pub fn start_kubelet(&mut self, kubeconfig: &Path, client_ca: &Path) -> Result<()> {
+        self.stop_kubelet();
+        let config = self.dir.join("kubelet.yaml");
+        std::fs::write(&config, self.kubelet_config(client_ca))?;
+        let mut cmd = self.command(tools::tool("kubelet").map_err(anyhow::Error::msg)?);
+        cmd.arg(format!("--config={}", config.display()))
+            .arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!("--hostname-override={}", self.name()))
+            .arg(format!("--node-ip={}", self.spec.ip))
+            .arg("--v=1");
+        self.kubelet = Some(Process::spawn(
+            &format!("kubelet-{}", self.name()),
+            cmd,
+            &self.log("kubelet"),
+        )?);
+        Ok(())
+    }
+
+    /// Stops the kubelet (SIGTERM), leaving its pods running, as `systemctl stop kubelet` would.
+    pub fn stop_kubelet(&mut self) {
+        if let Some(mut k) = self.kubelet.take() {
+            k.stop(Duration::from_secs(20));
+        }
+    }
+
+    pub fn start_kube_proxy(&mut self, kubeconfig: &Path) -> Result<()> {
+        let mut cmd = self.command(tools::tool("kube-proxy").map_err(anyhow::Error::msg)?);
+        cmd.arg(format!("--kubeconfig={}", kubeconfig.display()))
+            .arg(format!("--hostname-override={}", self.name()))
+            .arg("--proxy-mode=nftables")
+            .arg(format!("--cluster-cidr={}", self.spec.cluster_cidr))
+            // Leave the machine's conntrack sysctls alone.
+            .arg("--conntrack-max-per-core=0")
+            .arg("--conntrack-tcp-timeout-established=0")
+            .arg("--conntrack-tcp-timeout-close-wait=0")
+            .arg("--metrics-bind-address=127.0.0.1:10249")
+            .arg("--healthz-bind-address=127.0.0.1:10256")
+            .arg("--v=1");
+        self.kube_proxy = Some(Process::spawn(
+            &format!("kube-proxy-{}", self.name()),
+            cmd,
+            &self.log("kube-proxy"),
+        )?);
+        Ok(())
+    }
+
+    /// The kubelet's log, last `lines` lines.
+    pub fn kubelet_log_tail(&self, lines: usize) -> String {
+        self.kubelet
+            .as_ref()
+            .map(|p| p.log_tail(lines))
+            .unwrap_or_default()
+    }
+
+    fn write_containerd_config(&self) -> Result<()> {
+        let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
+        let config = format!(
+            r#"# containerd of test node {name} (written by macvtap-e2e)
+version = 2
+root = "/var/lib/containerd"
+state = "/run/containerd"
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.internal.v1.tracing"]
+
+[grpc]
+  address = "/run/containerd/containerd.sock"
+
+[plugins."io.containerd.internal.v1.opt"]
+  path = "/var/lib/containerd/opt"
+
+[{cri}]
+  sandbox_image = "{pause}"
+  # This host's root lacks CAP_SYS_RESOURCE: nothing may lower an oom_score_adj (see the README).
+  restrict_oom_score_adj = true
+  [{cri}.containerd]
+    snapshotter = "overlayfs"
+    default_runtime_name = "runc"
+    [{cri}.containerd.runtimes.runc]
+      runtime_type = "io.containerd.runc.v2"
+      [{cri}.containerd.runtimes.runc.options]
+        SystemdCgroup = false
+  [{cri}.cni]
+    bin_dir = "/opt/cni/bin"
+    conf_dir = "/etc/cni/net.d"
+    max_conf_num = 1
+  [{cri}.registry]
+    config_path = "{hosts}"
+"#,
+            name = self.name(),
+            pause = self.spec.pause_image,
+            hosts = self.spec.registry_hosts_dir.display(),
+        );
+        std::fs::write(self.dir.join("containerd.toml"), config)?;
+        Ok(())
+    }
+
+    /// `/opt/cni/bin`: the reference plugins (bridge, host-local, static, loopback, ...), Multus, kube-ovn's CNI
+    /// binary; our `macvtap` is not here: the agent's install-cni init container puts it there. `/etc/cni/net.d`:
+    /// Multus first, delegating the cluster network to a bridge `.conf` (a single plugin, see the README).
+    fn install_cni(&self) -> Result<()> {
+        let bin = self.dir.join("cni-bin");
+        for entry in std::fs::read_dir("/usr/lib/cni")
+            .context("/usr/lib/cni (Debian containernetworking-plugins)")?
+        {
+            let entry = entry?;
+            std::fs::copy(entry.path(), bin.join(entry.file_name()))?;
+        }
+        for tool in ["multus", "kube-ovn"] {
+            let path = tools::tool(tool).map_err(anyhow::Error::msg)?;
+            std::fs::copy(&path, bin.join(tool))?;
+        }
+        let conf = self.dir.join("cni-conf");
+        let multus_dir = conf.join("multus.d");
+        std::fs::create_dir_all(&multus_dir)?;
+        let cluster = serde_json::json!({
+            "cniVersion": "0.4.0",
+            "name": CLUSTER_NETWORK_NAME,
+            "type": "bridge",
+            "bridge": "cni0",
+            "isGateway": true,
+            "ipMasq": true,
+            "ipam": {
+                "type": "host-local",
+                "ranges": [[{"subnet": self.spec.pod_cidr}]],
+                "routes": [{"dst": "0.0.0.0/0"}],
+                "dataDir": "/var/lib/cni/networks",
+            },
+        });
+        std::fs::write(
+            multus_dir.join("cluster.conf"),
+            serde_json::to_vec_pretty(&cluster)?,
+        )?;
+        let multus = serde_json::json!({
+            "cniVersion": "0.3.1",
+            "name": "multus-cni-network",
+            "type": "multus",
+            "kubeconfig": "/etc/cni/net.d/multus.d/multus.kubeconfig",
+            "clusterNetwork": "/etc/cni/net.d/multus.d/cluster.conf",
+            "cniDir": "/var/lib/cni/multus",
+            "binDir": "/opt/cni/bin",
+            "logFile": "/var/log/pods/multus.log",
+            "logLevel": "verbose",
+        });
+        std::fs::write(
+            conf.join("00-multus.conf"),
+            serde_json::to_vec_pretty(&multus)?,
+        )?;
+        Ok(())
+    }
+
+    /// Where Multus's kubeconfig goes (written by the cluster once the ServiceAccount exists).
+    pub fn multus_kubeconfig(&self) -> PathBuf {
+        self.dir.join("cni-conf/multus.d/multus.kubeconfig")
+    }
+
+    fn kubelet_config(&self, client_ca: &Path) -> String {
+        format!(
+            r#"apiVersion: kubelet.config.k8s.io/v1beta1
+kind: KubeletConfiguration
+address: {ip}
+port: 10250
+readOnlyPort: 0
+healthzPort: 0
+authentication:
+  anonymous: {{enabled: false}}
+  webhook: {{enabled: true}}
+  x509: {{clientCAFile: {ca}}}
+authorization: {{mode: Webhook}}
+containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
+cgroupDriver: cgroupfs
+cgroupRoot: {cgroup_root}
+# This machine runs cgroup v1 (hybrid); kubelet 1.35 refuses it unless told.
+failCgroupV1: false
+failSwapOn: false
+makeIPTablesUtilChains: false
+resolvConf: ""
+rotateCertificates: false
+serverTLSBootstrap: false
+volumePluginDir: /var/lib/kubelet/volume-plugins
+# Images cannot be pulled again from the internet: never collect them, evict only when really out of space.
+imageGCHighThresholdPercent: 100
+imageGCLowThresholdPercent: 99
+evictionHard: {{memory.available: "100Mi", nodefs.available: "1%", imagefs.available: "1%", nodefs.inodesFree: "1%"}}
+nodeStatusUpdateFrequency: 4s
+syncFrequency: 10s
+serializeImagePulls: false
+maxPods: 110
+podCIDR: {pod_cidr}
+"#,
+            ip = self.spec.ip,
+            ca = client_ca.display(),
+            cgroup_root = self.spec.cgroup_root,
+            pod_cidr = self.spec.pod_cidr,
+        )
+    }
+
+    /// The ifindex range of this node's links (see [`super::network`]).
+    pub fn ifindex_base(&self) -> u32 {
+        ifindex_base(self.spec.index)
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        // The kubelet first, so it does not restart what containerd stops.
+        for p in [&mut self.kubelet, &mut self.kube_proxy, &mut self.containerd] {
+            if let Some(mut p) = p.take() {
+                p.stop(Duration::from_secs(5));
+            }
+        }
+    }
+}
+
+/// Hierarchies of this machine's cgroup v1 (and the unified one of the hybrid layout).
+pub fn cgroup_hierarchies() -> Vec<PathBuf> {
+    let Ok(entries) = std::fs::read_dir("/sys/fs/cgroup") else {
+        return Vec::new();
+    };
+    let mut dirs: Vec<PathBuf> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+        .map(|e| e.path())
+        .collect();
+    dirs.sort();
+    dirs
+}
+
+/// The node's cgroup root in every hierarchy; cpuset needs its cpus and mems before anything can join.
+fn create_cgroup_root(root: &str) -> Result<()> {
+    for h in cgroup_hierarchies() {
+        let dir = h.join(root.trim_start_matches('/'));
+        std::fs::create_dir_all(&dir).with_context(|| format!("creating {}", dir.display()))?;
+        if h.ends_with("cpuset") {
+            for f in ["cpuset.cpus", "cpuset.mems"] {
+                let parent = std::fs::read_to_string(h.join(f))?;
+                std::fs::write(dir.join(f), parent.trim())?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Polls `cond` every 50 ms until it holds or `timeout` passes.
+pub fn wait_for(timeout: Duration, mut cond: impl FnMut() -> bool) -> Result<()> {
+    let deadline = std::time::Instant::now() + timeout;
+    while !cond() {
+        if std::time::Instant::now() > deadline {
+            bail!("not within {timeout:?}");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    Ok(())
+}

@@ -1,0 +1,94 @@
+//! What a user watches on the cluster: pools and their status, the macvtap resources on each Node.
+
+use std::time::{Duration, Instant};
+
+use anyhow::{Result, bail};
+use k8s_openapi::api::core::v1::Node as NodeObject;
+use kube::api::Api;
+use macvtap_api::MacvtapPool;
+
+use super::Cluster;
+
+/// `macvtap.network.kubevirt.io/<name>`.
+pub fn resource_name(name: &str) -> String {
+    format!("macvtap.network.kubevirt.io/{name}")
+}
+
+/// Ready on every matched node, `Ready=True`.
+pub fn pool_ready(p: &MacvtapPool) -> bool {
+    p.status.as_ref().is_some_and(|s| {
+        s.nodes_ready == s.nodes_matched
+            && s.nodes_matched > 0
+            && s.conditions
+                .iter()
+                .any(|c| c.type_ == "Ready" && c.status == "True")
+    })
+}
+
+/// A Node's (capacity, allocatable) of one resource, as the kubelet reports them.
+pub fn node_resource(node: &NodeObject, resource: &str) -> (i64, i64) {
+    let get = |m: Option<&std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+        m.and_then(|m| m.get(resource))
+            .and_then(|q| q.0.parse::<i64>().ok())
+            .unwrap_or(0)
+    };
+    let st = node.status.as_ref();
+    (
+        get(st.and_then(|s| s.capacity.as_ref())),
+        get(st.and_then(|s| s.allocatable.as_ref())),
+    )
+}
+
+impl Cluster {
+    /// Waits until `pred` holds for the pool; the error shows the pool as last seen.
+    pub async fn wait_pool(
+        &self,
+        name: &str,
+        timeout: Duration,
+        pred: impl Fn(&MacvtapPool) -> bool,
+    ) -> Result<MacvtapPool> {
+        let api = Api::<MacvtapPool>::all(self.client());
+        let deadline = Instant::now() + timeout;
+        loop {
+            let last = api.get_opt(name).await?;
+            if let Some(p) = &last
+                && pred(p)
+            {
+                return Ok(p.clone());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "pool {name} not as expected within {timeout:?}; last: {}",
+                    serde_json::to_string(&last.map(|p| p.status)).unwrap_or_default()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+
+    /// Waits until the Node's allocatable of `resource` satisfies `pred`; returns (capacity, allocatable).
+    pub async fn wait_node_resource(
+        &self,
+        node: &str,
+        resource: &str,
+        timeout: Duration,
+        pred: impl Fn(i64, i64) -> bool,
+    ) -> Result<(i64, i64)> {
+        let api = Api::<NodeObject>::all(self.client());
+        let deadline = Instant::now() + timeout;
+        loop {
+            let n = api.get(node).await?;
+            let (cap, alloc) = node_resource(&n, resource);
+            if pred(cap, alloc) {
+                return Ok((cap, alloc));
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "{resource} on Node {node} not as expected within {timeout:?}: capacity {cap}, \
+                     allocatable {alloc}"
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
