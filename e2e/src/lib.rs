@@ -10,6 +10,7 @@ pub mod kubelet;
 pub mod netns;
 pub mod node_exec;
 pub mod process;
+pub mod registry;
 pub mod sandbox;
 pub mod tap;
 pub mod tools;
