@@ -9,6 +9,7 @@ pub mod kube_ovn;
 pub mod kubelet;
 pub mod netns;
 pub mod process;
+pub mod registry;
 pub mod tap;
 pub mod tools;
 pub mod workspace;

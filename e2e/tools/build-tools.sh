@@ -16,6 +16,7 @@ ETCD_VERSION=v3.6.16
 HELM_VERSION=v3.21.4
 MULTUS_VERSION=v4.3.0
 KUBEOVN_VERSION=v1.16.2
+REGISTRY_VERSION=v3.1.2      # CNCF distribution: the OCI registry the real cluster's containerd mirrors pull from
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${MACVTAP_TOOLS_CACHE:-$HOME/.cache/macvtap-operator/tools}
@@ -194,6 +195,20 @@ build_kube_ovn() {
   log "kube-ovn done in $((SECONDS - t0))s"
 }
 
+build_registry() {
+  have registry "$REGISTRY_VERSION" && return 0
+  need_go
+  local t0=$SECONDS m=github.com/distribution/distribution/v3
+  log "registry (distribution) $REGISTRY_VERSION"
+  # Its go.mod has no replace directives, so `go install pkg@version` builds it from its own go.sum. The stamps are
+  # the ones its Makefile sets (`registry --version` prints them).
+  heartbeat registry env GOBIN="$BIN" go install -trimpath -buildvcs=false \
+    -ldflags "$LDFLAGS_BASE -X $m/version.version=$REGISTRY_VERSION -X $m/version.mainpkg=$m" \
+    "$m/cmd/registry@$REGISTRY_VERSION"
+  stamp registry "$REGISTRY_VERSION"
+  log "registry done in $((SECONDS - t0))s"
+}
+
 # Debian's reference plugins (host-local, static, ...) in /usr/lib/cni, the IPAM plugins the CNI tests delegate to.
 install_cni_plugins() {
   [[ -x /usr/lib/cni/host-local && -x /usr/lib/cni/static ]] && return 0
@@ -203,13 +218,14 @@ install_cni_plugins() {
     { apt-get update -q >/dev/null && apt-get install -y -q containernetworking-plugins >/dev/null; }
 }
 
-want=${TOOLS:-"k8s etcd helm multus kube-ovn podresources-relay cni-plugins"}
+want=${TOOLS:-"k8s etcd helm multus kube-ovn podresources-relay registry cni-plugins"}
 total0=$SECONDS
 for t in $want; do
   case $t in
     k8s) build_k8s ;; etcd) build_etcd ;; helm) build_helm ;; multus) build_multus ;; kube-ovn) build_kube_ovn ;;
     cni-plugins) install_cni_plugins ;;
     podresources-relay) build_podresources_relay ;;
+    registry) build_registry ;;
     *) echo "unknown tool $t" >&2; exit 2 ;;
   esac
 done

@@ -6,6 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 pkgs=(protobuf-compiler containernetworking-plugins iproute2 openssl buildah jq musl-tools make)
+# The real multi-node cluster: each node's container runtime (containerd 1.6 + runc), what kubelet and kube-proxy
+# call (iptables, nftables, conntrack), the test images' busybox (busybox-static) and skopeo, which copies the OCI
+# archives of images/build.sh into the local registry the nodes pull from. file: images/build.sh checks binaries.
+pkgs+=(containerd runc iptables nftables conntrack busybox-static skopeo file)
 missing=()
 for p in "${pkgs[@]}"; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
