@@ -155,9 +155,7 @@ impl ControlPlane {
     /// a control plane without nodes.
     pub fn node_server_url(&self) -> String {
         match &self.cluster {
-            Some(c) => self
-                .server_url
-                .replace("127.0.0.1", &c.host_ip.to_string()),
+            Some(c) => self.server_url.replace("127.0.0.1", &c.host_ip.to_string()),
             None => self.server_url.clone(),
         }
     }

@@ -104,7 +104,10 @@ fn check_tap(pod: &RunningPod) -> Result<std::path::PathBuf> {
 
 /// Our macvtap links in a node's network namespace (host side: not in any pod).
 fn node_macvtaps(c: &Cluster, node: &str) -> Result<Vec<String>> {
-    let out = c.node(node).netns.ip(&["-d", "-j", "link", "show", "type", "macvtap"])?;
+    let out = c
+        .node(node)
+        .netns
+        .ip(&["-d", "-j", "link", "show", "type", "macvtap"])?;
     let v: serde_json::Value = serde_json::from_str(&out)?;
     Ok(v.as_array()
         .into_iter()
@@ -140,7 +143,12 @@ async fn allocated(c: &Cluster, pool: &str) -> Result<i64> {
 async fn chart_runs_as_pods(c: &mut Cluster) -> Result<()> {
     let ns = c.chart.namespace.clone();
     // Both agents and both operator replicas answer `kubectl logs`; one replica leads.
-    for node in c.nodes.iter().map(|n| n.name().to_string()).collect::<Vec<_>>() {
+    for node in c
+        .nodes
+        .iter()
+        .map(|n| n.name().to_string())
+        .collect::<Vec<_>>()
+    {
         let agent = c.agent_pod(&node).await?;
         let logs = c.kubectl_out(&["logs", "-n", &ns, &agent.name_any(), "-c", "agent"])?;
         ensure!(!logs.trim().is_empty(), "empty log of {}", agent.name_any());
@@ -167,7 +175,9 @@ async fn chart_runs_as_pods(c: &mut Cluster) -> Result<()> {
         .filter_map(|l| l.spec.as_ref()?.holder_identity.clone())
         .collect();
     ensure!(
-        holders.iter().any(|h| operators.iter().any(|o| h.contains(o.as_str()))),
+        holders
+            .iter()
+            .any(|h| operators.iter().any(|o| h.contains(o.as_str()))),
         "the operator Lease is held by one of {operators:?}: {holders:?}"
     );
     Ok(())
@@ -175,7 +185,9 @@ async fn chart_runs_as_pods(c: &mut Cluster) -> Result<()> {
 
 async fn dataplane(c: &mut Cluster) -> Result<()> {
     c.apply_file(&config_file("pools/dataplane.yaml")).await?;
-    let pool = c.wait_pool("dataplane", Duration::from_secs(90), pool_ready).await?;
+    let pool = c
+        .wait_pool("dataplane", Duration::from_secs(90), pool_ready)
+        .await?;
     let st = pool.status.unwrap();
     ensure!(st.nodes_matched == 2 && st.capacity == 100, "status {st:?}");
     for node in &c.nodes {
@@ -184,16 +196,25 @@ async fn dataplane(c: &mut Cluster) -> Result<()> {
         })
         .await?;
     }
-    c.apply_file(&config_file("original/nad-dataplane.yaml")).await?;
-    let pod = c.run_pod(example("original/pod.yaml", None, None)?, RUN).await?;
+    c.apply_file(&config_file("original/nad-dataplane.yaml"))
+        .await?;
+    let pod = c
+        .run_pod(example("original/pod.yaml", None, None)?, RUN)
+        .await?;
     let l = net1(&pod)?;
-    ensure!(l["linkinfo"]["info_kind"] == "macvtap", "net1 is not a macvtap: {l}");
+    ensure!(
+        l["linkinfo"]["info_kind"] == "macvtap",
+        "net1 is not a macvtap: {l}"
+    );
     ensure!(l["linkinfo"]["info_data"]["mode"] == "bridge", "mode: {l}");
     ensure!(l["mtu"] == 1500, "mtu: {l}");
     ensure!(l["operstate"] != "DOWN", "net1 is down: {l}");
     check_tap(&pod)?;
     let tap = &pod.tap_devices()[0];
-    ensure!((tap.uid, tap.gid) == (107, 107), "tap owner {tap:?} (KubeVirt's qemu is 107:107)");
+    ensure!(
+        (tap.uid, tap.gid) == (107, 107),
+        "tap owner {tap:?} (KubeVirt's qemu is 107:107)"
+    );
     c.wait_pool("dataplane", Duration::from_secs(60), |p| {
         p.status.as_ref().is_some_and(|s| s.allocated == 1)
     })
@@ -210,32 +231,52 @@ async fn dataplane(c: &mut Cluster) -> Result<()> {
         p.status.as_ref().is_some_and(|s| s.allocated == 0)
     })
     .await?;
-    let again = c.run_pod(example("original/pod.yaml", None, None)?, RUN).await?;
+    let again = c
+        .run_pod(example("original/pod.yaml", None, None)?, RUN)
+        .await?;
     check_tap(&again)?;
     c.delete_pod(&again.namespace, &again.name, GONE).await
 }
 
 async fn pod_with_mac(c: &mut Cluster) -> Result<()> {
-    let pod = c.run_pod(example("original/pod-with-mac.yaml", None, None)?, RUN).await?;
+    let pod = c
+        .run_pod(example("original/pod-with-mac.yaml", None, None)?, RUN)
+        .await?;
     let l = net1(&pod)?;
-    ensure!(l["address"] == "02:23:45:67:89:01", "MAC from the selection annotation: {l}");
+    ensure!(
+        l["address"] == "02:23:45:67:89:01",
+        "MAC from the selection annotation: {l}"
+    );
     c.delete_pod(&pod.namespace, &pod.name, GONE).await
 }
 
 async fn device_plugin_only(c: &mut Cluster) -> Result<()> {
     let pod = c
-        .run_pod(example("original/pod-device-plugin-only.yaml", None, None)?, RUN)
+        .run_pod(
+            example("original/pod-device-plugin-only.yaml", None, None)?,
+            RUN,
+        )
         .await?;
     let taps = pod.tap_devices();
     ensure!(taps.len() == 1, "tap device given: {taps:?}");
     let names = pod.link_names()?;
-    ensure!(!names.iter().any(|n| n == "net1"), "no CNI interface expected: {names:?}");
+    ensure!(
+        !names.iter().any(|n| n == "net1"),
+        "no CNI interface expected: {names:?}"
+    );
     // Allocate made the link on the node; the container's tap is that link's.
-    let out = c.node(&pod.node).netns.ip(&["-j", "link", "show", "type", "macvtap"])?;
+    let out = c
+        .node(&pod.node)
+        .netns
+        .ip(&["-j", "link", "show", "type", "macvtap"])?;
     let links: serde_json::Value = serde_json::from_str(&out)?;
     let ifindex = taps[0].ifindex().context("tap name")?;
     ensure!(
-        links.as_array().into_iter().flatten().any(|l| l["ifindex"] == ifindex),
+        links
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|l| l["ifindex"] == ifindex),
         "no macvtap with ifindex {ifindex} on {}: {links}",
         pod.node
     );
@@ -243,9 +284,24 @@ async fn device_plugin_only(c: &mut Cluster) -> Result<()> {
 }
 
 async fn data_path(c: &mut Cluster) -> Result<()> {
-    let a = c.run_pod(example("original/pod.yaml", Some("dp-a"), Some("node-a"))?, RUN).await?;
-    let b = c.run_pod(example("original/pod.yaml", Some("dp-b"), Some("node-a"))?, RUN).await?;
-    let d = c.run_pod(example("original/pod.yaml", Some("dp-c"), Some("node-b"))?, RUN).await?;
+    let a = c
+        .run_pod(
+            example("original/pod.yaml", Some("dp-a"), Some("node-a"))?,
+            RUN,
+        )
+        .await?;
+    let b = c
+        .run_pod(
+            example("original/pod.yaml", Some("dp-b"), Some("node-a"))?,
+            RUN,
+        )
+        .await?;
+    let d = c
+        .run_pod(
+            example("original/pod.yaml", Some("dp-c"), Some("node-b"))?,
+            RUN,
+        )
+        .await?;
     let mac = |p: &RunningPod| -> Result<[u8; 6]> {
         parse_mac(net1(p)?["address"].as_str().unwrap_or_default()).context("MAC")
     };
@@ -254,11 +310,20 @@ async fn data_path(c: &mut Cluster) -> Result<()> {
     let mut tb = Tap::open(&check_tap(&b)?)?;
     let mut td = Tap::open(&check_tap(&d)?)?;
     ta.send(mb, ma, b"same node")?;
-    ensure!(tb.receive(b"same node", Duration::from_secs(5))? == Some(ma), "same-node frame lost");
+    ensure!(
+        tb.receive(b"same node", Duration::from_secs(5))? == Some(ma),
+        "same-node frame lost"
+    );
     ta.send(md, ma, b"across nodes")?;
-    ensure!(td.receive(b"across nodes", Duration::from_secs(5))? == Some(ma), "cross-node frame lost");
+    ensure!(
+        td.receive(b"across nodes", Duration::from_secs(5))? == Some(ma),
+        "cross-node frame lost"
+    );
     td.send(ma, md, b"and back")?;
-    ensure!(ta.receive(b"and back", Duration::from_secs(5))? == Some(md), "reply lost");
+    ensure!(
+        ta.receive(b"and back", Duration::from_secs(5))? == Some(md),
+        "reply lost"
+    );
     for p in [a, b, d] {
         c.delete_pod(&p.namespace, &p.name, GONE).await?;
     }
@@ -268,7 +333,8 @@ async fn data_path(c: &mut Cluster) -> Result<()> {
 async fn capacity_edit(c: &mut Cluster) -> Result<()> {
     let api = Api::<MacvtapPool>::all(c.client());
     let set = |n: i64| Patch::Merge(serde_json::json!({"spec": {"capacity": n}}));
-    api.patch("dataplane", &PatchParams::default(), &set(7)).await?;
+    api.patch("dataplane", &PatchParams::default(), &set(7))
+        .await?;
     for node in &c.nodes {
         c.wait_node_resource(node.name(), &resource_name("dataplane"), RUN, |cap, a| {
             cap == 7 && a == 7
@@ -279,10 +345,13 @@ async fn capacity_edit(c: &mut Cluster) -> Result<()> {
         p.status.as_ref().is_some_and(|s| s.capacity == 14)
     })
     .await?;
-    api.patch("dataplane", &PatchParams::default(), &set(50)).await?;
+    api.patch("dataplane", &PatchParams::default(), &set(50))
+        .await?;
     for node in &c.nodes {
-        c.wait_node_resource(node.name(), &resource_name("dataplane"), RUN, |cap, _| cap == 50)
-            .await?;
+        c.wait_node_resource(node.name(), &resource_name("dataplane"), RUN, |cap, _| {
+            cap == 50
+        })
+        .await?;
     }
     Ok(())
 }
@@ -290,12 +359,17 @@ async fn capacity_edit(c: &mut Cluster) -> Result<()> {
 /// `p4p1`, not `eth0`: eth0 also carries the node's own traffic (kubelet, agent), like a host's only NIC.
 async fn lower_device_down(c: &mut Cluster) -> Result<()> {
     c.apply_file(&config_file("pools/p4p1.yaml")).await?;
-    c.wait_pool("p4p1", Duration::from_secs(90), pool_ready).await?;
-    c.node("node-b").netns.ip(&["link", "set", "p4p1", "down"])?;
+    c.wait_pool("p4p1", Duration::from_secs(90), pool_ready)
+        .await?;
+    c.node("node-b")
+        .netns
+        .ip(&["link", "set", "p4p1", "down"])?;
     let pool = c
         .wait_pool("p4p1", Duration::from_secs(60), |p| {
             p.status.as_ref().is_some_and(|s| {
-                s.conditions.iter().any(|c| c.type_ == "Degraded" && c.status == "True")
+                s.conditions
+                    .iter()
+                    .any(|c| c.type_ == "Degraded" && c.status == "True")
             })
         })
         .await;
@@ -307,8 +381,12 @@ async fn lower_device_down(c: &mut Cluster) -> Result<()> {
         .into_iter()
         .find(|c| c.type_ == "Degraded")
         .unwrap();
-    ensure!(degraded.message.contains("node-b"), "Degraded names the node: {degraded:?}");
-    c.wait_pool("p4p1", Duration::from_secs(60), pool_ready).await?;
+    ensure!(
+        degraded.message.contains("node-b"),
+        "Degraded names the node: {degraded:?}"
+    );
+    c.wait_pool("p4p1", Duration::from_secs(60), pool_ready)
+        .await?;
     Ok(())
 }
 
@@ -316,21 +394,45 @@ async fn lower_device_down(c: &mut Cluster) -> Result<()> {
 /// annotations as kube-ovn-controller would have written them (subnet of config/kube-ovn/subnet-p4p1.yaml).
 async fn kube_ovn(c: &mut Cluster) -> Result<()> {
     c.apply_file(&config_file("pools/p4p1.yaml")).await?;
-    c.wait_pool("p4p1", Duration::from_secs(90), pool_ready).await?;
+    c.wait_pool("p4p1", Duration::from_secs(90), pool_ready)
+        .await?;
     c.apply_file(&config_file("kube-ovn/nad-p4p1.yaml")).await?;
     let provider = "p4p1.default";
     let cases = [
-        ("kube-ovn/pod-fixed-ip.yaml", "net1", Some("172.17.100.20"), None),
-        ("kube-ovn/pod-fixed-mac.yaml", "net1", None, Some("02:00:ac:11:64:15")),
-        ("kube-ovn/pod-fixed-ip-and-mac.yaml", "net1", Some("172.17.100.22"), Some("02:00:ac:11:64:16")),
-        ("kube-ovn/pod-default-network.yaml", "eth0", Some("172.17.100.23"), Some("02:00:ac:11:64:17")),
+        (
+            "kube-ovn/pod-fixed-ip.yaml",
+            "net1",
+            Some("172.17.100.20"),
+            None,
+        ),
+        (
+            "kube-ovn/pod-fixed-mac.yaml",
+            "net1",
+            None,
+            Some("02:00:ac:11:64:15"),
+        ),
+        (
+            "kube-ovn/pod-fixed-ip-and-mac.yaml",
+            "net1",
+            Some("172.17.100.22"),
+            Some("02:00:ac:11:64:16"),
+        ),
+        (
+            "kube-ovn/pod-default-network.yaml",
+            "eth0",
+            Some("172.17.100.23"),
+            Some("02:00:ac:11:64:17"),
+        ),
     ];
     for (i, (file, ifname, ip, mac)) in cases.into_iter().enumerate() {
         let manifest = example(file, None, None)?;
         let name = manifest.name_any();
-        let want_ip = ip.map(str::to_string).unwrap_or_else(|| format!("172.17.100.{}", 50 + i));
-        let want_mac =
-            mac.map(str::to_string).unwrap_or_else(|| format!("02:00:ac:11:64:{:02x}", 0x50 + i));
+        let want_ip = ip
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("172.17.100.{}", 50 + i));
+        let want_mac = mac
+            .map(str::to_string)
+            .unwrap_or_else(|| format!("02:00:ac:11:64:{:02x}", 0x50 + i));
         for node in &c.nodes {
             let daemon = c.kube_ovn(node.name());
             for (k, v) in [
@@ -338,22 +440,51 @@ async fn kube_ovn(c: &mut Cluster) -> Result<()> {
                 ("mac_address", want_mac.as_str()),
                 ("cidr", "172.17.100.0/24"),
                 ("gateway", "172.17.100.1"),
-                ("default_route", if ifname == "eth0" { "true" } else { "false" }),
+                (
+                    "default_route",
+                    if ifname == "eth0" { "true" } else { "false" },
+                ),
             ] {
-                daemon.set_annotation("default", &name, &format!("{provider}.kubernetes.io/{k}"), v);
+                daemon.set_annotation(
+                    "default",
+                    &name,
+                    &format!("{provider}.kubernetes.io/{k}"),
+                    v,
+                );
             }
         }
-        let pod = c.run_pod(manifest, RUN).await.with_context(|| file.to_string())?;
-        let l = pod.link(ifname)?.with_context(|| format!("{file}: no {ifname}"))?;
-        ensure!(l["linkinfo"]["info_kind"] == "macvtap", "{file}: {ifname} is not macvtap: {l}");
-        ensure!(l["address"] == want_mac.as_str(), "{file}: MAC {} != {want_mac}", l["address"]);
+        let pod = c
+            .run_pod(manifest, RUN)
+            .await
+            .with_context(|| file.to_string())?;
+        let l = pod
+            .link(ifname)?
+            .with_context(|| format!("{file}: no {ifname}"))?;
+        ensure!(
+            l["linkinfo"]["info_kind"] == "macvtap",
+            "{file}: {ifname} is not macvtap: {l}"
+        );
+        ensure!(
+            l["address"] == want_mac.as_str(),
+            "{file}: MAC {} != {want_mac}",
+            l["address"]
+        );
         let addrs = pod.ip(&["-o", "-4", "addr", "show", "dev", ifname])?;
-        ensure!(addrs.contains(&format!("{want_ip}/24")), "{file}: addresses {addrs}, want {want_ip}/24");
+        ensure!(
+            addrs.contains(&format!("{want_ip}/24")),
+            "{file}: addresses {addrs}, want {want_ip}/24"
+        );
         let routes = pod.ip(&["route", "show", "default"])?;
         if ifname == "eth0" {
-            ensure!(routes.contains("172.17.100.1") && routes.contains("eth0"), "{file}: default route {routes:?}");
+            ensure!(
+                routes.contains("172.17.100.1") && routes.contains("eth0"),
+                "{file}: default route {routes:?}"
+            );
         } else {
-            ensure!(!routes.contains("net1"), "{file}: no default route via net1 expected: {routes:?}");
+            ensure!(
+                !routes.contains("net1"),
+                "{file}: no default route via net1 expected: {routes:?}"
+            );
         }
         c.delete_pod(&pod.namespace, &pod.name, GONE).await?;
     }
@@ -363,7 +494,12 @@ async fn kube_ovn(c: &mut Cluster) -> Result<()> {
 /// The kubelet restarts while a pod holds a device: the pod keeps its interface, the agent re-registers, the
 /// Node's allocatable comes back, and new pods still attach.
 async fn kubelet_restart(c: &mut Cluster) -> Result<()> {
-    let holder = c.run_pod(example("original/pod.yaml", Some("holder"), Some("node-a"))?, RUN).await?;
+    let holder = c
+        .run_pod(
+            example("original/pod.yaml", Some("holder"), Some("node-a"))?,
+            RUN,
+        )
+        .await?;
     let before = net1(&holder)?;
     let kubeconfig = c.dir.join("node-a/kubelet.kubeconfig");
     let ca = c.control_plane.ca_path().to_path_buf();
@@ -371,13 +507,23 @@ async fn kubelet_restart(c: &mut Cluster) -> Result<()> {
     tokio::time::sleep(Duration::from_secs(2)).await;
     c.node_mut("node-a").start_kubelet(&kubeconfig, &ca)?;
     c.wait_nodes_ready().await?;
-    c.wait_node_resource("node-a", &resource_name("dataplane"), RUN, |cap, a| cap == 50 && a == 50)
-        .await
-        .context("allocatable back after the kubelet restart")?;
+    c.wait_node_resource("node-a", &resource_name("dataplane"), RUN, |cap, a| {
+        cap == 50 && a == 50
+    })
+    .await
+    .context("allocatable back after the kubelet restart")?;
     let after = net1(&holder)?;
-    ensure!(before["ifindex"] == after["ifindex"], "net1 changed: {before} -> {after}");
+    ensure!(
+        before["ifindex"] == after["ifindex"],
+        "net1 changed: {before} -> {after}"
+    );
     c.wait_running(&holder.namespace, &holder.name, RUN).await?;
-    let next = c.run_pod(example("original/pod.yaml", Some("after-restart"), Some("node-a"))?, RUN).await?;
+    let next = c
+        .run_pod(
+            example("original/pod.yaml", Some("after-restart"), Some("node-a"))?,
+            RUN,
+        )
+        .await?;
     ensure!(
         check_tap(&next)? != check_tap(&holder)?,
         "the new pod got the holder's tap"
@@ -391,34 +537,63 @@ async fn kubelet_restart(c: &mut Cluster) -> Result<()> {
 /// The agent pod is deleted: the DaemonSet makes a new one, the link of a running pod is untouched, and a link
 /// whose pod went away while no agent ran (an orphan) is cleaned up.
 async fn agent_recreated(c: &mut Cluster) -> Result<()> {
-    let user = c.run_pod(example("original/pod.yaml", Some("user"), Some("node-a"))?, RUN).await?;
+    let user = c
+        .run_pod(
+            example("original/pod.yaml", Some("user"), Some("node-a"))?,
+            RUN,
+        )
+        .await?;
     let orphan_pod = c
-        .run_pod(busybox("orphan", None, Some("dataplane"), Some("node-a")), RUN)
+        .run_pod(
+            busybox("orphan", None, Some("dataplane"), Some("node-a")),
+            RUN,
+        )
         .await?;
     let orphan_if = orphan_pod.tap_devices()[0].ifindex().context("tap")?;
     let before = net1(&user)?;
     let agent = c.agent_pod("node-a").await?;
     let pods = Api::<Pod>::namespaced(c.client(), &c.chart.namespace);
     // Stop the DaemonSet from replacing the agent until the orphan exists: delete the agent and the pod at once.
-    pods.delete(&agent.name_any(), &DeleteParams::default()).await?;
-    c.delete_pod(&orphan_pod.namespace, &orphan_pod.name, GONE).await?;
-    wait_until("a new agent pod on node-a", Duration::from_secs(120), || async {
-        Ok(c.agent_pod("node-a").await.is_ok_and(|p| {
-            p.uid() != agent.uid()
-                && p.status.as_ref().and_then(|s| s.container_statuses.as_ref()).is_some_and(|cs| {
-                    cs.iter().all(|c| c.ready)
-                })
-        }))
-    })
+    pods.delete(&agent.name_any(), &DeleteParams::default())
+        .await?;
+    c.delete_pod(&orphan_pod.namespace, &orphan_pod.name, GONE)
+        .await?;
+    wait_until(
+        "a new agent pod on node-a",
+        Duration::from_secs(120),
+        || async {
+            Ok(c.agent_pod("node-a").await.is_ok_and(|p| {
+                p.uid() != agent.uid()
+                    && p.status
+                        .as_ref()
+                        .and_then(|s| s.container_statuses.as_ref())
+                        .is_some_and(|cs| cs.iter().all(|c| c.ready))
+            }))
+        },
+    )
     .await?;
-    wait_until("the orphan's link cleaned up", Duration::from_secs(120), || async {
-        let out = c.node("node-a").netns.ip(&["-j", "link", "show", "type", "macvtap"])?;
-        let v: serde_json::Value = serde_json::from_str(&out)?;
-        Ok(!v.as_array().into_iter().flatten().any(|l| l["ifindex"] == orphan_if))
-    })
+    wait_until(
+        "the orphan's link cleaned up",
+        Duration::from_secs(120),
+        || async {
+            let out = c
+                .node("node-a")
+                .netns
+                .ip(&["-j", "link", "show", "type", "macvtap"])?;
+            let v: serde_json::Value = serde_json::from_str(&out)?;
+            Ok(!v
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|l| l["ifindex"] == orphan_if))
+        },
+    )
     .await?;
     let after = net1(&user)?;
-    ensure!(before == after, "the running pod's net1 changed: {before} -> {after}");
+    ensure!(
+        before == after,
+        "the running pod's net1 changed: {before} -> {after}"
+    );
     check_tap(&user)?;
     c.delete_pod(&user.namespace, &user.name, GONE).await
 }
@@ -428,22 +603,45 @@ async fn drain(c: &mut Cluster) -> Result<()> {
     let mut pods = Vec::new();
     for i in 0..3 {
         pods.push(
-            c.run_pod(example("original/pod.yaml", Some(&format!("drained-{i}")), Some("node-b"))?, RUN)
-                .await?,
+            c.run_pod(
+                example(
+                    "original/pod.yaml",
+                    Some(&format!("drained-{i}")),
+                    Some("node-b"),
+                )?,
+                RUN,
+            )
+            .await?,
         );
     }
     c.kubectl_out(&[
-        "drain", "node-b", "--ignore-daemonsets", "--force", "--delete-emptydir-data", "--grace-period=1",
+        "drain",
+        "node-b",
+        "--ignore-daemonsets",
+        "--force",
+        "--delete-emptydir-data",
+        "--grace-period=1",
         "--timeout=120s",
     ])?;
     let result = async {
-        wait_until("node-b's links gone", GONE, || async { Ok(node_macvtaps(c, "node-b")?.is_empty()) }).await?;
-        wait_until("nothing allocated", GONE, || async { Ok(allocated(c, "dataplane").await? == 0) }).await
+        wait_until("node-b's links gone", GONE, || async {
+            Ok(node_macvtaps(c, "node-b")?.is_empty())
+        })
+        .await?;
+        wait_until("nothing allocated", GONE, || async {
+            Ok(allocated(c, "dataplane").await? == 0)
+        })
+        .await
     }
     .await;
     c.kubectl_out(&["uncordon", "node-b"])?;
     result?;
-    let back = c.run_pod(example("original/pod.yaml", Some("after-drain"), Some("node-b"))?, RUN).await?;
+    let back = c
+        .run_pod(
+            example("original/pod.yaml", Some("after-drain"), Some("node-b"))?,
+            RUN,
+        )
+        .await?;
     check_tap(&back)?;
     c.delete_pod(&back.namespace, &back.name, GONE).await
 }
@@ -455,14 +653,21 @@ async fn twenty_at_once(c: &mut Cluster) -> Result<()> {
     let creates = names.iter().map(|n| {
         let api = api.clone();
         let pod = example("original/pod.yaml", Some(n), Some("node-a"));
-        async move { api.create(&PostParams::default(), &pod?).await.map_err(anyhow::Error::from) }
+        async move {
+            api.create(&PostParams::default(), &pod?)
+                .await
+                .map_err(anyhow::Error::from)
+        }
     });
     for r in futures::future::join_all(creates).await {
         r?;
     }
     let mut running = Vec::new();
     for n in &names {
-        running.push(c.wait_running("default", n, Duration::from_secs(300)).await?);
+        running.push(
+            c.wait_running("default", n, Duration::from_secs(300))
+                .await?,
+        );
     }
     let mut taps = BTreeSet::new();
     let mut devices = BTreeSet::new();
@@ -475,7 +680,10 @@ async fn twenty_at_once(c: &mut Cluster) -> Result<()> {
         aliases.insert(net1(p)?["ifalias"].as_str().unwrap_or_default().to_string());
     }
     ensure!(taps.len() == 20 && devices.len() == 20, "taps {taps:?}");
-    ensure!(aliases.len() == 20, "device IDs (link aliases) not all distinct: {aliases:?}");
+    ensure!(
+        aliases.len() == 20,
+        "device IDs (link aliases) not all distinct: {aliases:?}"
+    );
     for n in &names {
         c.delete_pod("default", n, GONE).await?;
     }
@@ -489,26 +697,47 @@ async fn capacity_exhausted(c: &mut Cluster) -> Result<()> {
          spec:\n  lowerDevice: p4p1\n  capacity: 1\n  nodeSelector:\n    matchLabels:\n      kubernetes.io/hostname: node-a\n",
     )
     .await?;
-    c.wait_node_resource("node-a", &resource_name("scarce"), RUN, |cap, a| cap == 1 && a == 1).await?;
-    let first = c.run_pod(busybox("scarce-1", None, Some("scarce"), None), RUN).await?;
+    c.wait_node_resource("node-a", &resource_name("scarce"), RUN, |cap, a| {
+        cap == 1 && a == 1
+    })
+    .await?;
+    let first = c
+        .run_pod(busybox("scarce-1", None, Some("scarce"), None), RUN)
+        .await?;
     ensure!(first.node == "node-a", "scheduled on {}", first.node);
     let api = Api::<Pod>::namespaced(c.client(), "default");
-    api.create(&PostParams::default(), &busybox("scarce-2", None, Some("scarce"), None)).await?;
-    wait_until("scarce-2 Unschedulable", Duration::from_secs(60), || async {
-        let p = api.get("scarce-2").await?;
-        Ok(p.status.and_then(|s| s.conditions).into_iter().flatten().any(|c| {
-            c.type_ == "PodScheduled"
-                && c.status == "False"
-                && c.reason.as_deref() == Some("Unschedulable")
-                && c.message.as_deref().is_some_and(|m| m.contains("Insufficient macvtap.network.kubevirt.io/scarce"))
-        }))
-    })
+    api.create(
+        &PostParams::default(),
+        &busybox("scarce-2", None, Some("scarce"), None),
+    )
+    .await?;
+    wait_until(
+        "scarce-2 Unschedulable",
+        Duration::from_secs(60),
+        || async {
+            let p = api.get("scarce-2").await?;
+            Ok(p.status
+                .and_then(|s| s.conditions)
+                .into_iter()
+                .flatten()
+                .any(|c| {
+                    c.type_ == "PodScheduled"
+                        && c.status == "False"
+                        && c.reason.as_deref() == Some("Unschedulable")
+                        && c.message.as_deref().is_some_and(|m| {
+                            m.contains("Insufficient macvtap.network.kubevirt.io/scarce")
+                        })
+                }))
+        },
+    )
     .await?;
     // Freeing the device lets the scheduler place the waiting pod.
     c.delete_pod("default", "scarce-1", GONE).await?;
     c.wait_running("default", "scarce-2", RUN).await?;
     c.delete_pod("default", "scarce-2", GONE).await?;
-    Api::<MacvtapPool>::all(c.client()).delete("scarce", &DeleteParams::default()).await?;
+    Api::<MacvtapPool>::all(c.client())
+        .delete("scarce", &DeleteParams::default())
+        .await?;
     Ok(())
 }
 
@@ -516,22 +745,55 @@ async fn capacity_exhausted(c: &mut Cluster) -> Result<()> {
 fn end_to_end() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut cluster = Cluster::start(ClusterOptions::default()).await.expect("the cluster starts");
-        cluster.install_chart(&[]).await.expect("the chart installs and its pods run");
+        let mut cluster = Cluster::start(ClusterOptions::default())
+            .await
+            .expect("the cluster starts");
+        cluster
+            .install_chart(&[])
+            .await
+            .expect("the chart installs and its pods run");
         let scenarios: Vec<(&str, Scenario)> = vec![
-            ("operator and agents run as pods, logs, leader election", |c| Box::pin(chart_runs_as_pods(c))),
-            ("dataplane pool + NAD + pod, delete, reuse", |c| Box::pin(dataplane(c))),
-            ("pod with MAC in the selection annotation", |c| Box::pin(pod_with_mac(c))),
-            ("device-plugin-only pod", |c| Box::pin(device_plugin_only(c))),
-            ("data path through /dev/tapN, same node and across nodes", |c| Box::pin(data_path(c))),
-            ("pool capacity edit reaches the Node's allocatable", |c| Box::pin(capacity_edit(c))),
-            ("lower device down -> Degraded, up -> Ready", |c| Box::pin(lower_device_down(c))),
-            ("kube-ovn IPAM: fixed IP, fixed MAC, both, default network", |c| Box::pin(kube_ovn(c))),
-            ("kubelet restart while a pod holds a device", |c| Box::pin(kubelet_restart(c))),
-            ("agent pod deleted: recreated, links in use untouched, orphans cleaned", |c| Box::pin(agent_recreated(c))),
+            (
+                "operator and agents run as pods, logs, leader election",
+                |c| Box::pin(chart_runs_as_pods(c)),
+            ),
+            ("dataplane pool + NAD + pod, delete, reuse", |c| {
+                Box::pin(dataplane(c))
+            }),
+            ("pod with MAC in the selection annotation", |c| {
+                Box::pin(pod_with_mac(c))
+            }),
+            ("device-plugin-only pod", |c| {
+                Box::pin(device_plugin_only(c))
+            }),
+            (
+                "data path through /dev/tapN, same node and across nodes",
+                |c| Box::pin(data_path(c)),
+            ),
+            ("pool capacity edit reaches the Node's allocatable", |c| {
+                Box::pin(capacity_edit(c))
+            }),
+            ("lower device down -> Degraded, up -> Ready", |c| {
+                Box::pin(lower_device_down(c))
+            }),
+            (
+                "kube-ovn IPAM: fixed IP, fixed MAC, both, default network",
+                |c| Box::pin(kube_ovn(c)),
+            ),
+            ("kubelet restart while a pod holds a device", |c| {
+                Box::pin(kubelet_restart(c))
+            }),
+            (
+                "agent pod deleted: recreated, links in use untouched, orphans cleaned",
+                |c| Box::pin(agent_recreated(c)),
+            ),
             ("node drained: devices free again", |c| Box::pin(drain(c))),
-            ("20 pods at once on one node", |c| Box::pin(twenty_at_once(c))),
-            ("capacity used up: Pending, Unschedulable", |c| Box::pin(capacity_exhausted(c))),
+            ("20 pods at once on one node", |c| {
+                Box::pin(twenty_at_once(c))
+            }),
+            ("capacity used up: Pending, Unschedulable", |c| {
+                Box::pin(capacity_exhausted(c))
+            }),
         ];
         let only = std::env::var("E2E_ONLY").ok();
         let mut failed = Vec::new();
@@ -551,6 +813,11 @@ fn end_to_end() {
             }
         }
         drop(cluster);
-        assert!(failed.is_empty(), "{} scenario(s) failed:\n{}", failed.len(), failed.join("\n"));
+        assert!(
+            failed.is_empty(),
+            "{} scenario(s) failed:\n{}",
+            failed.len(),
+            failed.join("\n")
+        );
     });
 }

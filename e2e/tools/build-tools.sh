@@ -163,26 +163,6 @@ module_copy() {
   echo "$dir"
 }
 
-# Our own small Go program (e2e/tools/podresources-relay/main.go): the sandbox's PodResources endpoint for Multus.
-# Its module file is made in the cache, with pinned dependency versions; the stamp covers the source too.
-RELAY_GRPC_VERSION=v1.79.3
-build_podresources_relay() {
-  local src="$SCRIPT_DIR/podresources-relay/main.go" dir="$CACHE/src/podresources-relay" ver
-  ver="kubelet-v0.${K8S_VERSION#v1.}-grpc-$RELAY_GRPC_VERSION-$(sha256sum "$src" | cut -c1-12)"
-  have podresources-relay "$ver" && return 0
-  need_go
-  local t0=$SECONDS
-  log "podresources-relay ($ver)"
-  rm -rf "$dir" && mkdir -p "$dir" && cd "$dir"
-  cp "$src" main.go
-  go mod init macvtap.invalid/podresources-relay >/dev/null 2>&1
-  go mod edit -go=1.25.0 -require="k8s.io/kubelet@v0.${K8S_VERSION#v1.}" -require="google.golang.org/grpc@$RELAY_GRPC_VERSION"
-  go mod tidy >/dev/null 2>&1
-  go build -trimpath -buildvcs=false -ldflags "$LDFLAGS_BASE" -o "$BIN/podresources-relay" .
-  stamp podresources-relay "$ver"
-  log "podresources-relay done in $((SECONDS - t0))s"
-}
-
 build_kube_ovn() {
   have kube-ovn "$KUBEOVN_VERSION" && return 0
   need_go
@@ -218,13 +198,12 @@ install_cni_plugins() {
     { apt-get update -q >/dev/null && apt-get install -y -q containernetworking-plugins >/dev/null; }
 }
 
-want=${TOOLS:-"k8s etcd helm multus kube-ovn podresources-relay registry cni-plugins"}
+want=${TOOLS:-"k8s etcd helm multus kube-ovn registry cni-plugins"}
 total0=$SECONDS
 for t in $want; do
   case $t in
     k8s) build_k8s ;; etcd) build_etcd ;; helm) build_helm ;; multus) build_multus ;; kube-ovn) build_kube_ovn ;;
     cni-plugins) install_cni_plugins ;;
-    podresources-relay) build_podresources_relay ;;
     registry) build_registry ;;
     *) echo "unknown tool $t" >&2; exit 2 ;;
   esac

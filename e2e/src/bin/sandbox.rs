@@ -59,14 +59,22 @@ async fn run(keep: bool, nodes: usize) -> Result<()> {
 
     step("helm install macvtap-operator charts/macvtap-operator (images pulled from the registry)");
     cluster.install_chart(&[]).await?;
-    print!("{}", cluster.kubectl_out(&["get", "nodes,pods", "-A", "-o", "wide"])?);
+    print!(
+        "{}",
+        cluster.kubectl_out(&["get", "nodes,pods", "-A", "-o", "wide"])?
+    );
 
     step("MacvtapPool dataplane (config/pools/dataplane.yaml: lower device eth0 of every node)");
-    cluster.apply_file(&config_file("pools/dataplane.yaml")).await?;
+    cluster
+        .apply_file(&config_file("pools/dataplane.yaml"))
+        .await?;
     cluster
         .wait_pool("dataplane", Duration::from_secs(90), pool_ready)
         .await?;
-    print!("{}", cluster.kubectl_out(&["get", "macvtappools", "-o", "wide"])?);
+    print!(
+        "{}",
+        cluster.kubectl_out(&["get", "macvtappools", "-o", "wide"])?
+    );
     let resource = resource_name("dataplane");
     for node in &cluster.nodes {
         let (cap, alloc) = cluster
@@ -74,16 +82,25 @@ async fn run(keep: bool, nodes: usize) -> Result<()> {
                 c > 0 && a > 0
             })
             .await?;
-        println!("   Node {}: {resource} capacity {cap}, allocatable {alloc}", node.name());
+        println!(
+            "   Node {}: {resource} capacity {cap}, allocatable {alloc}",
+            node.name()
+        );
     }
 
     step("the original README's NetworkAttachmentDefinition and pod, unchanged (config/original/)");
-    cluster.apply_file(&config_file("original/nad-dataplane.yaml")).await?;
+    cluster
+        .apply_file(&config_file("original/nad-dataplane.yaml"))
+        .await?;
     let pod_yaml = std::fs::read_to_string(config_file("original/pod.yaml"))?;
-    let pod = cluster.run_pod_yaml(&pod_yaml, Duration::from_secs(120)).await?;
+    let pod = cluster
+        .run_pod_yaml(&pod_yaml, Duration::from_secs(120))
+        .await?;
     show_pod(&cluster, &pod)?;
 
-    step("data path: a frame written to one pod's tap arrives at another pod's tap (bridge mode, same node)");
+    step(
+        "data path: a frame written to one pod's tap arrives at another pod's tap (bridge mode, same node)",
+    );
     let peer = cluster
         .run_pod_yaml(
             &pod_yaml.replace("name: pod\n", "name: pod-peer\n"),
@@ -113,8 +130,13 @@ async fn run(keep: bool, nodes: usize) -> Result<()> {
             "   export KUBECONFIG={}",
             cluster.control_plane.kubeconfig_path().display()
         );
-        println!("   kubectl: {}", macvtap_e2e::tools::bin_dir().join("kubectl").display());
-        println!("   try: kubectl get nodes,pods -A; kubectl get mvp,mvns; kubectl logs -n macvtap-system ds/macvtap-operator-agent");
+        println!(
+            "   kubectl: {}",
+            macvtap_e2e::tools::bin_dir().join("kubectl").display()
+        );
+        println!(
+            "   try: kubectl get nodes,pods -A; kubectl get mvp,mvns; kubectl logs -n macvtap-system ds/macvtap-operator-agent"
+        );
         println!(
             "   a node's shell: nsenter --mount={} --net={} sh",
             cluster.nodes[0].mount_ns.display(),
@@ -124,7 +146,9 @@ async fn run(keep: bool, nodes: usize) -> Result<()> {
     }
     step("tearing down (pods deleted through the kubelet, then everything else)");
     for p in [&pod, &peer] {
-        cluster.delete_pod(&p.namespace, &p.name, Duration::from_secs(60)).await?;
+        cluster
+            .delete_pod(&p.namespace, &p.name, Duration::from_secs(60))
+            .await?;
     }
     cluster.stop();
     println!("   done");
@@ -132,12 +156,17 @@ async fn run(keep: bool, nodes: usize) -> Result<()> {
 }
 
 fn show_pod(cluster: &Cluster, pod: &RunningPod) -> Result<()> {
-    println!("   pod {}/{} Running on {}", pod.namespace, pod.name, pod.node);
+    println!(
+        "   pod {}/{} Running on {}",
+        pod.namespace, pod.name, pod.node
+    );
     let link = pod.link("net1")?.context("the pod has no net1")?;
     println!(
         "   net1: {} mode {}, mtu {}, mac {}, state {}",
         link["linkinfo"]["info_kind"].as_str().unwrap_or("?"),
-        link["linkinfo"]["info_data"]["mode"].as_str().unwrap_or("?"),
+        link["linkinfo"]["info_data"]["mode"]
+            .as_str()
+            .unwrap_or("?"),
         link["mtu"],
         link["address"].as_str().unwrap_or("?"),
         link["operstate"].as_str().unwrap_or("?"),

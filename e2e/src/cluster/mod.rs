@@ -109,7 +109,10 @@ impl Cluster {
             !options.nodes.is_empty() && options.nodes.len() <= MAX_NODES,
             "1 to {MAX_NODES} nodes"
         );
-        ensure!(nix::unistd::Uid::effective().is_root(), "the cluster needs root");
+        ensure!(
+            nix::unistd::Uid::effective().is_root(),
+            "the cluster needs root"
+        );
         let t0 = Instant::now();
         let images = image_archives(&images_dir())?;
         let missing: Vec<String> = images
@@ -237,7 +240,9 @@ impl Cluster {
 
     /// `kubectl` as admin.
     pub fn kubectl(&self) -> Command {
-        self.control_plane.kubectl().expect("kubectl was found at start")
+        self.control_plane
+            .kubectl()
+            .expect("kubectl was found at start")
     }
 
     /// Runs `kubectl <args>` and returns stdout; the error has stderr.
@@ -279,7 +284,11 @@ impl Cluster {
                 .filter(|n| node_ready(n))
                 .map(|n| n.name_any())
                 .collect();
-            if self.nodes.iter().all(|n| ready.iter().any(|r| r == n.name())) {
+            if self
+                .nodes
+                .iter()
+                .all(|n| ready.iter().any(|r| r == n.name()))
+            {
                 return Ok(());
             }
             if Instant::now() > deadline {
@@ -287,7 +296,13 @@ impl Cluster {
                     .nodes
                     .iter()
                     .filter(|n| !ready.iter().any(|r| r == n.name()))
-                    .map(|n| format!("--- kubelet of {} ---\n{}", n.name(), n.kubelet_log_tail(30)))
+                    .map(|n| {
+                        format!(
+                            "--- kubelet of {} ---\n{}",
+                            n.name(),
+                            n.kubelet_log_tail(30)
+                        )
+                    })
                     .collect();
                 bail!(
                     "nodes not Ready within {NODE_READY_TIMEOUT:?} (ready: {ready:?})\n{}",
@@ -376,7 +391,9 @@ impl Cluster {
                 return Ok(());
             }
             if Instant::now() > deadline {
-                let pods = self.kubectl_out(&["get", "pods", "-A", "-o", "wide"]).unwrap_or_default();
+                let pods = self
+                    .kubectl_out(&["get", "pods", "-A", "-o", "wide"])
+                    .unwrap_or_default();
                 let events = self
                     .kubectl_out(&["get", "events", "-n", ns, "--sort-by=.lastTimestamp"])
                     .unwrap_or_default();
@@ -451,7 +468,9 @@ async fn wait_service_account(client: &Client, ns: &str, name: &str) -> Result<(
     let deadline = Instant::now() + Duration::from_secs(60);
     while api.get_opt(name).await?.is_none() {
         if Instant::now() > deadline {
-            bail!("ServiceAccount {ns}/{name} not created within 60 s (kube-controller-manager running?)");
+            bail!(
+                "ServiceAccount {ns}/{name} not created within 60 s (kube-controller-manager running?)"
+            );
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }

@@ -58,7 +58,7 @@ pub struct NodeSpec {
     pub registry_hosts_dir: PathBuf,
     /// The CRI sandbox image.
     pub pause_image: String,
-    /// cgroup root (under every hierarchy) of this node's pods.
+    /// cgroup root of this node's pods, relative to every hierarchy (the kubelet gets it with a leading `/`).
     pub cgroup_root: String,
 }
 
@@ -159,16 +159,20 @@ impl Node {
 
     pub fn start_containerd(&mut self) -> Result<()> {
         let mut cmd = self.command("containerd");
-        cmd.arg("--config")
-            .arg(self.dir.join("containerd.toml"));
+        cmd.arg("--config").arg(self.dir.join("containerd.toml"));
         self.containerd = Some(Process::spawn(
             &format!("containerd-{}", self.name()),
             cmd,
             &self.log("containerd"),
         )?);
         let sock = self.dir.join("run-containerd/containerd.sock");
-        wait_for(Duration::from_secs(30), || sock.exists())
-            .with_context(|| format!("containerd of {} did not start: {}", self.name(), self.containerd_log_tail()))
+        wait_for(Duration::from_secs(30), || sock.exists()).with_context(|| {
+            format!(
+                "containerd of {} did not start: {}",
+                self.name(),
+                self.containerd_log_tail()
+            )
+        })
     }
 
     fn containerd_log_tail(&self) -> String {
@@ -240,7 +244,7 @@ impl Node {
 version = 2
 root = "/var/lib/containerd"
 state = "/run/containerd"
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs", "io.containerd.internal.v1.tracing"]
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
 
 [grpc]
   address = "/run/containerd/containerd.sock"
@@ -348,7 +352,7 @@ authentication:
 authorization: {{mode: Webhook}}
 containerRuntimeEndpoint: unix:///run/containerd/containerd.sock
 cgroupDriver: cgroupfs
-cgroupRoot: {cgroup_root}
+cgroupRoot: /{cgroup_root}
 # This machine runs cgroup v1 (hybrid); kubelet 1.35 refuses it unless told.
 failCgroupV1: false
 failSwapOn: false
@@ -383,7 +387,11 @@ podCIDR: {pod_cidr}
 impl Drop for Node {
     fn drop(&mut self) {
         // The kubelet first, so it does not restart what containerd stops.
-        for p in [&mut self.kubelet, &mut self.kube_proxy, &mut self.containerd] {
+        for p in [
+            &mut self.kubelet,
+            &mut self.kube_proxy,
+            &mut self.containerd,
+        ] {
             if let Some(mut p) = p.take() {
                 p.stop(Duration::from_secs(5));
             }

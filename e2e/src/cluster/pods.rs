@@ -61,7 +61,8 @@ impl RunningPod {
 
     /// `ip -d -j link show <name>` in the pod, or None when there is no such link.
     pub fn link(&self, name: &str) -> Result<Option<serde_json::Value>> {
-        let all: serde_json::Value = serde_json::from_str(&self.ip(&["-d", "-j", "link", "show"])?)?;
+        let all: serde_json::Value =
+            serde_json::from_str(&self.ip(&["-d", "-j", "link", "show"])?)?;
         Ok(all
             .as_array()
             .into_iter()
@@ -142,7 +143,10 @@ impl TapDevice {
 /// Pids in the cgroups of the pod with `uid` (kubelet's cgroupfs layout: `.../pod<uid>/<container>`).
 pub fn pod_pids(uid: &str) -> Vec<u32> {
     let needle = format!("pod{uid}");
-    let Some(pids_root) = cgroup_hierarchies().into_iter().find(|h| h.ends_with("pids")) else {
+    let Some(pids_root) = cgroup_hierarchies()
+        .into_iter()
+        .find(|h| h.ends_with("pids"))
+    else {
         return Vec::new();
     };
     let mut pids = Vec::new();
@@ -186,7 +190,12 @@ impl Cluster {
     }
 
     /// Waits until the pod is Running with every container ready.
-    pub async fn wait_running(&self, ns: &str, name: &str, timeout: Duration) -> Result<RunningPod> {
+    pub async fn wait_running(
+        &self,
+        ns: &str,
+        name: &str,
+        timeout: Duration,
+    ) -> Result<RunningPod> {
         let api = Api::<Pod>::namespaced(self.client(), ns);
         let deadline = Instant::now() + timeout;
         loop {

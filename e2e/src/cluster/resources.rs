@@ -27,7 +27,12 @@ pub fn pool_ready(p: &MacvtapPool) -> bool {
 
 /// A Node's (capacity, allocatable) of one resource, as the kubelet reports them.
 pub fn node_resource(node: &NodeObject, resource: &str) -> (i64, i64) {
-    let get = |m: Option<&std::collections::BTreeMap<String, k8s_openapi::apimachinery::pkg::api::resource::Quantity>>| {
+    let get = |m: Option<
+        &std::collections::BTreeMap<
+            String,
+            k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+        >,
+    >| {
         m.and_then(|m| m.get(resource))
             .and_then(|q| q.0.parse::<i64>().ok())
             .unwrap_or(0)

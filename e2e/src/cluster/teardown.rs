@@ -177,13 +177,23 @@ mod tests {
             created_mount_points: vec!["/opt/cni".into(), "/opt/cni/bin".into()],
         };
         let s = plan.script();
-        for needle in ["mvt-a-1", "mvt-switch-1", "mvte2e0", "macvtap-e2e-1-a", "/tmp/c"] {
+        for needle in [
+            "mvt-a-1",
+            "mvt-switch-1",
+            "mvte2e0",
+            "macvtap-e2e-1-a",
+            "/tmp/c",
+        ] {
             assert!(s.contains(needle), "{needle} missing");
         }
         // Created mount points go innermost first.
         assert!(s.find("/opt/cni/bin").unwrap() < s.rfind("'/opt/cni'").unwrap());
         let out = Command::new("sh").args(["-n", "-c", &s]).output().unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
 
     #[test]

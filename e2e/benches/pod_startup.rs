@@ -1,0 +1,94 @@
+//! What our part costs a user at pod start, on the real cluster: pod create → Running for a busybox pod with
+//! one macvtap network (device plugin Allocate + Multus + our CNI) and for the same pod without it, one pod at a
+//! time so the two series see the same node, p50/p95 over `PODS` pods each (default 20; `PODS=n` to change).
+//!
+//! Run: `cargo bench -p macvtap-e2e --bench pod_startup` (root; `make tools images` first).
+
+use std::time::{Duration, Instant};
+
+use anyhow::Result;
+use k8s_openapi::api::core::v1::Pod;
+use macvtap_e2e::cluster::resources::pool_ready;
+use macvtap_e2e::cluster::{Cluster, ClusterOptions};
+use macvtap_e2e::workspace::config_file;
+
+fn pod(name: &str, macvtap: bool) -> Pod {
+    let mut p = serde_json::json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": "default", "annotations": {}},
+        "spec": {
+            "terminationGracePeriodSeconds": 1,
+            "nodeSelector": {"kubernetes.io/hostname": "node-a"},
+            "containers": [{"name": "busybox", "image": "busybox", "command": ["/bin/sleep", "3600"],
+                            "resources": {"limits": {}}}],
+        },
+    });
+    if macvtap {
+        p["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] = "dataplane".into();
+        p["spec"]["containers"][0]["resources"]["limits"]["macvtap.network.kubevirt.io/dataplane"] =
+            1.into();
+    }
+    serde_json::from_value(p).unwrap()
+}
+
+fn percentile(sorted: &[Duration], p: f64) -> Duration {
+    sorted[((sorted.len() - 1) as f64 * p).round() as usize]
+}
+
+async fn series(c: &Cluster, macvtap: bool, n: usize) -> Result<Vec<Duration>> {
+    let mut times = Vec::new();
+    for i in 0..n {
+        let name = format!("bench-{}-{i}", if macvtap { "mvt" } else { "plain" });
+        let t = Instant::now();
+        let p = c
+            .run_pod(pod(&name, macvtap), Duration::from_secs(120))
+            .await?;
+        times.push(t.elapsed());
+        c.delete_pod(&p.namespace, &p.name, Duration::from_secs(60))
+            .await?;
+    }
+    times.sort();
+    Ok(times)
+}
+
+fn main() -> Result<()> {
+    let n: usize = std::env::var("PODS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(20);
+    let rt = tokio::runtime::Runtime::new()?;
+    rt.block_on(async {
+        let t0 = Instant::now();
+        let c = Cluster::start(ClusterOptions::default()).await?;
+        let up = t0.elapsed();
+        c.install_chart(&[]).await?;
+        let chart = t0.elapsed() - up;
+        c.apply_file(&config_file("pools/dataplane.yaml")).await?;
+        c.wait_pool("dataplane", Duration::from_secs(120), pool_ready)
+            .await?;
+        c.apply_file(&config_file("original/nad-dataplane.yaml"))
+            .await?;
+        // Warm the image on the node so neither series pays the first pull.
+        series(&c, false, 1).await?;
+        let plain = series(&c, false, n).await?;
+        let mvt = series(&c, true, n).await?;
+        println!("cluster up {up:.1?}, chart ready {chart:.1?}");
+        println!("pod create -> Running over {n} pods each (one at a time, node-a):");
+        for (what, s) in [
+            ("without macvtap", &plain),
+            ("with one macvtap network", &mvt),
+        ] {
+            println!(
+                "  {what:<26} p50 {:>7.0?}  p95 {:>7.0?}",
+                percentile(s, 0.5),
+                percentile(s, 0.95)
+            );
+        }
+        println!(
+            "  difference (our part)      p50 {:>7.0?}  p95 {:>7.0?}",
+            percentile(&mvt, 0.5).saturating_sub(percentile(&plain, 0.5)),
+            percentile(&mvt, 0.95).saturating_sub(percentile(&plain, 0.95))
+        );
+        Ok(())
+    })
+}
