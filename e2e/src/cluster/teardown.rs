@@ -91,6 +91,7 @@ while [ $round -lt 50 ]; do
 done
 for d in {dirs}; do rm -rf "$d"; done
 for d in {created}; do rmdir "$d" 2>/dev/null; done
+rm -f "$0"
 exit 0
 "#,
             ns_files = paths(&self.mount_ns_files).replace('\'', ""),
@@ -118,8 +119,7 @@ impl Teardown {
         let mut child = Command::new("sh")
             .arg("-c")
             // Ctrl-C and hang-ups reach the whole process group: the reaper has its own and ignores them.
-            .arg("trap '' INT HUP TERM PIPE; cat >/dev/null; exec sh \"$1\"")
-            .arg("macvtap-e2e-cluster-reaper")
+            .arg("trap '' INT HUP TERM PIPE; cat >/dev/null; exec sh \"$0\"")
             .arg(path)
             .stdin(Stdio::piped())
             .stdout(Stdio::null())
