@@ -7,6 +7,9 @@
 //! - [`unix`]: gRPC over unix sockets, both directions: [`unix::connect`] for a client channel and
 //!   [`unix::bind`] for a server's incoming stream (replacing a stale socket file).
 //!
+//! Features: `client` (generated clients, `unix::connect*`) and `server` (generated servers, `unix::bind*`, tonic's
+//! full transport), both on by default; the `macvtap` CNI takes `client` alone to stay small.
+//!
 //! `tonic` is re-exported so users need no direct dependency of their own.
 
 pub use tonic;
@@ -36,16 +39,27 @@ pub mod podresources {
 
 /// gRPC over unix domain sockets.
 pub mod unix {
+    #[cfg(feature = "server")]
     use std::io;
-    use std::path::{Path, PathBuf};
+    #[cfg(any(feature = "client", feature = "server"))]
+    use std::path::Path;
+    #[cfg(feature = "client")]
+    use std::path::PathBuf;
 
+    #[cfg(feature = "client")]
     use hyper_util::rt::TokioIo;
-    use tokio::net::{UnixListener, UnixStream};
+    #[cfg(feature = "server")]
+    use tokio::net::UnixListener;
+    #[cfg(feature = "client")]
+    use tokio::net::UnixStream;
+    #[cfg(feature = "server")]
     use tokio_stream::wrappers::UnixListenerStream;
+    #[cfg(feature = "client")]
     use tonic::transport::{Channel, Endpoint};
 
     /// A channel to the gRPC server on the unix socket `path`. The connection is made now (an error if nobody
     /// listens); if it drops later, tonic reconnects to the same path on the next call.
+    #[cfg(feature = "client")]
     pub async fn connect(path: impl AsRef<Path>) -> Result<Channel, tonic::transport::Error> {
         let path: PathBuf = path.as_ref().to_path_buf();
         // The URI is required by the API but unused: the connector below decides where to connect.
@@ -59,6 +73,7 @@ pub mod unix {
 
     /// Like [`connect`], but never connects before the first call (for clients created while the server is
     /// not there yet).
+    #[cfg(feature = "client")]
     pub fn connect_lazy(path: impl AsRef<Path>) -> Channel {
         let path: PathBuf = path.as_ref().to_path_buf();
         Endpoint::from_static("http://[::1]:50051").connect_with_connector_lazy(tower::service_fn(
@@ -71,11 +86,13 @@ pub mod unix {
 
     /// Listen on the unix socket `path`, first removing a stale socket file left there (not any other kind of
     /// file: that is an error). Returns the stream to hand to `Server::serve_with_incoming*`.
+    #[cfg(feature = "server")]
     pub fn bind(path: impl AsRef<Path>) -> io::Result<UnixListenerStream> {
         Ok(UnixListenerStream::new(bind_listener(path)?))
     }
 
     /// [`bind`] returning the plain listener.
+    #[cfg(feature = "server")]
     pub fn bind_listener(path: impl AsRef<Path>) -> io::Result<UnixListener> {
         use std::os::unix::fs::FileTypeExt;
         let path = path.as_ref();
@@ -94,7 +111,7 @@ pub mod unix {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "client", feature = "server"))]
 mod tests {
     use super::deviceplugin::registration_client::RegistrationClient;
     use super::deviceplugin::registration_server::{Registration, RegistrationServer};
