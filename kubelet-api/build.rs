@@ -4,6 +4,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     tonic_prost_build::configure()
         .build_client(feature("CLIENT"))
         .build_server(feature("SERVER"))
+        // No generated `connect()`: clients get their transport from `unix` (a `Channel` or a plain connection).
+        .build_transport(false)
         .compile_protos(
             &[
                 "proto/deviceplugin_v1beta1.proto",

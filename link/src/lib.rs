@@ -22,7 +22,8 @@
 //! - [`Netlink::create_macvtap_at`]: the same with a chosen ifindex (tests use indices no one else has, so that
 //!   `/dev/tap<ifindex>` is theirs on a machine shared with other namespaces).
 //! - Lower-level helpers the CNI uses: [`Netlink::move_to_netns`], [`Netlink::move_to_netns_keeping_index`]
-//!   (`IFLA_NEW_IFINDEX`: the link keeps its ifindex, hence its `/dev/tapN`, or does not move),
+//!   (`IFLA_NEW_IFINDEX`: the link keeps its ifindex, hence its `/dev/tapN`, or does not move; also
+//!   [`Netlink::move_to_netns_with_index`]),
 //!   [`Netlink::set_link`] ([`LinkChange`]), [`Netlink::delete_link`], [`Netlink::addresses`],
 //!   [`Netlink::add_address`], [`Netlink::add_route`], [`Netlink::routes`].
 //!
@@ -611,10 +612,21 @@ impl Netlink {
     /// is named after the ifindex, and a renumbered link's `/dev/tapN` would name another device or none. Kernels
     /// without the attribute ignore it and may renumber: callers check the index after the move.
     pub async fn move_to_netns_keeping_index(&self, index: u32, netns: &impl AsFd) -> Result<()> {
-        let new_index = i32::try_from(index).map_err(|_| Error::InvalidIndex(index))?;
+        self.move_to_netns_with_index(index, netns, index).await
+    }
+
+    /// Move link `index` into the netns `netns`, where it gets the ifindex `new_index` (see
+    /// [`Netlink::move_to_netns_keeping_index`]).
+    pub async fn move_to_netns_with_index(
+        &self,
+        index: u32,
+        netns: &impl AsFd,
+        new_index: u32,
+    ) -> Result<()> {
+        let new = i32::try_from(new_index).map_err(|_| Error::InvalidIndex(new_index))?;
         let msg = LinkUnspec::new_with_index(index)
             .setns_by_fd(netns.as_fd().as_raw_fd())
-            .append_extra_attribute(LinkAttribute::NewIfIndex(new_index))
+            .append_extra_attribute(LinkAttribute::NewIfIndex(new))
             .build();
         Ok(self.handle.link().set(msg).execute().await?)
     }
