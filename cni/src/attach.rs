@@ -42,10 +42,17 @@ pub(crate) fn attach(p: &AttachPlan) -> Result<PodInterface, CniError> {
     netlink(
         async |nl| match nl.move_to_netns_keeping_index(index, p.netns).await {
             Ok(()) => Ok(()),
-            Err(e) if e.is_busy() || e.is_exists() => Err(CniError::new(
+            Err(e) if e.is_busy() => Err(CniError::new(
                 Code::TapMismatch,
                 format!(
                     "ifindex {index} of {host_name} (the device plugin announced /dev/tap{index}) is taken in CNI_NETNS; the link stays on the host"
+                ),
+                e.to_string(),
+            )),
+            Err(e) if e.is_exists() => Err(CniError::new(
+                Code::InterfaceExists,
+                format!(
+                    "a link named {host_name} already exists in CNI_NETNS; the link stays on the host"
                 ),
                 e.to_string(),
             )),

@@ -129,3 +129,23 @@ fn a_tap_node_of_another_device_fails_cleanly() {
     );
     assert!(f.pod_link("net1").is_none());
 }
+
+/// The pod already has a link named like the host link: the kernel refuses the move; 104, nothing moved.
+#[test]
+fn a_link_of_the_host_name_in_the_pod_leaves_the_device_alone() {
+    let f = Fixture::new();
+    let id = device_id("samename", 0);
+    let host = f.alloc(&id);
+    f.pod
+        .ip(&[
+            "link", "add", &host.name, "type", "veth", "peer", "name", "other0",
+        ])
+        .unwrap();
+    let before = node_state(&f);
+    let msg = f
+        .call("ADD", "net1")
+        .run(&conf("1.0.0", &id, json!({})))
+        .err(104);
+    assert!(msg.contains(&host.name), "{msg}");
+    assert_eq!(node_state(&f), before);
+}
