@@ -1,9 +1,16 @@
 //! Runs the `release-cni` build of the `macvtap` binary as a runtime would (env + stdin, in a node netns with a veth
-//! lower device, into a pod netns) and prints ADD and DEL latency (p50, p99) without IPAM and with host-local, the
-//! binary size and the peak RSS of one invocation. Needs root.
+//! lower device, into a pod netns) and prints ADD and DEL latency (p50, p99), the binary size and the peak RSS of
+//! one invocation, for: no pod check (a call from outside Kubernetes on a node that allows it), the PodResources
+//! check by `Get`, the check falling back to `List` (a kubelet without `Get`; 110 pods listed, the kubelet's
+//! default maximum), and host-local IPAM with the `Get` check. The kubelet is a PodResources stand-in (the tests'
+//! own) on a unix socket. Needs root: fails, never skips, without it.
 //!
 //! `cargo bench -p macvtap-cni --bench cni_latency` (ITERATIONS env var, default 200). Set MACVTAP_CNI_BIN to
 //! measure another binary instead of building `--profile release-cni`.
+
+#[path = "../tests/common/pod_resources.rs"]
+#[allow(dead_code)]
+mod pod_resources;
 
 use std::fs::File;
 use std::io::Write;
@@ -15,17 +22,28 @@ use std::time::{Duration, Instant};
 
 use macvtap_e2e::netns::Netns;
 use macvtap_link::{MacvtapMode, Netlink, block_on, device_id, in_netns};
+use pod_resources::{GetMode, PodResourcesStandIn};
 use serde_json::{Value, json};
+
+const RESOURCE: &str = "macvtap.network.kubevirt.io/bench";
+const POD_ARGS: &str = "IgnoreUnknown=true;K8S_POD_NAMESPACE=default;K8S_POD_NAME=vm;K8S_POD_INFRA_CONTAINER_ID=bench;K8S_POD_UID=uid-vm";
+
+/// One measured setup: the kubelet's `Get` behaviour (`None`: a call from outside Kubernetes, no check) and IPAM.
+struct Case {
+    name: &'static str,
+    get: Option<GetMode>,
+    ipam: Value,
+}
 
 fn main() {
     // `cargo bench` passes --bench; `cargo test --all-targets` does not, and gets nothing to do here.
     if !std::env::args().any(|a| a == "--bench") {
         return;
     }
-    if !nix::unistd::geteuid().is_root() {
-        eprintln!("cni_latency needs root (network namespaces); skipped");
-        return;
-    }
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "cni_latency needs root (network namespaces)"
+    );
     let bin = binary();
     let iterations: usize = std::env::var("ITERATIONS")
         .ok()
@@ -43,42 +61,90 @@ fn main() {
     node.add_veth("lower0", "peer0").unwrap();
     let pod = Netns::new("bench-pod").unwrap();
     let data = tempfile::tempdir().unwrap();
+    let kubelet = PodResourcesStandIn::start(&data.path().join("kubelet.sock"));
+    // A full node's worth of other pods, each with a device: what List has to carry.
+    for p in 0..109 {
+        kubelet.grant(
+            "default",
+            &format!("other{p}"),
+            RESOURCE,
+            &format!("otherMvp{p}"),
+        );
+    }
+    let node_config = data.path().join("macvtap-node.json");
+    std::fs::write(
+        &node_config,
+        json!({"podResourcesSocket": kubelet.socket(), "outsideKubernetes": "allow"}).to_string(),
+    )
+    .unwrap();
+    let host_local =
+        json!({"type": "host-local", "subnet": "10.90.0.0/16", "dataDir": data.path()});
     let cases = [
-        ("no IPAM", json!(null)),
-        (
-            "host-local",
-            json!({"type": "host-local", "subnet": "10.90.0.0/16", "dataDir": data.path()}),
-        ),
+        Case {
+            name: "no IPAM, no pod check",
+            get: None,
+            ipam: Value::Null,
+        },
+        Case {
+            name: "no IPAM, check by Get",
+            get: Some(GetMode::Answer),
+            ipam: Value::Null,
+        },
+        Case {
+            name: "no IPAM, check by List",
+            get: Some(GetMode::Unimplemented),
+            ipam: Value::Null,
+        },
+        Case {
+            name: "host-local, check by Get",
+            get: Some(GetMode::Answer),
+            ipam: host_local,
+        },
     ];
     let mut peak_rss_kib = 0i64;
-    for (name, ipam) in cases {
+    // Device IDs and ifindexes unique across cases: /dev/tap<ifindex> is one node for the whole machine, and the
+    // plugin proves it is the link's before chowning it (the indices stay far above what the kernel picks).
+    let mut n = 0u32;
+    for case in cases {
+        if let Some(mode) = case.get {
+            kubelet.set_get(mode);
+        }
+        let args = if case.get.is_some() { POD_ARGS } else { "" };
         let (mut add, mut del) = (Vec::new(), Vec::new());
-        for i in 0..iterations {
-            let id = device_id("bench", i as u32);
+        for _ in 0..iterations {
+            n += 1;
+            let id = device_id("bench", n);
+            let at = 20_000_000 + (std::process::id() % 100_000) * 10_000 + n;
             in_netns(node.path(), || {
                 block_on(async {
                     let nl = Netlink::new().unwrap();
-                    nl.create_macvtap("lower0", &id, MacvtapMode::Bridge)
+                    nl.create_macvtap_at("lower0", &id, MacvtapMode::Bridge, Some(at))
                         .await
                         .unwrap()
                 })
                 .unwrap()
             })
             .unwrap();
+            kubelet.grant("default", "vm", RESOURCE, &id);
             let mut conf =
                 json!({"cniVersion": "1.0.0", "name": "bench", "type": "macvtap", "deviceID": id});
-            if !ipam.is_null() {
-                conf["ipam"] = ipam.clone();
+            if !case.ipam.is_null() {
+                conf["ipam"] = case.ipam.clone();
             }
-            let (d, rss) = run(&bin, &node, &pod, "ADD", &conf);
+            let env = [
+                ("CNI_ARGS", args),
+                ("MACVTAP_CNI_NODE_CONFIG", node_config.to_str().unwrap()),
+            ];
+            let (d, rss) = run(&bin, &node, &pod, "ADD", &conf, &env);
             add.push(d);
             peak_rss_kib = peak_rss_kib.max(rss);
-            let (d, rss) = run(&bin, &node, &pod, "DEL", &conf);
+            let (d, rss) = run(&bin, &node, &pod, "DEL", &conf, &env);
             del.push(d);
             peak_rss_kib = peak_rss_kib.max(rss);
         }
+        let name = case.name;
         println!(
-            "{name:>10}: ADD p50 {:>8.2?} p99 {:>8.2?} | DEL p50 {:>8.2?} p99 {:>8.2?} ({iterations} runs)",
+            "{name:>26}: ADD p50 {:>8.2?} p99 {:>8.2?} | DEL p50 {:>8.2?} p99 {:>8.2?} ({iterations} runs)",
             pct(&mut add, 50),
             pct(&mut add, 99),
             pct(&mut del, 50),
@@ -122,7 +188,14 @@ fn pct(v: &mut [Duration], p: usize) -> Duration {
 
 /// One invocation inside the node netns (reaped with wait4 to read its rusage); returns wall time (spawn to exit) and the child's max RSS in KiB.
 #[allow(clippy::zombie_processes)] // reaped by wait4 below, which std cannot see
-fn run(bin: &PathBuf, node: &Netns, pod: &Netns, cmd: &str, conf: &Value) -> (Duration, i64) {
+fn run(
+    bin: &PathBuf,
+    node: &Netns,
+    pod: &Netns,
+    cmd: &str,
+    conf: &Value,
+    env: &[(&str, &str)],
+) -> (Duration, i64) {
     let ns = File::open(node.path()).unwrap();
     let fd = ns.as_raw_fd();
     let mut c = Command::new(bin);
@@ -132,6 +205,7 @@ fn run(bin: &PathBuf, node: &Netns, pod: &Netns, cmd: &str, conf: &Value) -> (Du
         .env("CNI_NETNS", pod.path())
         .env("CNI_IFNAME", "net1")
         .env("CNI_PATH", "/usr/lib/cni")
+        .envs(env.iter().copied())
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());

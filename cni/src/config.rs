@@ -1,10 +1,15 @@
 //! Network config (stdin) and `CNI_ARGS` parsing. Pure functions, also the fuzz target's entry points.
+//!
+//! Top-level keys match as the original's Go decoding matched them: case-insensitively, the last one winning
+//! ([`crate::keys`]). Values follow the original's Go types: `mtu` 0 or null is "not set", `owner`/`group` unset or
+//! null is 107, -1 leaves that id of `/dev/tapN` unchanged (Go's `os.Chown` meaning), 0 is root.
 
 use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
 use crate::error::{CniError, Code};
+use crate::keys::{Members, get_folded, remove_folded};
 use crate::version::Version;
 
 /// KubeVirt's qemu user and group: the default owner of `/dev/tapN`.
@@ -22,8 +27,10 @@ pub struct NetConf {
     pub device_id: Option<String>,
     pub mtu: Option<u32>,
     pub promisc: bool,
-    pub owner: u32,
-    pub group: u32,
+    /// Owner of `/dev/tapN`; `None` leaves it unchanged (`-1` in the config).
+    pub owner: Option<u32>,
+    /// Group of `/dev/tapN`; `None` leaves it unchanged (`-1` in the config).
+    pub group: Option<u32>,
     /// Config `mac`.
     pub mac: Option<[u8; 6]>,
     /// `runtimeConfig.mac` (Multus, when the NAD declares `capabilities.mac`).
@@ -31,6 +38,12 @@ pub struct NetConf {
     /// `ipam.type`, when an `ipam` section is present.
     pub ipam_type: Option<String>,
     pub prev_result: Option<Value>,
+}
+
+/// The `cniVersion` a config declares (Go-folded key), for error replies and VERSION.
+pub fn declared_version(stdin: &[u8]) -> Option<String> {
+    let m: Members = serde_json::from_slice(stdin).ok()?;
+    m.get("cniVersion")?.as_str().map(str::to_string)
 }
 
 /// Parse the stdin config. Errors: 6 for undecodable JSON, 1 for a missing/unsupported `cniVersion`, 7 for a bad
@@ -50,7 +63,14 @@ pub fn parse_config(stdin: &[u8]) -> Result<NetConf, CniError> {
             "",
         ));
     };
-    let cni_version = match raw.get("cniVersion") {
+    let top: Members = serde_json::from_slice(stdin).map_err(|e| {
+        CniError::new(
+            Code::Decode,
+            "failed to decode network config",
+            e.to_string(),
+        )
+    })?;
+    let cni_version = match top.get("cniVersion") {
         None | Some(Value::Null) => {
             return Err(CniError::new(
                 Code::IncompatibleVersion,
@@ -65,14 +85,14 @@ pub fn parse_config(stdin: &[u8]) -> Result<NetConf, CniError> {
             )));
         }
     };
-    let runtime = match raw.get("runtimeConfig") {
+    let runtime = match top.get("runtimeConfig") {
         None | Some(Value::Null) => Map::new(),
         Some(Value::Object(m)) => m.clone(),
         Some(_) => return Err(CniError::config("runtimeConfig must be an object")),
     };
-    let device_id = match opt_str(&runtime, "runtimeConfig.deviceID", "deviceID")? {
+    let device_id = match nested_str(&runtime, "runtimeConfig.deviceID", "deviceID")? {
         Some(d) => Some(d),
-        None => opt_str(&raw, "deviceID", "deviceID")?,
+        None => opt_str(top.get("deviceID"), "deviceID")?,
     };
     if let Some(d) = &device_id
         && (d.is_empty() || d.len() > 253 || d.chars().any(|c| c.is_control()))
@@ -81,20 +101,20 @@ pub fn parse_config(stdin: &[u8]) -> Result<NetConf, CniError> {
             "deviceID {d:?} is not a valid device ID"
         )));
     }
-    let mtu = match raw.get("mtu") {
+    // As in the original and the reference plugins, 0 (and null) means "not set".
+    let mtu = match top.get("mtu") {
         None | Some(Value::Null) => None,
-        Some(v) => match v.as_u64() {
+        Some(v) => match v.as_i64() {
+            Some(0) => None,
             Some(m) if (68..=65535).contains(&m) => Some(m as u32),
             _ => {
                 return Err(CniError::config(format!(
-                    "mtu {v} is not an integer between 68 and 65535"
+                    "mtu {v} is not 0 (unset) or an integer between 68 and 65535"
                 )));
             }
         },
     };
-    // The original accepts 0 as "unset".
-    let mtu = mtu.filter(|m| *m != 0);
-    let promisc = match raw.get("promiscMode") {
+    let promisc = match top.get("promiscMode") {
         None | Some(Value::Null) => false,
         Some(Value::Bool(b)) => *b,
         Some(v) => {
@@ -103,14 +123,17 @@ pub fn parse_config(stdin: &[u8]) -> Result<NetConf, CniError> {
             )));
         }
     };
-    let owner = opt_id(&raw, "owner")?.unwrap_or(DEFAULT_OWNER);
-    let group = opt_id(&raw, "group")?.unwrap_or(DEFAULT_GROUP);
-    let mac = opt_mac(&raw, "mac", "mac")?;
-    let runtime_mac = opt_mac(&runtime, "runtimeConfig.mac", "mac")?;
-    let ipam_type = match raw.get("ipam") {
+    let owner = tap_id(top.get("owner"), "owner", DEFAULT_OWNER)?;
+    let group = tap_id(top.get("group"), "group", DEFAULT_GROUP)?;
+    let mac = opt_mac(opt_str(top.get("mac"), "mac")?, "mac")?;
+    let runtime_mac = opt_mac(
+        nested_str(&runtime, "runtimeConfig.mac", "mac")?,
+        "runtimeConfig.mac",
+    )?;
+    let ipam_type = match top.get("ipam") {
         None | Some(Value::Null) => None,
         Some(Value::Object(m)) if m.is_empty() => None,
-        Some(Value::Object(m)) => match m.get("type") {
+        Some(Value::Object(m)) => match nested(m, "ipam.type", "type")? {
             Some(Value::String(t)) if valid_plugin_name(t) => Some(t.clone()),
             Some(Value::String(t)) => {
                 return Err(CniError::config(format!(
@@ -121,8 +144,8 @@ pub fn parse_config(stdin: &[u8]) -> Result<NetConf, CniError> {
         },
         Some(_) => return Err(CniError::config("ipam must be an object")),
     };
-    let name = opt_str(&raw, "name", "name")?;
-    let prev_result = raw.get("prevResult").filter(|v| !v.is_null()).cloned();
+    let name = opt_str(top.get("name"), "name")?;
+    let prev_result = top.get("prevResult").filter(|v| !v.is_null()).cloned();
     Ok(NetConf {
         raw,
         cni_version,
@@ -139,13 +162,45 @@ pub fn parse_config(stdin: &[u8]) -> Result<NetConf, CniError> {
     })
 }
 
+/// `owner`/`group` as the original's Go `int` with `os.Chown`: unset or null → `default`, -1 → leave unchanged,
+/// 0..=2^32-2 → that id. Other values (which Go would truncate into some other id) are refused.
+fn tap_id(v: Option<&Value>, field: &str, default: u32) -> Result<Option<u32>, CniError> {
+    match v {
+        None | Some(Value::Null) => Ok(Some(default)),
+        Some(v) => match v.as_i64() {
+            Some(-1) => Ok(None),
+            Some(n) if (0..i64::from(u32::MAX)).contains(&n) => Ok(Some(n as u32)),
+            _ => Err(CniError::config(format!(
+                "{field} must be a numeric uid/gid, or -1 to leave it unchanged; got {v}"
+            ))),
+        },
+    }
+}
+
+fn nested<'a>(
+    m: &'a Map<String, Value>,
+    field: &str,
+    key: &str,
+) -> Result<Option<&'a Value>, CniError> {
+    get_folded(m, key).map_err(|a| {
+        CniError::config(format!(
+            "{field}: keys {:?} differ only in case; keep one",
+            a.0
+        ))
+    })
+}
+
+fn nested_str(m: &Map<String, Value>, field: &str, key: &str) -> Result<Option<String>, CniError> {
+    opt_str(nested(m, field, key)?, field)
+}
+
 /// A plugin name must not walk out of `CNI_PATH`.
 fn valid_plugin_name(t: &str) -> bool {
     !t.is_empty() && !t.contains('/') && t != "." && t != ".."
 }
 
-fn opt_str(m: &Map<String, Value>, field: &str, key: &str) -> Result<Option<String>, CniError> {
-    match m.get(key) {
+fn opt_str(v: Option<&Value>, field: &str) -> Result<Option<String>, CniError> {
+    match v {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s.clone())),
         Some(v) => Err(CniError::config(format!(
@@ -154,20 +209,8 @@ fn opt_str(m: &Map<String, Value>, field: &str, key: &str) -> Result<Option<Stri
     }
 }
 
-fn opt_id(m: &Map<String, Value>, key: &str) -> Result<Option<u32>, CniError> {
-    match m.get(key) {
-        None | Some(Value::Null) => Ok(None),
-        Some(v) => match v.as_u64().and_then(|n| u32::try_from(n).ok()) {
-            Some(n) => Ok(Some(n)),
-            None => Err(CniError::config(format!(
-                "{key} must be a numeric uid/gid, got {v}"
-            ))),
-        },
-    }
-}
-
-fn opt_mac(m: &Map<String, Value>, field: &str, key: &str) -> Result<Option<[u8; 6]>, CniError> {
-    match opt_str(m, field, key)? {
+fn opt_mac(s: Option<String>, field: &str) -> Result<Option<[u8; 6]>, CniError> {
+    match s {
         None => Ok(None),
         Some(s) if s.is_empty() => Ok(None),
         Some(s) => parse_unicast_mac(&s).map(Some).ok_or_else(|| {
@@ -232,13 +275,16 @@ pub fn requested_mac(conf: &NetConf, args: &CniArgs) -> Result<Option<[u8; 6]>, 
 }
 
 /// The config handed to an IPAM delegate: the full config minus `deviceID`/`pciBusID` (kube-ovn reads a
-/// top-level `deviceID` as an SR-IOV VF on DEL) and minus `runtimeConfig.deviceID`.
+/// top-level `deviceID` as an SR-IOV VF on DEL) and minus `runtimeConfig.deviceID`; in any letter case, since Go
+/// IPAM plugins read them case-insensitively.
 pub fn ipam_stdin(conf: &NetConf) -> Vec<u8> {
     let mut m = conf.raw.clone();
-    m.remove("deviceID");
-    m.remove("pciBusID");
-    if let Some(Value::Object(rc)) = m.get_mut("runtimeConfig") {
-        rc.remove("deviceID");
+    remove_folded(&mut m, "deviceID");
+    remove_folded(&mut m, "pciBusID");
+    for (k, v) in m.iter_mut() {
+        if let (true, Value::Object(rc)) = (crate::keys::folds_to(k, "runtimeConfig"), v) {
+            remove_folded(rc, "deviceID");
+        }
     }
     serde_json::to_vec(&Value::Object(m)).expect("a JSON map serialises")
 }
@@ -261,7 +307,7 @@ mod tests {
         assert_eq!(c.device_id.as_deref(), Some("dpMvp1"));
         assert_eq!(
             (c.mtu, c.promisc, c.owner, c.group),
-            (Some(1400), true, 1000, 1001)
+            (Some(1400), true, Some(1000), Some(1001))
         );
         assert_eq!(c.mac, Some([2, 0, 0, 0, 0, 1]));
         assert_eq!(c.cni_version.to_string(), "0.3.1");
@@ -272,9 +318,64 @@ mod tests {
         let c = conf(r#"{"cniVersion":"1.0.0","deviceID":"a"}"#).unwrap();
         assert_eq!(
             (c.mtu, c.promisc, c.owner, c.group),
-            (None, false, 107, 107)
+            (None, false, Some(107), Some(107))
         );
         assert_eq!(c.ipam_type, None);
+    }
+
+    /// The original (Go `int`, `if mtu != 0`) and the reference plugins treat 0 as "not set".
+    #[test]
+    fn mtu_zero_or_null_is_unset() {
+        for m in ["0", "null"] {
+            let c = conf(&format!(
+                r#"{{"cniVersion":"0.3.1","deviceID":"a","mtu":{m}}}"#
+            ))
+            .unwrap();
+            assert_eq!(c.mtu, None, "mtu {m}");
+        }
+    }
+
+    /// Keys the original read through Go's encoding/json match in any letter case; the last one wins.
+    #[test]
+    fn keys_match_like_gos_encoding_json() {
+        let c = conf(
+            r#"{"CNIVersion":"0.3.1","Name":"n","DeviceID":"dpMvp1","MTU":1400,"promiscmode":true,
+                "OWNER":1000,"Group":1001,"Mac":"02:00:00:00:00:01","IPAM":{"Type":"host-local"},
+                "RuntimeConfig":{"MAC":"02:00:00:00:00:03"}}"#,
+        )
+        .unwrap();
+        assert_eq!(c.cni_version.to_string(), "0.3.1");
+        assert_eq!(c.name.as_deref(), Some("n"));
+        assert_eq!(c.device_id.as_deref(), Some("dpMvp1"));
+        assert_eq!(
+            (c.mtu, c.promisc, c.owner, c.group),
+            (Some(1400), true, Some(1000), Some(1001))
+        );
+        assert_eq!(c.mac, Some([2, 0, 0, 0, 0, 1]));
+        assert_eq!(c.runtime_mac, Some([2, 0, 0, 0, 0, 3]));
+        assert_eq!(c.ipam_type.as_deref(), Some("host-local"));
+        // Document order decides, as in Go: the later key overwrites the earlier.
+        let c =
+            conf(r#"{"cniVersion":"1.0.0","mtu":1400,"MTU":1300,"deviceID":"a","DEVICEID":"b"}"#)
+                .unwrap();
+        assert_eq!((c.mtu, c.device_id.as_deref()), (Some(1300), Some("b")));
+        let c = conf(r#"{"cniVersion":"1.0.0","MTU":1300,"mtu":1400}"#).unwrap();
+        assert_eq!(c.mtu, Some(1400));
+        assert_eq!(
+            declared_version(br#"{"CniVersion":"0.4.0"}"#).as_deref(),
+            Some("0.4.0")
+        );
+    }
+
+    /// owner/group as the original's Go ints handed to os.Chown: unset/null → 107, -1 → unchanged, 0 → root.
+    #[test]
+    fn owner_and_group_like_the_original() {
+        let c = conf(r#"{"cniVersion":"1.0.0","owner":null,"group":null}"#).unwrap();
+        assert_eq!((c.owner, c.group), (Some(107), Some(107)));
+        let c = conf(r#"{"cniVersion":"1.0.0","owner":0,"group":-1}"#).unwrap();
+        assert_eq!((c.owner, c.group), (Some(0), None));
+        let c = conf(r#"{"cniVersion":"1.0.0","owner":-1,"group":0}"#).unwrap();
+        assert_eq!((c.owner, c.group), (None, Some(0)));
     }
 
     #[test]
@@ -300,7 +401,17 @@ mod tests {
                 7,
                 "promiscMode",
             ),
-            (r#"{"cniVersion":"1.0.0","owner":-1}"#, 7, "owner"),
+            (r#"{"cniVersion":"1.0.0","owner":-2}"#, 7, "owner"),
+            (r#"{"cniVersion":"1.0.0","group":4294967295}"#, 7, "group"),
+            (r#"{"cniVersion":"1.0.0","owner":107.5}"#, 7, "owner"),
+            (r#"{"cniVersion":"1.0.0","owner":"107"}"#, 7, "owner"),
+            (r#"{"cniVersion":"1.0.0","mtu":-1}"#, 7, "mtu"),
+            (r#"{"cniVersion":"1.0.0","mtu":67}"#, 7, "mtu"),
+            (
+                r#"{"cniVersion":"1.0.0","runtimeConfig":{"MAC":"02:00:00:00:00:01","Mac":"02:00:00:00:00:02"}}"#,
+                7,
+                "runtimeConfig.mac",
+            ),
             (r#"{"cniVersion":"1.0.0","mac":"zz"}"#, 7, "mac"),
             (
                 r#"{"cniVersion":"1.0.0","mac":"01:00:5e:00:00:01"}"#,
@@ -379,6 +490,18 @@ mod tests {
     }
 
     #[test]
+    fn ipam_stdin_strips_device_ids_in_any_case() {
+        let c = conf(
+            r#"{"cniVersion":"1.0.0","DeviceID":"a","PCIBusID":"b","RuntimeConfig":{"deviceid":"c"},"ipam":{"type":"host-local"}}"#,
+        )
+        .unwrap();
+        let v: Value = serde_json::from_slice(&ipam_stdin(&c)).unwrap();
+        let m = v.as_object().unwrap();
+        assert!(m.keys().all(|k| !k.eq_ignore_ascii_case("deviceid") && !k.eq_ignore_ascii_case("pcibusid")));
+        assert_eq!(v["RuntimeConfig"], serde_json::json!({}));
+    }
+
+    #[test]
     fn ipam_stdin_strips_device_ids() {
         let c = conf(
             r#"{"cniVersion":"1.0.0","deviceID":"a","pciBusID":"b","runtimeConfig":{"deviceID":"c","mac":"02:00:00:00:00:01"},"ipam":{"type":"host-local"}}"#,
@@ -416,7 +539,10 @@ mod tests {
                 assert!(c.mtu.is_none_or(|m| (68..=65535).contains(&m)));
                 assert!(c.mac.is_none_or(|m| m[0] & 1 == 0));
                 let v: Value = serde_json::from_slice(&ipam_stdin(&c)).unwrap();
-                assert!(v.get("deviceID").is_none() && v.get("pciBusID").is_none());
+                let m = v.as_object().unwrap();
+                assert!(m.keys().all(|k| !crate::keys::folds_to(k, "deviceID")
+                    && !crate::keys::folds_to(k, "pciBusID")));
+                assert!(c.owner.is_none_or(|o| o != u32::MAX));
             }
             let args = String::from_utf8_lossy(&input)
                 .replace(',', ";")

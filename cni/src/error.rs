@@ -27,6 +27,11 @@ pub enum Code {
     InterfaceExists = 104,
     /// CHECK found the interface missing or different from prevResult.
     CheckFailed = 105,
+    /// The link cannot keep the ifindex the device plugin announced as `/dev/tap<ifindex>` in the pod netns (taken
+    /// there), or that node is not this link's tap: the link is back on the host, unchanged.
+    TapMismatch = 106,
+    /// The kubelet (PodResources) says this pod does not hold `deviceID`: refused, the link untouched.
+    NotAllocatedToPod = 107,
 }
 
 /// A CNI error, printed as the spec's error JSON.

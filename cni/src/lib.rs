@@ -1,21 +1,32 @@
 //! The `macvtap` CNI plugin as a library; `main.rs` only wires the process environment, stdin and stdout to
 //! [`run`].
 //!
-//! ADD: validate env and config → find the host link for `deviceID` (`macvtap_link::host_link_name`) and refuse
-//! anything that is not a macvtap carrying the agent's marker → check `mtu` against the lower device → IPAM ADD
-//! (config without `deviceID`/`pciBusID`) → chown `/dev/tap<host ifindex>` → move into `CNI_NETNS` renamed to
-//! `CNI_IFNAME` → in the pod netns (on a thread that entered it): MTU, MAC, promisc, `arp_notify`/`ndisc_notify`,
-//! up, addresses, routes → print the result. Any failure after the move returns the link to the host as it was; any
-//! failure after IPAM ADD calls IPAM DEL.
+//! ADD: validate env and config → the node's settings ([`node_config`]) → whose device: for a Kubernetes pod
+//! (`K8S_POD_*` in `CNI_ARGS`) the kubelet's PodResources must show the pod holding `deviceID`
+//! ([`pod_resources`]; 107 if not, 11 if the kubelet cannot be asked); outside Kubernetes the node config decides →
+//! the host link for `deviceID` (`macvtap_link::host_link_name`): a macvtap carrying the agent's marker, or an
+//! unmarked one of the original for a pod the kubelet vouches for; anything else refused → `mtu` against the lower
+//! device → IPAM ADD (config without `deviceID`/`pciBusID`) → move into `CNI_NETNS` keeping the ifindex the device
+//! plugin announced as `/dev/tap<ifindex>` → in the pod netns (on a thread that entered it): check the index,
+//! prove `/dev/tap<ifindex>` is this link's tap and chown it, rename to `CNI_IFNAME`, MTU, MAC, promisc,
+//! `arp_notify`/`ndisc_notify`, up, addresses, routes → print the result. Any failure after the move returns the
+//! link to the host as it was; any failure after IPAM ADD calls IPAM DEL.
 //!
 //! Public API: [`run`] (env + stdin → [`Outcome`]), the pure parsers [`config::parse_config`] and
-//! [`config::parse_cni_args`] (fuzzed), [`version::SUPPORTED`], [`error::Code`].
+//! [`config::parse_cni_args`] (fuzzed), [`version::SUPPORTED`], [`error::Code`], [`node_config`],
+//! [`pod_resources::holds`].
 
+mod attach;
 pub mod config;
 pub mod env;
 pub mod error;
+mod host_link;
 pub mod ipam;
+pub mod keys;
+mod netns;
+pub mod node_config;
 pub mod plugin;
+pub mod pod_resources;
 pub mod result;
 pub mod version;
 
@@ -33,13 +44,7 @@ pub struct Outcome {
 /// Run one CNI invocation.
 pub fn run(env: &Env, stdin: &[u8]) -> Outcome {
     // Errors carry the config's declared version when there is one.
-    let declared = serde_json::from_slice::<serde_json::Value>(stdin)
-        .ok()
-        .and_then(|v| {
-            v.get("cniVersion")
-                .and_then(|v| v.as_str())
-                .map(str::to_string)
-        });
+    let declared = config::declared_version(stdin);
     match dispatch(env, stdin) {
         Ok(stdout) => Outcome {
             stdout,
@@ -59,14 +64,7 @@ pub fn run(env: &Env, stdin: &[u8]) -> Outcome {
 fn dispatch(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
     let verb = env::verb(env)?;
     if verb == Verb::Version {
-        let asked = serde_json::from_slice::<serde_json::Value>(stdin)
-            .ok()
-            .and_then(|v| {
-                v.get("cniVersion")
-                    .and_then(|v| v.as_str())
-                    .map(str::to_string)
-            })
-            .unwrap_or_else(|| Version::LATEST.to_string());
+        let asked = config::declared_version(stdin).unwrap_or_else(|| Version::LATEST.to_string());
         return Ok(
             serde_json::json!({"cniVersion": asked, "supportedVersions": version::SUPPORTED})
                 .to_string(),

@@ -1,124 +1,20 @@
-//! The verbs. Host-side netlink runs on the calling thread (the runtime starts us in the host netns); pod-side
-//! netlink runs on a dedicated thread that entered `CNI_NETNS` ([`macvtap_link::in_netns`]).
+//! The verbs. ADD's host side is [`crate::host_link`] (which link, on whose word), its pod side [`crate::attach`];
+//! netns plumbing is [`crate::netns`].
 
 use std::fs::File;
-use std::io;
-use std::net::IpAddr;
-use std::os::unix::fs::MetadataExt;
 
-use macvtap_link::{
-    LinkChange, Netlink, block_on, format_mac, host_link_name, in_netns, valid_ifname,
-};
 use serde_json::Value;
 
+use crate::attach::{AttachPlan, attach};
 use crate::config::{NetConf, ipam_stdin, parse_cni_args, requested_mac};
 use crate::env::{Env, Request};
 use crate::error::{CniError, Code};
+use crate::host_link::{self, Proof};
 use crate::ipam;
-use crate::result::{ParsedResult, PodInterface, parse_result, render};
-
-fn sys(msg: impl Into<String>) -> impl FnOnce(macvtap_link::Error) -> CniError {
-    let msg = msg.into();
-    move |e| CniError::system(msg, e)
-}
-
-/// Run async netlink work on a current-thread runtime in the current thread's netns.
-fn netlink<T>(f: impl AsyncFnOnce(&Netlink) -> Result<T, CniError>) -> Result<T, CniError> {
-    block_on(async {
-        let nl = Netlink::new().map_err(sys("opening netlink"))?;
-        f(&nl).await
-    })
-    .map_err(sys("starting a runtime"))?
-}
-
-/// Run `f` with netlink inside the netns at `path` (on its own thread).
-fn netlink_in<T: Send>(
-    path: &str,
-    f: impl AsyncFnOnce(&Netlink) -> Result<T, CniError> + Send,
-) -> Result<T, CniError> {
-    in_netns(path, || netlink(f)).map_err(|e| {
-        CniError::new(
-            Code::UnknownContainer,
-            format!("CNI_NETNS {path}: cannot enter the network namespace"),
-            e.to_string(),
-        )
-    })?
-}
-
-fn open_netns(path: &str) -> Result<File, CniError> {
-    let f = File::open(path).map_err(|e| {
-        CniError::new(
-            Code::UnknownContainer,
-            format!("CNI_NETNS {path}: network namespace not found"),
-            e.to_string(),
-        )
-    })?;
-    let (mine, theirs) = (std::fs::metadata("/proc/self/ns/net"), f.metadata());
-    if let (Ok(a), Ok(b)) = (mine, theirs)
-        && (a.dev(), a.ino()) == (b.dev(), b.ino())
-    {
-        return Err(CniError::new(
-            Code::InvalidEnv,
-            format!("CNI_NETNS {path} is the plugin's own network namespace"),
-            "",
-        ));
-    }
-    Ok(f)
-}
-
-/// The host link of `device_id`, checked to be ours, and the lower device's MTU.
-async fn host_link(
-    nl: &Netlink,
-    device_id: &str,
-) -> Result<(macvtap_link::LinkInfo, u32), CniError> {
-    let name = host_link_name(device_id);
-    let Some(link) = nl
-        .find_link(&name)
-        .await
-        .map_err(sys("looking up the host link"))?
-    else {
-        // A deviceID naming some other interface (eth0, lo, a veth...) is refused outright.
-        if valid_ifname(device_id) && nl.find_link(device_id).await.ok().flatten().is_some() {
-            return Err(CniError::new(
-                Code::NotOurs,
-                format!(
-                    "deviceID {device_id:?} names an interface that is not a macvtap created by macvtap-operator; refusing it"
-                ),
-                "",
-            ));
-        }
-        return Err(CniError::new(
-            Code::DeviceNotFound,
-            format!(
-                "deviceID {device_id:?}: host link {name} not found (not allocated by the device plugin, or already in a pod)"
-            ),
-            "",
-        ));
-    };
-    if let Some(reason) = link.not_ours_reason(device_id) {
-        return Err(CniError::new(
-            Code::NotOurs,
-            format!(
-                "deviceID {device_id:?}: link {name} is not a macvtap created by macvtap-operator; refusing it"
-            ),
-            reason,
-        ));
-    }
-    let lower_mtu = match link.parent_index {
-        Some(p) => nl
-            .link_by_index(p)
-            .await
-            .map_err(sys("looking up the lower device"))?
-            .map(|l| l.mtu),
-        None => None,
-    };
-    // A macvtap cannot exceed its lower device: without one, fall back to the link's own current MTU.
-    Ok((link.clone(), lower_mtu.unwrap_or(link.mtu)))
-}
-
-fn write_sysctl(path: &str, value: &str) -> io::Result<()> {
-    std::fs::write(path, value)
-}
+use crate::netns::{netlink, netlink_in, open_netns, sys};
+use crate::node_config::{self, OutsideKubernetes};
+use crate::pod_resources::{self, PodRef};
+use crate::result::{ParsedResult, parse_result, render};
 
 /// ADD: see the crate docs for the sequence.
 pub fn add(req: &Request, conf: &NetConf, env: &Env) -> Result<Value, CniError> {
@@ -127,18 +23,41 @@ pub fn add(req: &Request, conf: &NetConf, env: &Env) -> Result<Value, CniError> 
     let device_id = conf.device_id.clone().ok_or_else(|| {
         CniError::config("deviceID is required (top-level deviceID or runtimeConfig.deviceID)")
     })?;
+    let node = node_config::load(env)?;
+    let pod = PodRef::from_args(&args)?;
     let netns_path = req.netns.clone().expect("validated");
     let ifname = req.ifname.clone().expect("validated");
     let netns = open_netns(&netns_path)?;
     let host_ns = File::open("/proc/self/ns/net")
         .map_err(|e| CniError::system("opening the host netns", e))?;
 
-    let (link, lower_mtu) = netlink(async |nl| host_link(nl, &device_id).await)?;
+    // Whose device is it? Asked before anything about the link is looked at or touched.
+    let proof = match (&pod, node.outside_kubernetes) {
+        (Some(pod), _) => {
+            pod_resources::check(&node.pod_resources_socket, pod, &device_id)?;
+            Proof::Allocated
+        }
+        (None, OutsideKubernetes::Allow) => Proof::Unchecked,
+        (None, OutsideKubernetes::Refuse) => {
+            return Err(CniError::new(
+                Code::InvalidEnv,
+                "CNI_ARGS has no K8S_POD_NAMESPACE/K8S_POD_NAME: this node attaches macvtap devices only to Kubernetes pods the kubelet allocated them to",
+                format!(
+                    "node config {}: outsideKubernetes is \"refuse\"",
+                    node.source
+                        .as_deref()
+                        .map_or("(defaults)".to_string(), |p| p.display().to_string())
+                ),
+            ));
+        }
+    };
+    let host = netlink(async |nl| host_link::find(nl, &device_id, &proof).await)?;
     if let Some(mtu) = conf.mtu
-        && mtu > lower_mtu
+        && mtu > host.lower_mtu
     {
         return Err(CniError::config(format!(
-            "mtu {mtu} is above the lower device's MTU {lower_mtu}"
+            "mtu {mtu} is above the lower device's MTU {}",
+            host.lower_mtu
         )));
     }
 
@@ -183,7 +102,7 @@ pub fn add(req: &Request, conf: &NetConf, env: &Env) -> Result<Value, CniError> 
     let attached = attach(&AttachPlan {
         conf,
         device_id: &device_id,
-        host_index: link.index,
+        host: &host,
         netns: &netns,
         netns_path: &netns_path,
         host_ns: &host_ns,
@@ -209,187 +128,6 @@ fn ipam_release(conf: &NetConf, env: &Env) {
     {
         eprintln!("macvtap: releasing the IP after a failed ADD: {e}");
     }
-}
-
-struct AttachPlan<'a> {
-    conf: &'a NetConf,
-    device_id: &'a str,
-    host_index: u32,
-    netns: &'a File,
-    netns_path: &'a str,
-    host_ns: &'a File,
-    ifname: &'a str,
-    mac: Option<[u8; 6]>,
-    ipam: Option<&'a ParsedResult>,
-}
-
-/// Move the host link into the pod (renamed to CNI_IFNAME) and configure it there; on failure the link goes back
-/// to the host under its host name with its original MAC/MTU, so the host is left as it was.
-fn attach(p: &AttachPlan) -> Result<PodInterface, CniError> {
-    // Move under the host name, rename inside the pod: with a rename in the same request the kernel would move
-    // the link first and fail the rename afterwards, leaving it stranded in the pod.
-    let host_name = host_link_name(p.device_id);
-    netlink(async |nl| {
-        nl.move_to_netns(p.host_index, p.netns, None)
-            .await
-            .map_err(sys("moving the link into CNI_NETNS"))
-    })?;
-    netlink_in(p.netns_path, async |nl| {
-        let before = nl
-            .find_link(&host_name)
-            .await
-            .map_err(sys("finding the moved link"))?
-            .ok_or_else(|| CniError::system("the moved link vanished", &host_name))?;
-        match configure(nl, p, before.index).await {
-            Ok(iface) => Ok(iface),
-            Err(e) => {
-                let undo = LinkChange {
-                    name: Some(host_name.clone()),
-                    mtu: Some(before.mtu),
-                    mac: before.mac.as_deref().and_then(|m| m.try_into().ok()),
-                    promisc: Some(before.promisc),
-                    up: Some(false),
-                    alias: None,
-                };
-                let back = async {
-                    // Renames are refused while a link is up: down first.
-                    nl.set_link(
-                        before.index,
-                        &LinkChange {
-                            up: Some(false),
-                            ..Default::default()
-                        },
-                    )
-                    .await?;
-                    nl.set_link(before.index, &undo).await?;
-                    nl.move_to_netns(before.index, p.host_ns, None).await?;
-                    Ok::<_, macvtap_link::Error>(())
-                };
-                if let Err(re) = back.await {
-                    eprintln!("macvtap: could not return {} to the host: {re}", p.ifname);
-                }
-                Err(e)
-            }
-        }
-    })
-    .inspect_err(|_| {
-        // Bring the returned link up again on the host (best effort; the host netns is the caller's).
-        let name = host_link_name(p.device_id);
-        let _ = netlink(async |nl| {
-            if let Ok(Some(l)) = nl.find_link(&name).await {
-                let _ = nl
-                    .set_link(
-                        l.index,
-                        &LinkChange {
-                            up: Some(true),
-                            ..Default::default()
-                        },
-                    )
-                    .await;
-            }
-            Ok(())
-        });
-    })
-}
-
-/// Inside the pod netns: MTU, MAC, promisc, notify sysctls, up, addresses, routes.
-async fn configure(nl: &Netlink, p: &AttachPlan<'_>, index: u32) -> Result<PodInterface, CniError> {
-    let rename = LinkChange {
-        name: Some(p.ifname.to_string()),
-        ..Default::default()
-    };
-    nl.set_link(index, &rename).await.map_err(|e| {
-        if e.is_exists() {
-            CniError::new(
-                Code::InterfaceExists,
-                format!("CNI_IFNAME {} already exists in CNI_NETNS", p.ifname),
-                "",
-            )
-        } else {
-            CniError::system(format!("renaming the link to {}", p.ifname), e)
-        }
-    })?;
-    // Moving netns re-registers the link, and macvtap re-creates its tap device then (named after the ifindex in
-    // the pod, root-owned): chown after the move, as the original does. A missing node is not an error.
-    let tap = format!("/dev/tap{index}");
-    match std::os::unix::fs::chown(&tap, Some(p.conf.owner), Some(p.conf.group)) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            return Err(CniError::system(format!("chown {tap}"), e));
-        }
-        _ => {}
-    }
-    let change = LinkChange {
-        mtu: p.conf.mtu,
-        mac: p.mac,
-        promisc: p.conf.promisc.then_some(true),
-        ..Default::default()
-    };
-    nl.set_link(index, &change)
-        .await
-        .map_err(sys("setting MTU/MAC/promisc"))?;
-    // Announce the (possibly new) MAC as soon as the link comes up.
-    write_sysctl(
-        &format!("/proc/sys/net/ipv4/conf/{}/arp_notify", p.ifname),
-        "1",
-    )
-    .map_err(|e| CniError::system("setting arp_notify", e))?;
-    match write_sysctl(
-        &format!("/proc/sys/net/ipv6/conf/{}/ndisc_notify", p.ifname),
-        "1",
-    ) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            return Err(CniError::system("setting ndisc_notify", e));
-        }
-        _ => {}
-    }
-    nl.set_link(
-        index,
-        &LinkChange {
-            up: Some(true),
-            ..Default::default()
-        },
-    )
-    .await
-    .map_err(sys("bringing the link up"))?;
-    if let Some(ipam) = p.ipam {
-        for ip in &ipam.ips {
-            match nl.add_address(index, ip.ip, ip.prefix_len).await {
-                Err(e) if !e.is_exists() => {
-                    return Err(CniError::system(
-                        format!("adding address {}/{}", ip.ip, ip.prefix_len),
-                        e,
-                    ));
-                }
-                _ => {}
-            }
-        }
-        let gw_of = |v4: bool| {
-            ipam.ips
-                .iter()
-                .find(|i| i.ip.is_ipv4() == v4)
-                .and_then(|i| i.gateway)
-        };
-        for r in &ipam.routes {
-            let gw: Option<IpAddr> = r.gw.or_else(|| gw_of(r.dst.is_ipv4()));
-            nl.add_route(r.dst, r.dst_len, gw, index)
-                .await
-                .map_err(sys(format!(
-                    "adding route {}/{} via {gw:?}",
-                    r.dst, r.dst_len
-                )))?;
-        }
-    }
-    let link = nl
-        .link_by_index(index)
-        .await
-        .map_err(sys("reading the link back"))?
-        .ok_or_else(|| CniError::system("the link vanished", p.ifname))?;
-    Ok(PodInterface {
-        name: link.name.clone(),
-        mac: link.mac.as_deref().map(format_mac).unwrap_or_default(),
-        mtu: link.mtu,
-        sandbox: p.netns_path.to_string(),
-    })
 }
 
 /// DEL: delete the pod-side link (only a macvtap carrying our marker), then IPAM DEL. Succeeds when the netns or

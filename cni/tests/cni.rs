@@ -55,6 +55,15 @@ fn every_verb_every_version_without_ipam() {
             "exactly one interface"
         );
         assert!(f.node_link(&host.name).is_none(), "moved off the node");
+        // The pod's link kept the ifindex the device plugin announced, and /dev/tap<that> is its tap, chowned.
+        let tap = f.pod_tap("net1");
+        assert_eq!(tap.index, host.index);
+        assert_eq!(
+            tap.node_dev, tap.sysfs_dev,
+            "/dev/tap{} is net1's tap",
+            tap.index
+        );
+        assert_eq!((tap.uid, tap.gid), (107, 107));
 
         let check = f.call("CHECK", "net1").run(&with_prev(&c, &res));
         let status = f.call("STATUS", "net1").run(&c);
@@ -101,10 +110,7 @@ fn original_cases_move_rename_mac_mtu_promisc() {
     );
     let res = f
         .call("ADD", "eth7")
-        .env(
-            "CNI_ARGS",
-            "IgnoreUnknown=true;K8S_POD_NAMESPACE=default;K8S_POD_NAME=vm;MAC=0a:58:0a:00:00:07",
-        )
+        .arg("MAC=0a:58:0a:00:00:07")
         .run(&c)
         .ok();
     let link = f.pod_link("eth7").expect("renamed to CNI_IFNAME");
@@ -112,28 +118,20 @@ fn original_cases_move_rename_mac_mtu_promisc() {
     assert_eq!(res["interfaces"][0]["mac"], "0a:58:0a:00:00:07");
     assert_eq!(link.mtu, 1400);
     assert!(link.promisc);
-    // The tap device is re-created when the link changes netns, named after its ifindex there. That index is
-    // reused by parallel tests' netns, so only check the node if it is this link's.
-    let tap = link.tap_path();
-    let tap_rdev = tap_rdev(&f.pod, &link);
-    if let Some((want, md)) = tap_rdev.as_ref().zip(std::fs::metadata(&tap).ok()) {
-        use std::os::unix::fs::MetadataExt;
-        if md.rdev() == *want {
-            assert_eq!(
-                (md.uid(), md.gid()),
-                (4242, 4343),
-                "{} chowned",
-                tap.display()
-            );
-        } else {
-            eprintln!(
-                "{} belongs to another netns' macvtap right now; ownership not checked",
-                tap.display()
-            );
-        }
-    } else {
-        eprintln!("{} not present; ownership not checked", tap.display());
-    }
+    // Every run: the link kept the announced ifindex, /dev/tap<it> is this link's tap, and it was chowned.
+    let tap = f.pod_tap("eth7");
+    assert_eq!(tap.index, host.index, "ifindex announced by Allocate");
+    assert_eq!(
+        tap.node_dev, tap.sysfs_dev,
+        "/dev/tap{} is eth7's tap",
+        tap.index
+    );
+    assert_eq!(
+        (tap.uid, tap.gid),
+        (4242, 4343),
+        "/dev/tap{} chowned",
+        tap.index
+    );
     // arp_notify inside the pod netns.
     let arp = f
         .pod
@@ -147,25 +145,6 @@ fn original_cases_move_rename_mac_mtu_promisc() {
     f.call("DEL", "eth7").run(&c).ok();
     f.call("DEL", "eth7").run(&c).ok();
     assert!(f.pod_link("eth7").is_none());
-}
-
-/// The char device number of a macvtap's tap node, read from the node netns' own sysfs (`ip netns exec` mounts it).
-fn tap_rdev(ns: &macvtap_e2e::netns::Netns, link: &macvtap_link::LinkInfo) -> Option<u64> {
-    let out = ns
-        .exec(
-            "cat",
-            &[&format!(
-                "/sys/class/net/{}/tap{}/dev",
-                link.name, link.index
-            )],
-        )
-        .ok()?;
-    let s = String::from_utf8_lossy(&out.stdout);
-    let (major, minor) = s.trim().split_once(':')?;
-    Some(nix::sys::stat::makedev(
-        major.parse().ok()?,
-        minor.parse().ok()?,
-    ))
 }
 
 #[test]
@@ -183,7 +162,7 @@ fn mac_precedence_runtime_config_then_cni_args_then_config() {
         f.alloc(&id);
         let c = conf("1.0.0", &id, extra.clone());
         f.call("ADD", "net1")
-            .env("CNI_ARGS", "IgnoreUnknown=true;MAC=02:00:00:00:00:02")
+            .arg("MAC=02:00:00:00:00:02")
             .run(&c)
             .ok();
         assert_eq!(
@@ -315,16 +294,6 @@ fn static_ipam_addresses_and_routes() {
     assert!(f.pod_link("net2").is_none());
 }
 
-/// Snapshot of what must not change on the node when a call fails.
-fn node_state(f: &Fixture) -> Vec<(String, u32, bool, Option<String>)> {
-    let mut v: Vec<_> = common::nl(&f.node, |n| async move { n.list_links().await.unwrap() })
-        .into_iter()
-        .map(|l| (l.name.clone(), l.mtu, l.admin_up, l.mac_string()))
-        .collect();
-    v.sort();
-    v
-}
-
 #[test]
 fn bad_input_gives_the_right_code_and_leaves_the_host_alone() {
     let f = Fixture::new();
@@ -344,17 +313,12 @@ fn bad_input_gives_the_right_code_and_leaves_the_host_alone() {
         ("no CNI_IFNAME", f.call("ADD", "net1").without("CNI_IFNAME").run(&good), 4, "CNI_IFNAME"),
         ("no CNI_CONTAINERID", f.call("ADD", "net1").without("CNI_CONTAINERID").run(&good), 4, "CNI_CONTAINERID"),
         ("no deviceID", f.call("ADD", "net1").run(&json!({"cniVersion": "1.0.0", "type": "macvtap"})), 7, "deviceID"),
-        ("deviceID lo", f.call("ADD", "net1").run(&conf("1.0.0", "lo", json!({}))), 101, "lo"),
-        ("deviceID veth", f.call("ADD", "net1").run(&conf("1.0.0", "lower0", json!({}))), 101, "lower0"),
-        ("deviceID peer veth", f.call("ADD", "net1").run(&conf("1.0.0", "peer0", json!({}))), 101, "peer0"),
-        ("deviceID not allocated", f.call("ADD", "net1").run(&conf("1.0.0", "badMvp9", json!({}))), 100, "badMvp9"),
+        // The pod does not hold these: refused before the link is even looked at.
+        ("deviceID lo", f.call("ADD", "net1").run(&conf("1.0.0", "lo", json!({}))), 107, "lo"),
+        ("deviceID veth", f.call("ADD", "net1").run(&conf("1.0.0", "lower0", json!({}))), 107, "lower0"),
+        ("deviceID not allocated", f.call("ADD", "net1").run(&conf("1.0.0", "badMvp9", json!({}))), 107, "badMvp9"),
         ("bad config MAC", f.call("ADD", "net1").run(&conf("1.0.0", &id, json!({"mac": "nope"}))), 7, "mac"),
-        (
-            "bad CNI_ARGS MAC",
-            f.call("ADD", "net1").env("CNI_ARGS", "IgnoreUnknown=true;MAC=zz:00:00:00:00:01").run(&good),
-            4,
-            "MAC",
-        ),
+        ("bad CNI_ARGS MAC", f.call("ADD", "net1").arg("MAC=zz:00:00:00:00:01").run(&good), 4, "MAC"),
         ("MTU above lower", f.call("ADD", "net1").run(&conf("1.0.0", &id, json!({"mtu": 9000}))), 7, "mtu"),
         (
             "IPAM missing",
@@ -394,6 +358,21 @@ fn bad_input_gives_the_right_code_and_leaves_the_host_alone() {
         );
     }
     assert!(allocations(data.path()).is_empty());
+    // Even if the kubelet said the pod held them (it never does for such IDs), other interfaces are refused.
+    for (id, code) in [
+        ("lo", 101),
+        ("lower0", 101),
+        ("peer0", 101),
+        ("badMvp8", 100),
+    ] {
+        f.grant(&f.pod_name, id);
+        let msg = f
+            .call("ADD", "net1")
+            .run(&conf("1.0.0", id, json!({})))
+            .err(code);
+        assert!(msg.contains(id), "{id}: {msg}");
+        assert_eq!(node_state(&f), before, "{id}: node changed");
+    }
     // After all that, the device still works.
     f.call("ADD", "net1").run(&good).ok();
 }
@@ -465,20 +444,18 @@ fn concurrent_add_del_do_not_cross_devices() {
         .map(|_| macvtap_e2e::netns::Netns::new("cni-cpod").unwrap())
         .collect();
     let ids: Vec<String> = (0..N).map(|i| device_id("conc", i as u32)).collect();
-    for id in &ids {
-        f.alloc(id);
+    for (i, id) in ids.iter().enumerate() {
+        f.alloc_for(&format!("cpod{i}"), id);
     }
     std::thread::scope(|s| {
         for (i, (pod, id)) in pods.iter().zip(&ids).enumerate() {
-            let node = &f.node;
+            let f = &f;
             s.spawn(move || {
                 let mac = format!("02:00:00:00:01:{i:02x}");
                 let call = |cmd: &str| {
-                    Call::new(node, cmd)
+                    f.call_as(&format!("cpod{i}"), pod, cmd, "net1")
                         .env("CNI_CONTAINERID", &format!("ctr{i}"))
-                        .env("CNI_NETNS", pod.path().to_str().unwrap())
-                        .env("CNI_IFNAME", "net1")
-                        .env("CNI_ARGS", &format!("IgnoreUnknown=true;MAC={mac}"))
+                        .arg(&format!("MAC={mac}"))
                 };
                 let c = conf("1.0.0", id, json!({}));
                 let res = call("ADD").run(&c).ok();

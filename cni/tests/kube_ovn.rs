@@ -1,5 +1,5 @@
 //! IPAM by the real kube-ovn CNI binary (built by e2e/tools/build-tools.sh) against the stand-in kube-ovn daemon.
-//! Skips, printing why, while the binary is not built yet.
+//! A missing binary fails every test here, naming the build script.
 
 mod common;
 
@@ -11,10 +11,10 @@ use serde_json::{Value, json};
 const PROVIDER: &str = "macvtap-nad.default";
 
 /// The dir of the real kube-ovn binary. CI builds it first; a missing binary fails the test, never skips it.
-fn kube_ovn_dir() -> Option<String> {
+fn kube_ovn_dir() -> String {
     match macvtap_e2e::tools::tool("kube-ovn") {
-        Ok(p) => Some(p.parent().unwrap().to_string_lossy().into_owned()),
-        Err(e) => panic!("{e}"),
+        Ok(p) => p.parent().unwrap().to_string_lossy().into_owned(),
+        Err(e) => panic!("the kube-ovn CNI binary is needed (e2e/tools/build-tools.sh): {e}"),
     }
 }
 
@@ -25,16 +25,16 @@ struct Setup {
     _dir: tempfile::TempDir,
 }
 
-fn setup() -> Option<Setup> {
-    let dir = kube_ovn_dir()?;
+fn setup() -> Setup {
+    let dir = kube_ovn_dir();
     let tmp = tempfile::tempdir().unwrap();
     let daemon = KubeOvnDaemon::start(tmp.path().join("kube-ovn-daemon.sock")).unwrap();
-    Some(Setup {
+    Setup {
         f: Fixture::new(),
         daemon,
         cni_path: format!("{SYSTEM_CNI}:{dir}"),
         _dir: tmp,
-    })
+    }
 }
 
 impl Setup {
@@ -74,9 +74,9 @@ impl Setup {
 /// IP only: address from the annotation, the link keeps its own MAC, no gateway and no default route on net1.
 #[test]
 fn kube_ovn_ip_only() {
-    let Some(s) = setup() else { return };
+    let s = setup();
     let id = device_id("ovn", 0);
-    let host = s.f.alloc(&id);
+    let host = s.f.alloc_for("vm1", &id);
     s.annotate("vm1", "ip_address", "10.16.0.5");
     s.annotate("vm1", "cidr", "10.16.0.0/16");
     s.annotate("vm1", "gateway", "10.16.0.1");
@@ -123,9 +123,9 @@ fn kube_ovn_ip_only() {
 /// MAC only: the selection asked a MAC (CNI_ARGS), kube-ovn echoes it in the annotation; the link carries it.
 #[test]
 fn kube_ovn_mac_only() {
-    let Some(s) = setup() else { return };
+    let s = setup();
     let id = device_id("ovn", 1);
-    s.f.alloc(&id);
+    s.f.alloc_for("vm2", &id);
     s.annotate("vm2", "ip_address", "10.16.0.6");
     s.annotate("vm2", "cidr", "10.16.0.0/16");
     s.annotate("vm2", "mac_address", "0a:58:0a:10:00:06");
@@ -147,9 +147,9 @@ fn kube_ovn_mac_only() {
 /// Both: kube-ovn's MAC wins over a different CNI_ARGS MAC (IPAM > runtimeConfig > CNI_ARGS > config).
 #[test]
 fn kube_ovn_ip_and_mac_ipam_mac_wins() {
-    let Some(s) = setup() else { return };
+    let s = setup();
     let id = device_id("ovn", 2);
-    s.f.alloc(&id);
+    s.f.alloc_for("vm3", &id);
     s.annotate("vm3", "ip_address", "10.16.0.7");
     s.annotate("vm3", "cidr", "10.16.0.0/16");
     s.annotate("vm3", "mac_address", "0a:58:0a:10:00:07");
@@ -178,9 +178,9 @@ fn kube_ovn_ip_and_mac_ipam_mac_wins() {
 /// The pod's default network (eth0): gateway included, default route via it.
 #[test]
 fn kube_ovn_pod_default_network() {
-    let Some(s) = setup() else { return };
+    let s = setup();
     let id = device_id("ovn", 3);
-    s.f.alloc(&id);
+    s.f.alloc_for("vm4", &id);
     s.annotate("vm4", "ip_address", "10.16.0.8");
     s.annotate("vm4", "cidr", "10.16.0.0/16");
     s.annotate("vm4", "gateway", "10.16.0.1");
@@ -210,19 +210,24 @@ fn kube_ovn_pod_default_network() {
 /// The daemon cannot answer (no annotation): kube-ovn's error 11 is passed through, the host left as it was.
 #[test]
 fn kube_ovn_unavailable_leaves_the_host_alone() {
-    let Some(s) = setup() else { return };
+    let s = setup();
     let id = device_id("ovn", 4);
-    let host = s.f.alloc(&id);
+    let host = s.f.alloc_for("vm5", &id);
     let msg = s
         .call("ADD", "vm5", "net1", None)
         .run(&s.conf("1.0.0", &id))
         .err(11);
     assert!(msg.contains("kube-ovn"), "{msg}");
     assert!(s.f.node_link(&host.name).unwrap().is_ours(&id));
-    // Missing K8S_POD_NAME: kube-ovn's own config error (7).
+    // Missing K8S_POD_NAME (a call from outside Kubernetes, which this node allows): kube-ovn's own config
+    // error (7) is passed through.
+    let allow =
+        s.f.other_node_config("allow.json", json!({"outsideKubernetes": "allow"}));
     let r =
         s.f.call("ADD", "net1")
             .env("CNI_PATH", &s.cni_path)
+            .env("CNI_ARGS", "")
+            .env(NODE_CONFIG_ENV, allow.to_str().unwrap())
             .run(&s.conf("1.0.0", &id));
     r.err(7);
     assert!(s.f.node_link(&host.name).is_some());

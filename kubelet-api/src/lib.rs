@@ -7,6 +7,10 @@
 //! - [`unix`]: gRPC over unix sockets, both directions: [`unix::connect`] for a client channel and
 //!   [`unix::bind`] for a server's incoming stream (replacing a stale socket file).
 //!
+//! Features: `client` (generated clients, [`unix::connect_once`]), `channel` (`unix::connect*`: reconnecting
+//! tonic channels) and `server` (generated servers, `unix::bind*`, tonic's full transport), all on by default; the
+//! `macvtap` CNI takes `client` alone to stay small.
+//!
 //! `tonic` is re-exported so users need no direct dependency of their own.
 
 pub use tonic;
@@ -36,16 +40,102 @@ pub mod podresources {
 
 /// gRPC over unix domain sockets.
 pub mod unix {
+    #[cfg(feature = "server")]
     use std::io;
-    use std::path::{Path, PathBuf};
+    #[cfg(any(feature = "client", feature = "server"))]
+    use std::path::Path;
+    #[cfg(feature = "channel")]
+    use std::path::PathBuf;
 
+    #[cfg(feature = "client")]
     use hyper_util::rt::TokioIo;
-    use tokio::net::{UnixListener, UnixStream};
+    #[cfg(feature = "server")]
+    use tokio::net::UnixListener;
+    #[cfg(feature = "client")]
+    use tokio::net::UnixStream;
+    #[cfg(feature = "server")]
     use tokio_stream::wrappers::UnixListenerStream;
+    #[cfg(feature = "channel")]
     use tonic::transport::{Channel, Endpoint};
+
+    /// One HTTP/2 connection to the gRPC server on a unix socket, for short-lived clients that must stay small (the
+    /// CNI): no reconnects, no buffering or balancing layers. The connection task runs on the current tokio runtime
+    /// (current-thread is fine) until the connection or the runtime ends. Give it to a generated client with an
+    /// origin: `XClient::with_origin(conn, tonic::codegen::http::Uri::from_static("http://localhost"))`.
+    #[cfg(feature = "client")]
+    #[derive(Debug, Clone)]
+    pub struct Connection(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+
+    /// Why [`connect_once`] failed.
+    #[cfg(feature = "client")]
+    #[derive(Debug)]
+    pub enum ConnectError {
+        /// Connecting to the socket.
+        Io(std::io::Error),
+        /// The HTTP/2 handshake.
+        Http2(hyper::Error),
+    }
+
+    #[cfg(feature = "client")]
+    impl std::fmt::Display for ConnectError {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            match self {
+                ConnectError::Io(e) => write!(f, "connecting: {e}"),
+                ConnectError::Http2(e) => write!(f, "HTTP/2 handshake: {e}"),
+            }
+        }
+    }
+
+    #[cfg(feature = "client")]
+    impl std::error::Error for ConnectError {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            match self {
+                ConnectError::Io(e) => Some(e),
+                ConnectError::Http2(e) => Some(e),
+            }
+        }
+    }
+
+    /// Connect once to the gRPC server on the unix socket `path` (see [`Connection`]).
+    #[cfg(feature = "client")]
+    pub async fn connect_once(path: impl AsRef<Path>) -> Result<Connection, ConnectError> {
+        let stream = UnixStream::connect(path.as_ref())
+            .await
+            .map_err(ConnectError::Io)?;
+        let (send, conn) =
+            hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
+                .handshake(TokioIo::new(stream))
+                .await
+                .map_err(ConnectError::Http2)?;
+        tokio::spawn(async move {
+            let _ = conn.await;
+        });
+        Ok(Connection(send))
+    }
+
+    #[cfg(feature = "client")]
+    impl tonic::codegen::Service<tonic::codegen::http::Request<tonic::body::Body>> for Connection {
+        type Response = tonic::codegen::http::Response<hyper::body::Incoming>;
+        type Error = hyper::Error;
+        type Future = std::pin::Pin<
+            Box<dyn std::future::Future<Output = Result<Self::Response, Self::Error>> + Send>,
+        >;
+
+        fn poll_ready(
+            &mut self,
+            cx: &mut std::task::Context<'_>,
+        ) -> std::task::Poll<Result<(), Self::Error>> {
+            self.0.poll_ready(cx)
+        }
+
+        fn call(&mut self, req: tonic::codegen::http::Request<tonic::body::Body>) -> Self::Future {
+            Box::pin(self.0.send_request(req))
+        }
+    }
 
     /// A channel to the gRPC server on the unix socket `path`. The connection is made now (an error if nobody
     /// listens); if it drops later, tonic reconnects to the same path on the next call.
+    #[cfg(feature = "channel")]
     pub async fn connect(path: impl AsRef<Path>) -> Result<Channel, tonic::transport::Error> {
         let path: PathBuf = path.as_ref().to_path_buf();
         // The URI is required by the API but unused: the connector below decides where to connect.
@@ -59,6 +149,7 @@ pub mod unix {
 
     /// Like [`connect`], but never connects before the first call (for clients created while the server is
     /// not there yet).
+    #[cfg(feature = "channel")]
     pub fn connect_lazy(path: impl AsRef<Path>) -> Channel {
         let path: PathBuf = path.as_ref().to_path_buf();
         Endpoint::from_static("http://[::1]:50051").connect_with_connector_lazy(tower::service_fn(
@@ -71,11 +162,13 @@ pub mod unix {
 
     /// Listen on the unix socket `path`, first removing a stale socket file left there (not any other kind of
     /// file: that is an error). Returns the stream to hand to `Server::serve_with_incoming*`.
+    #[cfg(feature = "server")]
     pub fn bind(path: impl AsRef<Path>) -> io::Result<UnixListenerStream> {
         Ok(UnixListenerStream::new(bind_listener(path)?))
     }
 
     /// [`bind`] returning the plain listener.
+    #[cfg(feature = "server")]
     pub fn bind_listener(path: impl AsRef<Path>) -> io::Result<UnixListener> {
         use std::os::unix::fs::FileTypeExt;
         let path = path.as_ref();
@@ -94,7 +187,7 @@ pub mod unix {
     }
 }
 
-#[cfg(test)]
+#[cfg(all(test, feature = "channel", feature = "server"))]
 mod tests {
     use super::deviceplugin::registration_client::RegistrationClient;
     use super::deviceplugin::registration_server::{Registration, RegistrationServer};
@@ -154,7 +247,28 @@ mod tests {
         let got = rx.recv().await.unwrap();
         assert_eq!(got.endpoint, "x.sock");
         assert_eq!(got.resource_name, "example.com/x");
+
+        // The plain one-connection client (what the CNI uses) reaches the same server.
+        let conn = super::unix::connect_once(&sock).await.unwrap();
+        let mut once = RegistrationClient::with_origin(
+            conn,
+            tonic::codegen::http::Uri::from_static("http://localhost"),
+        );
+        once.register(RegisterRequest {
+            version: super::deviceplugin::VERSION.into(),
+            endpoint: "y.sock".into(),
+            resource_name: "example.com/y".into(),
+            options: None,
+        })
+        .await
+        .unwrap();
+        assert_eq!(rx.recv().await.unwrap().endpoint, "y.sock");
         server.abort();
+        let gone = dir.path().join("nobody.sock");
+        assert!(matches!(
+            super::unix::connect_once(&gone).await,
+            Err(super::unix::ConnectError::Io(_))
+        ));
 
         // A regular file is never removed to make room for a socket.
         let file = dir.path().join("file");

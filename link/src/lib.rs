@@ -19,9 +19,16 @@
 //! - [`Netlink::find_link`], [`Netlink::link_by_index`], [`Netlink::list_links`], [`Netlink::list_our_links`]
 //!   (every macvtap carrying our marker, with its device ID), [`Netlink::delete_our_link`] (refuses links that are
 //!   not ours), [`Netlink::lower_device_state`].
-//! - Lower-level helpers the CNI uses: [`Netlink::move_to_netns`], [`Netlink::set_link`] ([`LinkChange`]),
-//!   [`Netlink::delete_link`], [`Netlink::addresses`], [`Netlink::add_address`], [`Netlink::add_route`],
-//!   [`Netlink::routes`].
+//! - [`Netlink::create_macvtap_at`]: the same with a chosen ifindex (tests use indices no one else has, so that
+//!   `/dev/tap<ifindex>` is theirs on a machine shared with other namespaces).
+//! - Lower-level helpers the CNI uses: [`Netlink::move_to_netns`], [`Netlink::move_to_netns_keeping_index`]
+//!   (`IFLA_NEW_IFINDEX`: the link keeps its ifindex, hence its `/dev/tapN`, or does not move; also
+//!   [`Netlink::move_to_netns_with_index`]),
+//!   [`Netlink::set_link`] ([`LinkChange`]), [`Netlink::delete_link`], [`Netlink::addresses`],
+//!   [`Netlink::add_address`], [`Netlink::add_route`], [`Netlink::routes`].
+//!
+//! Tap nodes ([`tap`]): [`tap::TapNode::verify`]`(name, ifindex)` proves `/dev/tap<ifindex>` is that link's tap
+//! (devtmpfs is shared by all namespaces, ifindexes are not) and [`tap::TapNode::chown`] changes its owner.
 //!
 //! Threads and namespaces:
 //! - [`block_on`]: run a future on a fresh current-thread runtime (with IO enabled).
@@ -30,7 +37,8 @@
 //!
 //! Ownership rule ([`LinkInfo::is_ours`]): kind `macvtap`, name == `host_link_name(id)` and alias ==
 //! `ownership_alias(id)`. Once the CNI has moved and renamed a link into a pod, only kind + alias still hold:
-//! [`LinkInfo::marker_device_id`].
+//! [`LinkInfo::marker_device_id`]. A link the original (kubevirt/macvtap-cni) created has the same kind and name
+//! but no alias at all: [`LinkInfo::is_unmarked_original`]; it needs another proof before anyone may use it.
 
 use std::fmt;
 use std::fs::File;
@@ -50,6 +58,8 @@ use netlink_packet_route::route::{
     RouteAddress, RouteAttribute, RouteMessage, RouteScope, RouteType,
 };
 use rtnetlink::{Handle, LinkMacVtap, LinkUnspec, RouteMessageBuilder};
+
+pub mod tap;
 
 /// Prefix of the ifalias marker that says "created by macvtap-operator for this device ID".
 pub const ALIAS_PREFIX: &str = "macvtap-operator:";
@@ -189,6 +199,8 @@ pub enum Error {
     },
     #[error("invalid route {0}")]
     InvalidRoute(String),
+    #[error("invalid ifindex {0}")]
+    InvalidIndex(u32),
 }
 
 impl Error {
@@ -210,6 +222,12 @@ impl Error {
     /// True for "file exists" from the kernel (name taken, address present...).
     pub fn is_exists(&self) -> bool {
         self.errno() == Some(nix::libc::EEXIST)
+    }
+
+    /// True for "busy" from the kernel: e.g. the ifindex asked by [`Netlink::move_to_netns_keeping_index`] is taken
+    /// in the target netns.
+    pub fn is_busy(&self) -> bool {
+        self.errno() == Some(nix::libc::EBUSY)
     }
 }
 
@@ -252,6 +270,13 @@ impl LinkInfo {
         self.is_macvtap()
             && self.name == host_link_name(device_id)
             && self.marker_device_id() == Some(device_id)
+    }
+
+    /// A link as the original (kubevirt/macvtap-cni) left it for `device_id`: macvtap, named after the device ID by
+    /// the shared scheme, and no ifalias at all (the original never sets one; any alias is someone's marker). This is
+    /// no proof of ownership by itself: the CNI also needs the kubelet's word that the pod holds the device.
+    pub fn is_unmarked_original(&self, device_id: &str) -> bool {
+        self.is_macvtap() && self.name == host_link_name(device_id) && self.alias.is_none()
     }
 
     /// Why [`LinkInfo::is_ours`] is false, for error messages.
@@ -490,6 +515,18 @@ impl Netlink {
         device_id: &str,
         mode: MacvtapMode,
     ) -> Result<LinkInfo> {
+        self.create_macvtap_at(lower, device_id, mode, None).await
+    }
+
+    /// [`Netlink::create_macvtap`] with the ifindex `index` when given (the kernel refuses one that is taken in this
+    /// netns), else one the kernel picks.
+    pub async fn create_macvtap_at(
+        &self,
+        lower: &str,
+        device_id: &str,
+        mode: MacvtapMode,
+        index: Option<u32>,
+    ) -> Result<LinkInfo> {
         let lower_link = self
             .find_link(lower)
             .await?
@@ -501,9 +538,12 @@ impl Netlink {
             }
             self.delete_link(stale.index).await?;
         }
-        let msg = LinkMacVtap::new(&name, lower_link.index, mode.to_netlink())
-            .txqueuelen(lower_link.txqlen)
-            .build();
+        let mut msg = LinkMacVtap::new(&name, lower_link.index, mode.to_netlink())
+            .txqueuelen(lower_link.txqlen);
+        if let Some(i) = index {
+            msg = msg.index(i);
+        }
+        let msg = msg.build();
         self.handle.link().add(msg).execute().await?;
         let created = self.find_link(&name).await?.ok_or_else(|| Error::NotOurs {
             name: name.clone(),
@@ -565,6 +605,30 @@ impl Netlink {
             b = b.name(n.to_string());
         }
         Ok(self.handle.link().set(b.build()).execute().await?)
+    }
+
+    /// Move link `index` into the netns `netns` under the same ifindex (`IFLA_NEW_IFINDEX`, Linux >= 5.17): where
+    /// that index is taken the kernel refuses ([`Error::is_busy`]) and the link stays where it was. Why: the tap node
+    /// is named after the ifindex, and a renumbered link's `/dev/tapN` would name another device or none. Kernels
+    /// without the attribute ignore it and may renumber: callers check the index after the move.
+    pub async fn move_to_netns_keeping_index(&self, index: u32, netns: &impl AsFd) -> Result<()> {
+        self.move_to_netns_with_index(index, netns, index).await
+    }
+
+    /// Move link `index` into the netns `netns`, where it gets the ifindex `new_index` (see
+    /// [`Netlink::move_to_netns_keeping_index`]).
+    pub async fn move_to_netns_with_index(
+        &self,
+        index: u32,
+        netns: &impl AsFd,
+        new_index: u32,
+    ) -> Result<()> {
+        let new = i32::try_from(new_index).map_err(|_| Error::InvalidIndex(new_index))?;
+        let msg = LinkUnspec::new_with_index(index)
+            .setns_by_fd(netns.as_fd().as_raw_fd())
+            .append_extra_attribute(LinkAttribute::NewIfIndex(new))
+            .build();
+        Ok(self.handle.link().set(msg).execute().await?)
     }
 
     /// Apply `change` to link `index`. The kernel applies a rename/MTU/MAC before the up flag, as `ip link` does.

@@ -1,9 +1,35 @@
 //! Root functional tests: real netlink in a throwaway netns with a veth as the lower device.
 
+use std::os::unix::fs::MetadataExt;
 use std::process::Command;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use macvtap_link::tap::{TapError, TapNode};
 use macvtap_link::*;
+
+/// An ifindex no other test process uses (the kernel's own picks stay far below): `/dev/tap<ifindex>` is one node
+/// for the whole machine, so links that must own theirs get indices nobody else has.
+fn unique_index() -> u32 {
+    static N: AtomicU32 = AtomicU32::new(0);
+    10_000_000 + (std::process::id() % 1_000_000) * 1000 + N.fetch_add(1, Ordering::Relaxed) % 1000
+}
+
+/// The device number of the tap of `name` (index `index`) as the netns holding it sees it in its own sysfs.
+fn sysfs_tap_dev(ns: &Ns, name: &str, index: u32) -> (u64, u64) {
+    let out = Command::new("ip")
+        .args(["netns", "exec", &ns.0, "cat"])
+        .arg(format!("/sys/class/net/{name}/tap{index}/dev"))
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = String::from_utf8_lossy(&out.stdout);
+    let (a, b) = s.trim().split_once(':').unwrap();
+    (a.parse().unwrap(), b.parse().unwrap())
+}
 
 /// Minimal netns guard (this crate must not depend on the e2e harness, which pulls in kube).
 struct Ns(String);
@@ -80,14 +106,16 @@ fn create_list_recreate_delete() {
     let id = device_id("dataplane", 7);
     let name = host_link_name(&id);
 
+    let at = unique_index();
     let first = ns.nl(|nl| {
         let id = id.clone();
         async move {
-            nl.create_macvtap("lower0", &id, MacvtapMode::Vepa)
+            nl.create_macvtap_at("lower0", &id, MacvtapMode::Vepa, Some(at))
                 .await
                 .unwrap()
         }
     });
+    assert_eq!(first.index, at);
     assert_eq!(first.name, name);
     assert!(first.is_macvtap());
     assert!(first.is_ours(&id));
@@ -105,9 +133,10 @@ fn create_list_recreate_delete() {
     let lower_idx = ns.nl(|nl| async move { nl.find_link("lower0").await.unwrap().unwrap().index });
     assert_eq!(first.parent_index, Some(lower_idx));
 
-    // The tap node is named after the ifindex at creation.
-    let tap_ok = first.tap_path().exists();
-    eprintln!("{} exists: {tap_ok}", first.tap_path().display());
+    // The tap node is named after the ifindex at creation, and it is this link's.
+    let tap = TapNode::verify(&name, first.index).unwrap();
+    assert_eq!(tap.path(), first.tap_path());
+    assert_eq!(tap.device(), sysfs_tap_dev(&ns, &name, first.index));
 
     let ours = ns.nl(|nl| async move { nl.list_our_links().await.unwrap() });
     assert_eq!(ours.len(), 1);
@@ -323,5 +352,145 @@ fn in_netns_does_not_move_the_caller() {
     assert!(matches!(
         in_netns("/nonexistent/netns", || ()),
         Err(Error::Netns { .. })
+    ));
+}
+
+#[test]
+fn unmarked_original_links_are_recognised_but_not_ours() {
+    let ns = node_with_lower();
+    let id = device_id("orig", 0);
+    let name = host_link_name(&id);
+    // What kubevirt/macvtap-cni's device plugin leaves: a macvtap of the scheme's name, no alias.
+    ns.ip(&[
+        "link", "add", "link", "lower0", "name", &name, "type", "macvtap",
+    ]);
+    let get = |n: &str| {
+        let n = n.to_string();
+        ns.nl(|nl| async move { nl.find_link(&n).await.unwrap().unwrap() })
+    };
+    let l = get(&name);
+    assert!(l.is_unmarked_original(&id));
+    assert!(!l.is_ours(&id), "no marker, not ours");
+    assert!(
+        !l.is_unmarked_original("origMvp1"),
+        "named for another device ID"
+    );
+    // Any alias is someone's marker: not the original's link any more.
+    ns.ip(&["link", "set", &name, "alias", "something"]);
+    assert!(!get(&name).is_unmarked_original(&id));
+    // Not a macvtap.
+    let id2 = device_id("orig", 2);
+    let name2 = host_link_name(&id2);
+    ns.ip(&[
+        "link", "add", &name2, "type", "veth", "peer", "name", "squat2",
+    ]);
+    assert!(!get(&name2).is_unmarked_original(&id2));
+}
+
+/// The move keeps the ifindex (so `/dev/tapN` stays this link's) or does not happen at all.
+#[test]
+fn move_keeping_index_or_not_at_all() {
+    let node = node_with_lower();
+    let pod = Ns::new();
+    let id = device_id("keep", 0);
+    let name = host_link_name(&id);
+    let at = unique_index();
+    node.nl(|nl| {
+        let id = id.clone();
+        async move {
+            nl.create_macvtap_at("lower0", &id, MacvtapMode::Bridge, Some(at))
+                .await
+                .unwrap()
+        }
+    });
+    // The pod already has a link with that index.
+    pod.ip(&[
+        "link",
+        "add",
+        "squat0",
+        "index",
+        &at.to_string(),
+        "type",
+        "veth",
+        "peer",
+        "name",
+        "squat1",
+    ]);
+    let pod_file = std::fs::File::open(pod.path()).unwrap();
+    let moved = node.nl(|nl| {
+        let f = &pod_file;
+        async move { nl.move_to_netns_keeping_index(at, f).await }
+    });
+    let err = moved.expect_err("the index is taken in the pod");
+    assert!(err.is_busy(), "{err:?}");
+    let still = node.nl(|nl| {
+        let name = name.clone();
+        async move { nl.find_link(&name).await.unwrap().unwrap() }
+    });
+    assert_eq!(still.index, at, "untouched on the node");
+    assert!(still.is_ours(&id));
+    TapNode::verify(&name, at).unwrap();
+
+    pod.ip(&["link", "del", "squat0"]);
+    node.nl(|nl| {
+        let f = &pod_file;
+        async move { nl.move_to_netns_keeping_index(at, f).await.unwrap() }
+    });
+    let in_pod = pod.nl(|nl| async move { nl.link_by_index(at).await.unwrap().unwrap() });
+    assert_eq!(in_pod.name, name);
+    // The kernel re-created the tap for the pod: same node name, still this link's, also after a rename.
+    let tap = TapNode::verify(&name, at).unwrap();
+    assert_eq!(tap.device(), sysfs_tap_dev(&pod, &name, at));
+    pod.ip(&["link", "set", &name, "name", "net1"]);
+    TapNode::verify("net1", at).unwrap();
+    assert!(matches!(
+        TapNode::verify(&name, at),
+        Err(TapError::OtherDevice { .. })
+    ));
+}
+
+/// devtmpfs is shared: a second macvtap with the same ifindex in another netns gets no node of its own, and
+/// `/dev/tapN` keeps naming the first one's device. The check tells them apart; the chown reaches the right node.
+#[test]
+fn tap_of_a_colliding_index_is_refused_and_the_right_one_chowned() {
+    let first = node_with_lower();
+    let second = node_with_lower();
+    let at = unique_index();
+    let create = |ns: &Ns, id: &str| {
+        let id = id.to_string();
+        ns.nl(|nl| async move {
+            nl.create_macvtap_at("lower0", &id, MacvtapMode::Bridge, Some(at))
+                .await
+                .unwrap()
+        })
+    };
+    let a = create(&first, &device_id("tapa", 0));
+    let b = create(&second, &device_id("tapb", 0));
+    assert_eq!((a.index, b.index), (at, at));
+    let tap = TapNode::verify(&a.name, at).unwrap();
+    match TapNode::verify(&b.name, at) {
+        Err(TapError::OtherDevice { owner, .. }) => assert!(owner.contains(&a.name), "{owner}"),
+        other => panic!("the second link must not get the first one's node: {other:?}"),
+    }
+    tap.chown(Some(4242), Some(4343)).unwrap();
+    let md = std::fs::metadata(a.tap_path()).unwrap();
+    assert_eq!((md.uid(), md.gid()), (4242, 4343));
+    assert_eq!(
+        (
+            nix::sys::stat::major(md.rdev()),
+            nix::sys::stat::minor(md.rdev())
+        ),
+        sysfs_tap_dev(&first, &a.name, at)
+    );
+    // Once the first goes, the second has no node at all.
+    drop(first);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    // The kernel tears a deleted netns down asynchronously.
+    while a.tap_path().exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(matches!(
+        TapNode::verify(&b.name, at),
+        Err(TapError::Missing { .. })
     ));
 }

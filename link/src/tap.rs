@@ -1,0 +1,269 @@
+//! The tap character device of a macvtap link, `/dev/tap<ifindex>`, and the proof that a node is that link's.
+//!
+//! Why a proof is needed: the kernel names the node after the link's ifindex *in the link's current netns*, but
+//! devtmpfs is one per machine. When two macvtaps in different namespaces share an ifindex, only the first gets the
+//! node (the second's creation fails silently, and it has no node at all once the first goes); and a netns move
+//! re-creates the node under the index the link has there. So `/dev/tapN` may be another link's, or missing.
+//!
+//! What identifies the owner from any netns: sysfs' `/sys/dev/char/<major>:<minor>` is not per-netns, and its link
+//! target names the owning device, `../../devices/virtual/net/<ifname>/macvtap/tap<ifindex>`. A node is this link's
+//! when its device number leads there, and no other macvtap has the same name and index (which would make the
+//! match ambiguous).
+//!
+//! The node is opened with `O_PATH` (never the driver's `open`, which would attach a queue to the tap), checked on
+//! that descriptor, and chowned through it.
+
+use std::fs::File;
+use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use nix::sys::stat::{major, minor};
+
+/// Why a tap node is not usable as a link's tap.
+#[derive(Debug, thiserror::Error)]
+pub enum TapError {
+    #[error("{} does not exist", path.display())]
+    Missing { path: PathBuf },
+    #[error("{} is not a character device", path.display())]
+    NotCharDevice { path: PathBuf },
+    #[error("{} is the tap of another device ({owner})", path.display())]
+    OtherDevice { path: PathBuf, owner: String },
+    #[error(
+        "{count} macvtap links named {name} with ifindex {index} exist in different network namespaces: cannot tell whose {} is",
+        path.display()
+    )]
+    Ambiguous {
+        path: PathBuf,
+        name: String,
+        index: u32,
+        count: usize,
+    },
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// `/dev/tap<index>`, checked to be the tap of one macvtap link, held open (`O_PATH`) for [`TapNode::chown`].
+#[derive(Debug)]
+pub struct TapNode {
+    path: PathBuf,
+    file: File,
+    major: u64,
+    minor: u64,
+}
+
+impl TapNode {
+    /// Open `/dev/tap<index>` and check that it is the tap of the macvtap link currently named `name` with ifindex
+    /// `index` (in whatever netns that link is), and that no other macvtap has that name and index.
+    pub fn verify(name: &str, index: u32) -> Result<Self, TapError> {
+        Self::verify_in(Path::new("/dev"), Path::new("/sys"), name, index)
+    }
+
+    /// [`TapNode::verify`] with other roots for `/dev` and `/sys` (tests).
+    pub fn verify_in(dev: &Path, sys: &Path, name: &str, index: u32) -> Result<Self, TapError> {
+        let path = dev.join(format!("tap{index}"));
+        let io = |path: &Path| {
+            let path = path.to_path_buf();
+            move |source| TapError::Io { path, source }
+        };
+        let file = match std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(nix::libc::O_PATH | nix::libc::O_NOFOLLOW)
+            .open(&path)
+        {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(TapError::Missing { path });
+            }
+            // O_NOFOLLOW on a symlink with O_PATH opens the link itself; other errors are real.
+            Err(e) => return Err(io(&path)(e)),
+        };
+        let md = file.metadata().map_err(io(&path))?;
+        if !md.file_type().is_char_device() {
+            return Err(TapError::NotCharDevice { path });
+        }
+        let (maj, min) = (major(md.rdev()), minor(md.rdev()));
+        let char_dir = sys.join("dev/char");
+        let suffix = owner_suffix(name, index);
+        let owner = std::fs::read_link(char_dir.join(format!("{maj}:{min}")))
+            .map_err(io(&char_dir))?
+            .to_string_lossy()
+            .into_owned();
+        if !owner.ends_with(&suffix) {
+            return Err(TapError::OtherDevice { path, owner });
+        }
+        // Same name and index in another netns: both point at the same node name, only one has it.
+        let prefix = format!("{maj}:");
+        let mut count = 0;
+        for entry in std::fs::read_dir(&char_dir).map_err(io(&char_dir))? {
+            let entry = entry.map_err(io(&char_dir))?;
+            if !entry.file_name().to_string_lossy().starts_with(&prefix) {
+                continue;
+            }
+            match std::fs::read_link(entry.path()) {
+                Ok(t) if t.to_string_lossy().ends_with(&suffix) => count += 1,
+                // A device that went away while we looked is no contender.
+                _ => {}
+            }
+        }
+        if count != 1 {
+            return Err(TapError::Ambiguous {
+                path,
+                name: name.to_string(),
+                index,
+                count,
+            });
+        }
+        Ok(Self {
+            path,
+            file,
+            major: maj,
+            minor: min,
+        })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The node's device number (major, minor).
+    pub fn device(&self) -> (u64, u64) {
+        (self.major, self.minor)
+    }
+
+    /// Change the node's owner and group; `None` leaves that one as it is.
+    pub fn chown(&self, uid: Option<u32>, gid: Option<u32>) -> Result<(), TapError> {
+        nix::unistd::fchownat(
+            &self.file,
+            "",
+            uid.map(nix::unistd::Uid::from_raw),
+            gid.map(nix::unistd::Gid::from_raw),
+            nix::fcntl::AtFlags::AT_EMPTY_PATH,
+        )
+        .map_err(|e| TapError::Io {
+            path: self.path.clone(),
+            source: e.into(),
+        })
+    }
+}
+
+/// How a `/sys/dev/char` link target of the tap of macvtap `name` with ifindex `index` ends.
+fn owner_suffix(name: &str, index: u32) -> String {
+    format!("/net/{name}/macvtap/tap{index}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::symlink;
+
+    /// A fake `/dev` + `/sys/dev/char` pair; nodes are real character devices (needs root for mknod).
+    struct Roots {
+        dir: tempfile::TempDir,
+    }
+
+    impl Roots {
+        fn new() -> Self {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::create_dir_all(dir.path().join("dev")).unwrap();
+            std::fs::create_dir_all(dir.path().join("sys/dev/char")).unwrap();
+            Self { dir }
+        }
+        fn dev(&self) -> PathBuf {
+            self.dir.path().join("dev")
+        }
+        fn sys(&self) -> PathBuf {
+            self.dir.path().join("sys")
+        }
+        fn node(&self, index: u32, maj: u64, min: u64) {
+            nix::sys::stat::mknod(
+                &self.dev().join(format!("tap{index}")),
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::from_bits_truncate(0o600),
+                nix::sys::stat::makedev(maj, min),
+            )
+            .expect("mknod needs root");
+        }
+        fn sysfs(&self, maj: u64, min: u64, name: &str, index: u32) {
+            symlink(
+                format!("../../devices/virtual/net/{name}/macvtap/tap{index}"),
+                self.sys().join(format!("dev/char/{maj}:{min}")),
+            )
+            .unwrap();
+        }
+        fn verify(&self, name: &str, index: u32) -> Result<TapNode, TapError> {
+            TapNode::verify_in(&self.dev(), &self.sys(), name, index)
+        }
+    }
+
+    #[test]
+    fn the_links_own_node_is_accepted_and_chowned() {
+        let r = Roots::new();
+        r.node(7, 246, 3);
+        r.sysfs(246, 3, "mvt0123456789ab", 7);
+        r.sysfs(246, 4, "mvtfedcba987654", 8);
+        r.sysfs(10, 3, "something", 7);
+        let tap = r.verify("mvt0123456789ab", 7).unwrap();
+        assert_eq!(tap.device(), (246, 3));
+        tap.chown(Some(4242), None).unwrap();
+        let md = std::fs::metadata(r.dev().join("tap7")).unwrap();
+        assert_eq!((md.uid(), md.gid()), (4242, 0), "None leaves the group");
+        tap.chown(None, Some(4343)).unwrap();
+        let md = std::fs::metadata(r.dev().join("tap7")).unwrap();
+        assert_eq!((md.uid(), md.gid()), (4242, 4343));
+    }
+
+    #[test]
+    fn refusals() {
+        let r = Roots::new();
+        assert!(matches!(r.verify("a", 1), Err(TapError::Missing { .. })));
+        std::fs::write(r.dev().join("tap2"), "").unwrap();
+        assert!(matches!(
+            r.verify("a", 2),
+            Err(TapError::NotCharDevice { .. })
+        ));
+        // A symlink to a real node is not followed.
+        r.node(30, 246, 30);
+        r.sysfs(246, 30, "a", 3);
+        symlink(r.dev().join("tap30"), r.dev().join("tap3")).unwrap();
+        assert!(matches!(
+            r.verify("a", 3),
+            Err(TapError::NotCharDevice { .. })
+        ));
+        // The node of another link with the same index (it got the devtmpfs name first).
+        r.node(4, 246, 40);
+        r.sysfs(246, 40, "other", 4);
+        r.sysfs(246, 41, "a", 4);
+        match r.verify("a", 4) {
+            Err(TapError::OtherDevice { owner, .. }) => {
+                assert!(owner.ends_with("/other/macvtap/tap4"), "{owner}")
+            }
+            other => panic!("{other:?}"),
+        }
+        // The node left over from this link's old index in another netns is not its tap now.
+        r.node(5, 246, 50);
+        r.sysfs(246, 50, "a", 6);
+        assert!(matches!(
+            r.verify("a", 5),
+            Err(TapError::OtherDevice { .. })
+        ));
+        // Same name, same index, two namespaces: ambiguous, even though the node matches.
+        r.node(9, 246, 90);
+        r.sysfs(246, 90, "twin", 9);
+        r.sysfs(246, 91, "twin", 9);
+        assert!(matches!(
+            r.verify("twin", 9),
+            Err(TapError::Ambiguous { count: 2, .. })
+        ));
+        // A prefix of the name is not the name.
+        r.node(11, 246, 110);
+        r.sysfs(246, 110, "xtwin", 11);
+        assert!(matches!(
+            r.verify("twin", 11),
+            Err(TapError::OtherDevice { .. })
+        ));
+    }
+}
