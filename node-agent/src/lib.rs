@@ -7,15 +7,18 @@
 //! - [`plugin`]: the device plugin gRPC service and its registration lifecycle.
 //! - [`netmon`]: host links pushed from rtnetlink multicast events; discovery rules.
 //! - [`gc`]: cleanup of host links no pod holds (asks the kubelet's PodResources).
-//! - [`status`]: the status writer. [`install`]: `install-cni`. [`http`]: health and metrics.
+//! - [`original`]: the rule that adopts links the original kubevirt/macvtap-cni left for our slots.
+//! - [`status`]: the status writer. [`install`]: `install-cni`. [`health`] and [`http`]: probes and metrics.
 
 pub mod agent;
 pub mod config;
 pub mod gc;
+pub mod health;
 pub mod http;
 pub mod install;
 pub mod metrics;
 pub mod netmon;
+pub mod original;
 pub mod plugin;
 pub mod shared;
 pub mod status;

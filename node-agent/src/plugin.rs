@@ -26,8 +26,10 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::gc::CleanupReport;
 use crate::metrics::ResourceLabel;
-use crate::netmon::LinkSnapshot;
+use crate::netmon::{self, LinkSnapshot};
+use crate::original;
 use crate::shared::{DirState, Shared};
 
 /// Socket file name of a resource's plugin, relative to the device plugin directory.
@@ -122,12 +124,16 @@ async fn run(
     let mut dir = shared.dir.clone();
     'serve: while !cancel.is_cancelled() {
         let generation = cancel.child_token();
-        let ino = match serve(&shared, &socket, &config, &devices_rx, &generation) {
-            Ok(ino) => ino,
+        let (ino, mut server) = match serve(&shared, &socket, &config, &devices_rx, &generation) {
+            Ok(served) => {
+                shared.set_runtime(&name, |r| r.serving = true);
+                served
+            }
             Err(e) => {
                 let msg = format!("serving {}: {e}", socket.display());
                 tracing::error!(resource = %name, "{msg}");
                 shared.set_runtime(&name, |r| {
+                    r.serving = false;
                     r.registered = false;
                     r.last_error = Some(msg.clone());
                 });
@@ -206,11 +212,24 @@ async fn run(
                     remove_socket_if(&socket, ino);
                     break 'serve;
                 },
+                // The server ended without being asked to: serve again on a fresh socket.
+                r = &mut server => {
+                    let msg = match r {
+                        Ok(Err(e)) => format!("device plugin server stopped: {e}"),
+                        _ => "device plugin server stopped".to_string(),
+                    };
+                    tracing::error!(resource = %name, "{msg}; serving again");
+                    shared.set_runtime(&name, |r| r.last_error = Some(msg.clone()));
+                    break;
+                }
                 _ = retry => {}
             }
         }
         generation.cancel();
-        shared.set_runtime(&name, |r| r.registered = false);
+        shared.set_runtime(&name, |r| {
+            r.serving = false;
+            r.registered = false;
+        });
         remove_socket_if(&socket, ino);
     }
     let _ = devices_task.await;
@@ -226,14 +245,14 @@ fn remove_socket_if(path: &Path, ino: u64) {
     }
 }
 
-/// Binds the socket and spawns the server of one generation; returns the socket's identity.
+/// Binds the socket and spawns the server of one generation; returns the socket's identity and the server task.
 fn serve(
     shared: &Arc<Shared>,
     socket: &Path,
     config: &watch::Receiver<ResourceConfig>,
     devices: &watch::Receiver<Vec<Device>>,
     generation: &CancellationToken,
-) -> std::io::Result<u64> {
+) -> std::io::Result<(u64, JoinHandle<Result<(), String>>)> {
     let incoming = kubelet_api::unix::bind(socket)?;
     let ino = crate::shared::socket_id(socket)
         .ok_or_else(|| std::io::Error::other("socket vanished right after bind"))?;
@@ -244,19 +263,16 @@ fn serve(
         generation: generation.clone(),
     };
     let stop = generation.clone();
-    let name = config.borrow().name.clone();
-    tokio::spawn(async move {
-        let r = tonic::transport::Server::builder()
+    let server = tokio::spawn(async move {
+        tonic::transport::Server::builder()
             .add_service(DevicePluginServer::new(svc))
             .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-            .await;
-        if let Err(e) = r {
-            tracing::warn!(resource = %name, "device plugin server: {e}");
-        }
+            .await
+            .map_err(|e| e.to_string())
     });
     // The kubelet is told to dial us only after this socket accepts connections (bind + listen are done).
     shared.dir_rescan();
-    Ok(ino)
+    Ok((ino, server))
 }
 
 async fn register(shared: &Shared, name: &str) -> Result<(), String> {
@@ -390,17 +406,21 @@ impl DevicePlugin for PluginService {
         &self,
         request: Request<PreferredAllocationRequest>,
     ) -> Result<Response<PreferredAllocationResponse>, Status> {
-        let name = self.config.borrow().name.clone();
+        let cfg = self.config.borrow().clone();
+        let links = self.shared.links.borrow().clone();
+        let cleanup = self.shared.cleanup.borrow().clone();
+        let rank = |id: &str| slot_rank(&cfg, id, &links, &cleanup);
         let container_responses = request
             .into_inner()
             .container_requests
             .into_iter()
             .map(|req| ContainerPreferredAllocationResponse {
                 device_i_ds: preferred(
-                    &name,
+                    &cfg.name,
                     &req.available_device_i_ds,
                     &req.must_include_device_i_ds,
                     req.allocation_size.max(0) as usize,
+                    rank,
                 ),
             })
             .collect();
@@ -486,55 +506,120 @@ impl PluginService {
                 )));
             }
         }
+        // One link change at a time (Allocate, adoption, cleanup): the tap answered is the link left in place.
+        let _ops = self.shared.link_ops.lock().await;
         // Recorded before the link exists: cleanup must not race a link that is being created.
         self.shared.note_allocation(id);
         let started = Instant::now();
-        let link = self
-            .shared
-            .netlink
-            .create_macvtap(&cfg.lower_device, id, mode)
-            .await
-            .map_err(|e| match e {
-                macvtap_link::Error::LowerDeviceNotFound(_) => {
-                    Status::failed_precondition(format!(
-                        "resource {}: lower device {:?} does not exist on this node",
-                        cfg.name, cfg.lower_device
-                    ))
-                }
-                macvtap_link::Error::NotOurs { .. } => {
-                    Status::already_exists(format!("resource {}, device {id}: {e}", cfg.name))
-                }
-                other => Status::internal(format!(
-                    "resource {}, device {id}: creating the {mode} macvtap link on {}: {other}",
-                    cfg.name, cfg.lower_device
-                )),
-            })?;
+        let netlink = &self.shared.netlink;
+        let mut result = netlink.create_macvtap(&cfg.lower_device, id, mode).await;
+        if let Err(macvtap_link::Error::NotOurs { .. }) = &result
+            && self.adopt_originals_link(cfg, id).await
+        {
+            // Ours now: recreated like any stale link of ours, as the original does on Allocate.
+            result = netlink.create_macvtap(&cfg.lower_device, id, mode).await;
+        }
+        let link = result.map_err(|e| match e {
+            macvtap_link::Error::LowerDeviceNotFound(_) => Status::failed_precondition(format!(
+                "resource {}: lower device {:?} does not exist on this node",
+                cfg.name, cfg.lower_device
+            )),
+            macvtap_link::Error::NotOurs { .. } => {
+                Status::already_exists(format!("resource {}, device {id}: {e}", cfg.name))
+            }
+            other => Status::internal(format!(
+                "resource {}, device {id}: creating the {mode} macvtap link on {}: {other}",
+                cfg.name, cfg.lower_device
+            )),
+        })?;
         self.shared.note_allocation(id);
         tracing::info!(resource = %cfg.name, device = %id, link = %link.name, ifindex = link.index,
             elapsed_us = started.elapsed().as_micros() as u64, "allocated");
         Ok(link.tap_path().display().to_string())
     }
+
+    /// Adopts the host link named for `id` if it is the original's link for it (see [`crate::original`]).
+    async fn adopt_originals_link(&self, cfg: &ResourceConfig, id: &str) -> bool {
+        let handle = self.shared.netlink.handle();
+        let name = macvtap_link::host_link_name(id);
+        let (Ok(Some(link)), Ok(lower)) = (
+            netmon::read_link(handle, &name).await,
+            netmon::read_link(handle, &cfg.lower_device).await,
+        ) else {
+            return false;
+        };
+        if !original::is_originals_link(&link, id, lower.as_ref()) {
+            return false;
+        }
+        match original::adopt(&self.shared.netlink, &link, id).await {
+            Ok(()) => {
+                self.shared.metrics.links_adopted.inc();
+                true
+            }
+            Err(e) => {
+                tracing::warn!(resource = %cfg.name, device = %id, "adopting the original's link: {e}");
+                false
+            }
+        }
+    }
 }
 
-/// GetPreferredAllocation: the required IDs first, then the lowest free slots, so allocations stay compact and
-/// predictable.
+/// How willing GetPreferredAllocation is to offer a slot, lowest first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum SlotRank {
+    /// No host link for it and no pod holding it.
+    Free,
+    /// A host link of ours or the original's is still there: a stale one, or an Allocate whose pod has not been
+    /// set up yet. Allocate would replace it, so it is offered only after free slots.
+    LinkPresent,
+    /// PodResources says a pod holds it (the kubelet offered it anyway, e.g. after losing track).
+    Held,
+    /// Its host link name is taken by a link that is not ours: Allocate would refuse it.
+    Blocked,
+}
+
+/// The rank of `id` of `cfg` given the host links and the latest cleanup report.
+pub fn slot_rank(
+    cfg: &ResourceConfig,
+    id: &str,
+    links: &LinkSnapshot,
+    cleanup: &CleanupReport,
+) -> SlotRank {
+    let link = links.get(&macvtap_link::host_link_name(id));
+    match link {
+        Some(l)
+            if crate::gc::our_device_id(l) != Some(id)
+                && !original::is_originals_link(l, id, links.get(&cfg.lower_device)) =>
+        {
+            SlotRank::Blocked
+        }
+        _ if cleanup.is_held(&cfg.name, id) => SlotRank::Held,
+        Some(_) => SlotRank::LinkPresent,
+        None => SlotRank::Free,
+    }
+}
+
+/// GetPreferredAllocation: the required IDs first, then by [`SlotRank`] (free slots before slots whose host link
+/// is still there, held or blocked ones last), lowest slot first within a rank, so allocations stay compact and
+/// predictable and a slot whose link may be in use is not offered while others are free.
 pub fn preferred(
     resource: &str,
     available: &[String],
     must: &[String],
     size: usize,
+    rank: impl Fn(&str) -> SlotRank,
 ) -> Vec<String> {
     let mut out: Vec<String> = must.iter().take(size).cloned().collect();
-    let mut rest: Vec<(u32, &String)> = available
+    let mut rest: Vec<(SlotRank, u32, &String)> = available
         .iter()
         .filter(|id| !out.contains(id))
-        .filter_map(|id| slot_of(resource, id).map(|s| (s, id)))
+        .filter_map(|id| slot_of(resource, id).map(|s| (rank(id), s, id)))
         .collect();
     rest.sort();
     out.extend(
         rest.into_iter()
-            .map(|(_, id)| id.clone())
-            .take(size - out.len()),
+            .map(|(_, _, id)| id.clone())
+            .take(size.saturating_sub(out.len())),
     );
     out
 }
@@ -560,8 +645,67 @@ mod tests {
         let avail: Vec<String> = ["dpMvp10", "dpMvp2", "dpMvp7", "dpMvp3"]
             .map(String::from)
             .into();
-        let got = preferred("dp", &avail, &["dpMvp7".into()], 3);
+        let got = preferred("dp", &avail, &["dpMvp7".into()], 3, |_| SlotRank::Free);
         assert_eq!(got, vec!["dpMvp7", "dpMvp2", "dpMvp3"]);
+    }
+
+    #[test]
+    fn preferred_offers_slots_with_a_lingering_link_last() {
+        let cfg = ResourceConfig {
+            name: "dp".into(),
+            lower_device: "eth1".into(),
+            mode: Default::default(),
+            capacity: 6,
+            pool: None,
+        };
+        let mut eth1 = HostLink {
+            index: 2,
+            name: "eth1".into(),
+            kind: None,
+            admin_up: true,
+            oper_up: true,
+            loopback: false,
+            master: None,
+            alias: None,
+            parent: None,
+            parent_netnsid: None,
+        };
+        let macvtap = |id: &str, index: u32, alias: Option<String>| HostLink {
+            index,
+            name: macvtap_link::host_link_name(id),
+            kind: Some("macvtap".into()),
+            parent: Some(2),
+            alias,
+            ..eth1.clone()
+        };
+        let mut links = BTreeMap::new();
+        // dpMvp0: the original's link; dpMvp1: ours, stale; dpMvp2: a foreign link with our scheme name.
+        for l in [
+            macvtap("dpMvp0", 10, None),
+            macvtap("dpMvp1", 11, Some(macvtap_link::ownership_alias("dpMvp1"))),
+            macvtap("dpMvp2", 12, Some("someone-else".into())),
+        ] {
+            links.insert(l.name.clone(), l);
+        }
+        eth1.index = 2;
+        links.insert("eth1".into(), eth1);
+        let links: LinkSnapshot = Arc::new(links);
+        let cleanup = CleanupReport {
+            held: Some([("dp".to_string(), ["dpMvp3".to_string()].into())].into()),
+            skipped: None,
+        };
+        let rank = |id: &str| slot_rank(&cfg, id, &links, &cleanup);
+        assert_eq!(rank("dpMvp0"), SlotRank::LinkPresent);
+        assert_eq!(rank("dpMvp1"), SlotRank::LinkPresent);
+        assert_eq!(rank("dpMvp2"), SlotRank::Blocked);
+        assert_eq!(rank("dpMvp3"), SlotRank::Held);
+        assert_eq!(rank("dpMvp4"), SlotRank::Free);
+        let all: Vec<String> = (0..6).map(|i| format!("dpMvp{i}")).collect();
+        assert_eq!(
+            preferred("dp", &all, &[], 6, rank),
+            ["dpMvp4", "dpMvp5", "dpMvp0", "dpMvp1", "dpMvp3", "dpMvp2"]
+        );
+        assert_eq!(preferred("dp", &all, &[], 1, rank), ["dpMvp4"]);
     }
 
     #[test]
@@ -587,6 +731,8 @@ mod tests {
             loopback: false,
             master: None,
             alias: None,
+            parent: None,
+            parent_netnsid: None,
         };
         links.insert("eth0".to_string(), eth0.clone());
         assert!(
