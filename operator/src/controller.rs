@@ -53,6 +53,9 @@ pub struct Settings {
     pub concurrency: u16,
     /// `reportingInstance` of Events (pod name).
     pub instance: Option<String>,
+    /// An agent whose status was not updated for this long is "not reporting": what it last said no longer
+    /// counts for pool readiness. Agents write at least every 30 s by default.
+    pub agent_stale_after: Duration,
 }
 
 impl Default for Settings {
@@ -62,7 +65,43 @@ impl Default for Settings {
             resync: Duration::from_secs(600),
             concurrency: 16,
             instance: None,
+            agent_stale_after: Duration::from_secs(120),
         }
+    }
+}
+
+/// When the operator last saw each agent write its node state's status (a new `lastUpdateTime`), on its own clock:
+/// node clocks may be skewed, and a restarted operator gives every agent a full period before calling it stale.
+#[derive(Default)]
+struct Heartbeats(Mutex<HashMap<String, (Option<Time>, tokio::time::Instant)>>);
+
+impl Heartbeats {
+    fn observe(&self, state: &MacvtapNodeState) {
+        let token = state.status.as_ref().and_then(|s| s.last_update_time.clone());
+        let mut seen = self.0.lock().expect("heartbeats poisoned");
+        let entry = seen.entry(state.name_any());
+        match entry {
+            std::collections::hash_map::Entry::Occupied(mut e) if e.get().0 != token => {
+                e.insert((token, tokio::time::Instant::now()));
+            }
+            std::collections::hash_map::Entry::Occupied(_) => {}
+            std::collections::hash_map::Entry::Vacant(e) => {
+                e.insert((token, tokio::time::Instant::now()));
+            }
+        }
+    }
+
+    fn forget(&self, node: &str) {
+        self.0.lock().expect("heartbeats poisoned").remove(node);
+    }
+
+    /// How long since `node`'s agent last wrote; `None` when never seen.
+    fn age(&self, node: &str) -> Option<Duration> {
+        self.0
+            .lock()
+            .expect("heartbeats poisoned")
+            .get(node)
+            .map(|(_, at)| at.elapsed())
     }
 }
 
@@ -116,6 +155,7 @@ pub struct Context {
     failures: Mutex<HashMap<(&'static str, String), u32>>,
     /// The Conflict message last published as an Event per pool, so a stale cache never repeats an Event.
     published_conflicts: Mutex<HashMap<String, String>>,
+    heartbeats: Arc<Heartbeats>,
     synced_rx: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -289,19 +329,33 @@ async fn reconcile_pool(pool: Arc<MacvtapPool>, ctx: Arc<Context>) -> Result<Act
     let pools = ctx.pools.state();
     let all: Vec<&MacvtapPool> = pools.iter().map(|p| p.as_ref()).collect();
     let nodes = ctx.nodes.state();
-    let labels: Vec<(String, Labels, Option<Arc<MacvtapNodeState>>)> = nodes
+    let threshold = ctx.settings.agent_stale_after;
+    let mut next_check = ctx.settings.resync;
+    let labels: Vec<(String, Labels, Option<Arc<MacvtapNodeState>>, bool)> = nodes
         .iter()
         .map(|n| {
             let name = n.name_any();
             let state = ctx.states.get(&ObjectRef::new(&name));
-            (name, node_labels(n), state)
+            let age = state
+                .as_ref()
+                .filter(|s| s.status.is_some())
+                .and_then(|_| ctx.heartbeats.age(&name));
+            let stale = age.is_some_and(|a| a > threshold);
+            if let Some(a) = age.filter(|_| !stale) {
+                // Look again right after this agent would turn stale.
+                next_check = next_check.min(threshold - a + Duration::from_millis(500));
+            }
+            (name, node_labels(n), state, stale)
         })
         .collect();
-    let views = labels.iter().map(|(name, labels, state)| NodeView {
-        name,
-        labels,
-        state: state.as_deref(),
-    });
+    let views = labels
+        .iter()
+        .map(|(name, labels, state, stale)| NodeView {
+            name,
+            labels,
+            state: state.as_deref(),
+            stale: *stale,
+        });
     let report = pool_status::compute(&pool, &all, views, &now_seconds());
 
     if pool.status.as_ref() != Some(&report.status) {
@@ -326,7 +380,7 @@ async fn reconcile_pool(pool: Arc<MacvtapPool>, ctx: Arc<Context>) -> Result<Act
 
     publish_conflict_event(&pool, &report, &ctx).await;
     ctx.succeeded(POOL_STATUS, &name);
-    Ok(Action::requeue(ctx.settings.resync))
+    Ok(Action::requeue(next_check))
 }
 
 /// An Event when a pool starts losing a conflict (or loses a different one), and when it stops.
@@ -605,7 +659,9 @@ pub async fn run(client: Client, settings: Settings, metrics: Metrics, synced: A
             instance: settings.instance.clone(),
         },
     );
+    let heartbeats = Arc::new(Heartbeats::default());
     let ctx = Arc::new(Context {
+        heartbeats: heartbeats.clone(),
         client: client.clone(),
         pools: pools.clone(),
         nodes: nodes.clone(),
@@ -693,6 +749,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Metrics, synced: A
             match ev {
                 Ok(Event::Apply(s) | Event::InitApply(s)) => {
                     let name = s.name_any();
+                    heartbeats.observe(&s);
                     state_triggers.gc(&name);
                     if generations.insert(name.clone(), s.metadata.generation)
                         != Some(s.metadata.generation)
@@ -704,6 +761,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Metrics, synced: A
                 Ok(Event::Delete(s)) => {
                     let name = s.name_any();
                     generations.remove(&name);
+                    heartbeats.forget(&name);
                     // Recreated if its Node still exists.
                     state_triggers.node(&name);
                     state_triggers.status_all();
