@@ -229,9 +229,12 @@ mod tests {
         assert!(settings.clean_stale_node_resources);
         assert_eq!(settings.resync, Duration::from_secs(600));
         assert_eq!(settings.agent_stale_after, Duration::from_secs(120));
-        let args = Args::try_parse_from(["macvtap-operator", "--agent-stale-after-seconds=45"]).unwrap();
+        let args =
+            Args::try_parse_from(["macvtap-operator", "--agent-stale-after-seconds=45"]).unwrap();
         assert_eq!(args.settings().agent_stale_after, Duration::from_secs(45));
-        assert!(Args::try_parse_from(["macvtap-operator", "--agent-stale-after-seconds=0"]).is_err());
+        assert!(
+            Args::try_parse_from(["macvtap-operator", "--agent-stale-after-seconds=0"]).is_err()
+        );
         assert!(Args::try_parse_from(["macvtap-operator", "--log-format=xml"]).is_err());
         assert!(Args::try_parse_from(["macvtap-operator", "--concurrency=0"]).is_err());
     }

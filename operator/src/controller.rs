@@ -31,6 +31,7 @@ use macvtap_api::{MacvtapNodeState, MacvtapPool};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+use crate::heartbeats::Heartbeats;
 use crate::metrics::{Metrics, NODE_STATE, NODE_STATE_GC, POOL_STATUS};
 use crate::pool_status::{self, CONFLICT, NodeView};
 use crate::selection::{Labels, plan_node, pool_selects};
@@ -67,41 +68,6 @@ impl Default for Settings {
             instance: None,
             agent_stale_after: Duration::from_secs(120),
         }
-    }
-}
-
-/// When the operator last saw each agent write its node state's status (a new `lastUpdateTime`), on its own clock:
-/// node clocks may be skewed, and a restarted operator gives every agent a full period before calling it stale.
-#[derive(Default)]
-struct Heartbeats(Mutex<HashMap<String, (Option<Time>, tokio::time::Instant)>>);
-
-impl Heartbeats {
-    fn observe(&self, state: &MacvtapNodeState) {
-        let token = state.status.as_ref().and_then(|s| s.last_update_time.clone());
-        let mut seen = self.0.lock().expect("heartbeats poisoned");
-        let entry = seen.entry(state.name_any());
-        match entry {
-            std::collections::hash_map::Entry::Occupied(mut e) if e.get().0 != token => {
-                e.insert((token, tokio::time::Instant::now()));
-            }
-            std::collections::hash_map::Entry::Occupied(_) => {}
-            std::collections::hash_map::Entry::Vacant(e) => {
-                e.insert((token, tokio::time::Instant::now()));
-            }
-        }
-    }
-
-    fn forget(&self, node: &str) {
-        self.0.lock().expect("heartbeats poisoned").remove(node);
-    }
-
-    /// How long since `node`'s agent last wrote; `None` when never seen.
-    fn age(&self, node: &str) -> Option<Duration> {
-        self.0
-            .lock()
-            .expect("heartbeats poisoned")
-            .get(node)
-            .map(|(_, at)| at.elapsed())
     }
 }
 
@@ -348,14 +314,12 @@ async fn reconcile_pool(pool: Arc<MacvtapPool>, ctx: Arc<Context>) -> Result<Act
             (name, node_labels(n), state, stale)
         })
         .collect();
-    let views = labels
-        .iter()
-        .map(|(name, labels, state, stale)| NodeView {
-            name,
-            labels,
-            state: state.as_deref(),
-            stale: *stale,
-        });
+    let views = labels.iter().map(|(name, labels, state, stale)| NodeView {
+        name,
+        labels,
+        state: state.as_deref(),
+        stale: *stale,
+    });
     let report = pool_status::compute(&pool, &all, views, &now_seconds());
 
     if pool.status.as_ref() != Some(&report.status) {

@@ -537,14 +537,20 @@ mod tests {
             assert!(ready.message.contains(part), "{part}: {}", ready.message);
         }
         let degraded = get(s, DEGRADED);
-        assert_eq!((degraded.status.as_str(), degraded.message.as_str()), ("True", ready.message.as_str()));
+        assert_eq!(
+            (degraded.status.as_str(), degraded.message.as_str()),
+            ("True", ready.message.as_str())
+        );
         // One node each: the first problem in message order names the reason.
         assert_eq!(degraded.reason, "NotRegistered");
 
         // Discovery-like: a node serves when any of its entries does.
         let mixed = state(
             "mixed",
-            vec![entry("p", false, false, 0, 0), entry("p", true, true, 10, 0)],
+            vec![
+                entry("p", false, false, 0, 0),
+                entry("p", true, true, 10, 0),
+            ],
         );
         let r = compute(
             &p,

@@ -88,7 +88,10 @@ async fn pool_ready_follows_registration_health_generation_and_agent_heartbeats(
     }
     let reports: Reports = Arc::default();
     let set = |node: &str, pinned: Option<i64>, r: Value| {
-        reports.lock().unwrap().insert(node.to_string(), (pinned, r));
+        reports
+            .lock()
+            .unwrap()
+            .insert(node.to_string(), (pinned, r));
     };
     set("ar-a", None, entry(true, 5));
     set("ar-b", None, entry(true, 5));
@@ -105,11 +108,21 @@ async fn pool_ready_follows_registration_health_generation_and_agent_heartbeats(
     )
     .await;
     let pool = c.pools().get("ar-pool").await.unwrap();
-    assert_eq!(pool.status.unwrap().allocatable, 5, "unregistered devices are not allocatable");
+    assert_eq!(
+        pool.status.unwrap().allocatable,
+        5,
+        "unregistered devices are not allocatable"
+    );
 
     // Registered, no healthy device.
     set("ar-b", None, entry(true, 0));
-    wait_ready(&c, "False", "NoHealthyDevices", "no healthy devices on node ar-b").await;
+    wait_ready(
+        &c,
+        "False",
+        "NoHealthyDevices",
+        "no healthy devices on node ar-b",
+    )
+    .await;
 
     // A spec change the agent on b has not caught up with.
     set("ar-b", None, entry(true, 5));
