@@ -365,7 +365,7 @@ async fn live_config_changes_and_bad_updates() {
             d.len() == 3 && d.iter().all(|x| x.health == HEALTHY)
         })
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
