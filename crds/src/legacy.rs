@@ -1,9 +1,12 @@
 //! The original device plugin's `DP_MACVTAP_CONF`: a JSON array of `{name, lowerDevice, mode, capacity}`.
 //!
 //! Same fields and defaults as the original (capacity <= 0 or missing -> 100, mode missing or "" -> bridge,
-//! `[]` -> one resource per discovered physical link or bond). Unlike the original, entries that cannot work are
-//! rejected with an error naming the entry: duplicate names, an empty or invalid lower device, a name that cannot
-//! be a resource name, an unknown mode, a capacity above the maximum. Unknown keys are ignored, as before.
+//! `[]` -> one resource per discovered physical link or bond). The value itself is read as the original's
+//! `json.Unmarshal` into a list does: `[]` and `null` mean discovery, an empty or blank value is not JSON and is an
+//! error (the original exits with "unexpected end of JSON input"); an unset variable is the caller's business (the
+//! original exits, the agent serves its MacvtapNodeState instead). Unlike the original, entries that cannot work
+//! are rejected with an error naming the entry: duplicate names, an empty or invalid lower device, a name that
+//! cannot be a resource name, an unknown mode, a capacity above the maximum. Unknown keys are ignored, as before.
 
 use serde::Deserialize;
 
@@ -66,14 +69,12 @@ pub enum LegacyConfigError {
     },
 }
 
-/// Parses a `DP_MACVTAP_CONF` value into the node configuration the agent serves. An empty or blank value means
-/// `[]` (discovery), as an unset config did for the original.
+/// Parses a `DP_MACVTAP_CONF` value into the node configuration the agent serves. `[]` and `null` mean discovery
+/// (Go decodes `null` into an empty list); an empty or blank value is an error, as it is for the original.
 pub fn parse(value: &str) -> Result<NodeConfig, LegacyConfigError> {
-    let entries: Vec<LegacyEntry> = if value.trim().is_empty() {
-        Vec::new()
-    } else {
-        serde_json::from_str(value).map_err(|e| LegacyConfigError::Json(e.to_string()))?
-    };
+    let entries: Vec<LegacyEntry> = serde_json::from_str::<Option<Vec<LegacyEntry>>>(value)
+        .map_err(|e| LegacyConfigError::Json(e.to_string()))?
+        .unwrap_or_default();
     if entries.is_empty() {
         return Ok(NodeConfig {
             resources: Vec::new(),
@@ -167,8 +168,8 @@ mod tests {
     }
 
     #[test]
-    fn empty_list_and_blank_mean_discovery() {
-        for v in ["[]", "", "  \n"] {
+    fn empty_list_and_null_mean_discovery() {
+        for v in ["[]", " [ ]\n", "null"] {
             let cfg = parse(v).unwrap();
             assert!(cfg.resources.is_empty());
             assert_eq!(
@@ -232,7 +233,15 @@ mod tests {
 
     #[test]
     fn not_json_is_an_error() {
-        for v in ["{", r#"{"name":"x"}"#, r#"[{"name":1}]"#, "eth0"] {
+        // An empty or blank value too: the original's json.Unmarshal fails on it and the plugin exits.
+        for v in [
+            "{",
+            r#"{"name":"x"}"#,
+            r#"[{"name":1}]"#,
+            "eth0",
+            "",
+            "  \n",
+        ] {
             let e = err(v);
             assert!(
                 e.starts_with("DP_MACVTAP_CONF is not a JSON array"),

@@ -13,8 +13,8 @@ pub mod pool;
 
 pub use model::{DiscoveryConfig, MacvtapMode, NodeConfig, ResourceConfig};
 pub use node_state::{
-    MacvtapNodeState, MacvtapNodeStateSpec, MacvtapNodeStateStatus, NodeDiscovery, NodeResource,
-    NodeResourceStatus,
+    MacvtapNodeState, MacvtapNodeStateSpec, MacvtapNodeStateStatus, NodeCleanupStatus,
+    NodeDiscovery, NodeResource, NodeResourceStatus,
 };
 pub use pool::{
     LowerDeviceOverride, MacvtapPool, MacvtapPoolSpec, MacvtapPoolStatus, PoolDiscovery,

@@ -89,9 +89,26 @@ pub struct MacvtapNodeStateStatus {
     #[serde(default)]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub resources: Vec<NodeResourceStatus>,
-    /// When the agent last wrote this status.
+    /// Cleanup of host links no pod holds: whether it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cleanup: Option<NodeCleanupStatus>,
+    /// When the agent last wrote this status. The agent writes at least every heartbeat period (30 seconds by
+    /// default), so an old time means the agent is gone or cannot reach the API server.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_update_time: Option<Time>,
+}
+
+/// The agent's cleanup of macvtap host links that no pod holds.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeCleanupStatus {
+    /// True while cleanup is skipped: the kubelet's PodResources API cannot be asked which devices pods hold (or
+    /// the link table cannot be read), so no link is removed and orphaned links stay until it can run again.
+    #[serde(default)]
+    pub skipped: bool,
+    /// Why cleanup is skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
 }
 
 /// The state of one resource on the node.

@@ -10,6 +10,10 @@
 //! - [`KubeletStandIn::restart`] behaves like a new kubelet process: every socket in the directory is removed,
 //!   registrations are forgotten, `kubelet.sock` is created again. Pod records survive (the real kubelet keeps
 //!   them in its checkpoint).
+//! - faults: [`KubeletStandIn::stop_pod_resources`] / [`KubeletStandIn::start_pod_resources`] make PodResources
+//!   unreachable and back; [`KubeletStandIn::refuse_registrations`] makes `Register` fail (a kubelet that is not
+//!   ready); [`KubeletStandIn::record_pod`] records devices for a pod without `Allocate` (what a previous plugin
+//!   allocated before an upgrade).
 //!
 //! ```no_run
 //! # async fn f() -> Result<(), macvtap_e2e::kubelet::Error> {
@@ -27,6 +31,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -144,6 +149,8 @@ struct Inner {
     state: Mutex<State>,
     /// Bumped on every change of `state`, for waiters.
     changed: watch::Sender<u64>,
+    /// `Register` answers an error while set.
+    refuse_registrations: AtomicBool,
 }
 
 impl Inner {
@@ -211,7 +218,7 @@ impl Drop for Served {
 pub struct KubeletStandIn {
     inner: Arc<Inner>,
     registration: tokio::sync::Mutex<Option<Served>>,
-    pod_resources: Option<Served>,
+    pod_resources: tokio::sync::Mutex<Option<Served>>,
 }
 
 impl KubeletStandIn {
@@ -229,22 +236,62 @@ impl KubeletStandIn {
             pod_resources_socket: pod_resources_socket.to_path_buf(),
             state: Mutex::new(State::default()),
             changed: watch::channel(0).0,
+            refuse_registrations: AtomicBool::new(false),
         });
-        let incoming = kubelet_api::unix::bind(pod_resources_socket)
-            .map_err(io(format!("binding {}", pod_resources_socket.display())))?;
-        let pod_resources = Some(Served::spawn(
-            tonic::transport::Server::builder().add_service(PodResourcesListerServer::new(
-                PodResourcesService(inner.clone()),
-            )),
-            incoming,
-            "PodResources",
-        ));
+        let pod_resources = serve_pod_resources(&inner)?;
         let registration = serve_registration(&inner)?;
         Ok(KubeletStandIn {
             inner,
             registration: tokio::sync::Mutex::new(Some(registration)),
-            pod_resources,
+            pod_resources: tokio::sync::Mutex::new(Some(pod_resources)),
         })
+    }
+
+    /// Stops serving PodResources and removes its socket: the API is unreachable until
+    /// [`KubeletStandIn::start_pod_resources`].
+    pub async fn stop_pod_resources(&self) {
+        if let Some(s) = self.pod_resources.lock().await.take() {
+            s.shutdown().await;
+        }
+        let _ = std::fs::remove_file(&self.inner.pod_resources_socket);
+    }
+
+    /// Serves PodResources again (a no-op when it is served).
+    pub async fn start_pod_resources(&self) -> Result<()> {
+        let mut pr = self.pod_resources.lock().await;
+        if pr.is_none() {
+            *pr = Some(serve_pod_resources(&self.inner)?);
+        }
+        Ok(())
+    }
+
+    /// While `refuse` is true, `Register` fails with `Unavailable` (nothing is registered).
+    pub fn refuse_registrations(&self, refuse: bool) {
+        self.inner
+            .refuse_registrations
+            .store(refuse, Ordering::SeqCst);
+    }
+
+    /// Records `ids` of `resource` for a pod's container without calling `Allocate`, so PodResources lists them.
+    pub fn record_pod(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        resource: &str,
+        ids: &[&str],
+    ) {
+        self.inner
+            .state()
+            .pods
+            .entry((namespace.to_string(), pod.to_string()))
+            .or_default()
+            .entry(container.to_string())
+            .or_default()
+            .entry(resource.to_string())
+            .or_default()
+            .extend(ids.iter().map(|s| s.to_string()));
+        self.inner.bump();
     }
 
     /// The device plugin directory.
@@ -523,7 +570,7 @@ impl Drop for KubeletStandIn {
         if let Some(s) = self.registration.get_mut().take() {
             drop(s);
         }
-        drop(self.pod_resources.take());
+        drop(self.pod_resources.get_mut().take());
         let _ = std::fs::remove_file(self.kubelet_socket());
         let _ = std::fs::remove_file(&self.inner.pod_resources_socket);
     }
@@ -563,6 +610,21 @@ fn remove_sockets(dir: &Path) -> Result<()> {
     Ok(())
 }
 
+fn serve_pod_resources(inner: &Arc<Inner>) -> Result<Served> {
+    let path = &inner.pod_resources_socket;
+    let incoming = kubelet_api::unix::bind(path).map_err(|source| Error::Io {
+        what: format!("binding {}", path.display()),
+        source,
+    })?;
+    Ok(Served::spawn(
+        tonic::transport::Server::builder().add_service(PodResourcesListerServer::new(
+            PodResourcesService(inner.clone()),
+        )),
+        incoming,
+        "PodResources",
+    ))
+}
+
 fn serve_registration(inner: &Arc<Inner>) -> Result<Served> {
     let path = inner
         .dir
@@ -585,6 +647,11 @@ struct RegistrationService(Arc<Inner>);
 impl Registration for RegistrationService {
     async fn register(&self, request: Request<RegisterRequest>) -> Result<Response<Empty>, Status> {
         let req = request.into_inner();
+        if self.0.refuse_registrations.load(Ordering::SeqCst) {
+            return Err(Status::unavailable(
+                "kubelet stand-in: refusing registrations",
+            ));
+        }
         if req.version != kubelet_api::deviceplugin::VERSION {
             return Err(Status::invalid_argument(format!(
                 "unsupported device plugin API version {:?}",

@@ -329,6 +329,7 @@ fn default_render_is_least_privilege_and_matches_the_binaries_interfaces() {
             "--leader-election-namespace=$(POD_NAMESPACE)",
             "--leader-election-id=rel-macvtap-operator-operator",
             "--log-format=json",
+            "--agent-stale-after-seconds=120",
         ]
     );
     assert_eq!(c["env"][0], json!({"name": "RUST_LOG", "value": "info"}));
@@ -370,7 +371,11 @@ fn default_render_is_least_privilege_and_matches_the_binaries_interfaces() {
     assert_eq!(strs(&sc["capabilities"]["drop"]), ["ALL"]);
     assert_eq!(
         strs(&c["args"]),
-        ["--health-addr=0.0.0.0:9808", "--log-format=json"]
+        [
+            "--health-addr=0.0.0.0:9808",
+            "--log-format=json",
+            "--status-heartbeat-secs=30"
+        ]
     );
     assert_eq!(env_names(c), ["RUST_LOG", "NODE_NAME"]);
     assert_eq!(
@@ -419,21 +424,19 @@ fn default_render_is_least_privilege_and_matches_the_binaries_interfaces() {
     );
     assert!(init["securityContext"]["capabilities"]["add"].is_null());
 
-    // RBAC: exactly the rules the brief lists; nothing about secrets anywhere.
+    // RBAC: exactly the calls the binaries make (each checked against a real API server below); nothing about
+    // secrets anywhere.
     let op = find(&objs, "ClusterRole", "rel-macvtap-operator-operator");
     let g = "macvtap.network.kubevirt.io";
     let mut want: BTreeSet<_> = BTreeSet::new();
-    want.extend(grant(g, "macvtappools", &["get", "list", "watch"]));
-    want.extend(grant(g, "macvtappools/status", &["get", "patch"]));
+    want.extend(grant(g, "macvtappools", &["list", "watch"]));
+    want.extend(grant(g, "macvtappools/status", &["patch"]));
     want.extend(grant(
         g,
         "macvtapnodestates",
-        &[
-            "get", "list", "watch", "create", "update", "patch", "delete",
-        ],
+        &["list", "watch", "create", "patch", "delete"],
     ));
-    want.extend(grant("", "nodes", &["get", "list", "watch"]));
-    want.extend(grant("", "events", &["create", "patch"]));
+    want.extend(grant("", "nodes", &["list", "watch"]));
     want.extend(grant("events.k8s.io", "events", &["create", "patch"]));
     assert_eq!(grants(op), want);
     let lease_role = find(
@@ -454,13 +457,13 @@ fn default_render_is_least_privilege_and_matches_the_binaries_interfaces() {
                 ["rel-macvtap-operator-operator"],
                 "named Lease only"
             );
+            assert_eq!(strs(&json!(verbs)), ["get", "patch"]);
         }
     }
     let agent = find(&objs, "ClusterRole", "rel-macvtap-operator-agent");
     let mut want: BTreeSet<_> = BTreeSet::new();
-    want.extend(grant(g, "macvtapnodestates", &["get", "list", "watch"]));
-    want.extend(grant(g, "macvtapnodestates/status", &["update", "patch"]));
-    want.extend(grant("", "nodes", &["get"]));
+    want.extend(grant(g, "macvtapnodestates", &["list", "watch"]));
+    want.extend(grant(g, "macvtapnodestates/status", &["patch"]));
     assert_eq!(grants(agent), want);
     for o in &objs {
         assert!(
@@ -563,6 +566,7 @@ fn non_default_values_render_what_they_say() {
         [
             "--health-addr=0.0.0.0:9900",
             "--log-format=json",
+            "--status-heartbeat-secs=30",
             "--config-file=/etc/macvtap/dp-macvtap-conf.json"
         ]
     );
@@ -736,6 +740,17 @@ fn schema_and_template_checks_reject_bad_values() {
             &["--set", "unknownKey=1"],
             &["--set", "nameOverride=x"],
             "unknownKey",
+        ),
+        (
+            &["--set", "agent.statusHeartbeatSeconds=0"],
+            &["--set", "agent.statusHeartbeatSeconds=1"],
+            "/agent/statusHeartbeatSeconds",
+        ),
+        (
+            // Fewer than 3 heartbeats before an agent counts as stale.
+            &["--set", "operator.agentStaleAfterSeconds=60"],
+            &["--set", "operator.agentStaleAfterSeconds=90"],
+            "must be at least 3 agent heartbeats",
         ),
         (
             &[
@@ -1350,11 +1365,11 @@ async fn operator_service_account_can_do_its_job_and_nothing_more() {
     let _ = admin_pools.create(&PostParams::default(), &pool).await;
     let node = create_node(&admin, "chart-op-node").await;
 
-    // Pools: read and status only.
+    // Pools: watched (list + watch) and their status applied; nothing else.
     let pools: Api<MacvtapPool> = Api::all(op.clone());
     assert_allowed("list pools", pools.list(&ListParams::default()).await);
     assert_allowed("watch pools", watch_allowed(&pools).await);
-    assert_allowed("get pool", pools.get(pool_name).await);
+    assert_forbidden("get pool (unused)", pools.get(pool_name).await);
     let pp = PatchParams::apply("macvtap-operator");
     let status = json!({
         "apiVersion": "macvtap.network.kubevirt.io/v1alpha1", "kind": "MacvtapPool",
@@ -1399,14 +1414,29 @@ async fn operator_service_account_can_do_its_job_and_nothing_more() {
             .patch("chart-op-node", &pp, &Patch::Apply(&state))
             .await,
     );
-    assert_allowed(
+    let listed = assert_allowed(
         "list node states",
         states.list(&ListParams::default()).await,
     );
     assert_allowed("watch node states", watch_allowed(&states).await);
-    let current = assert_allowed("get node state", states.get("chart-op-node").await);
     assert_allowed(
-        "replace node state",
+        "merge-patch node state spec",
+        states
+            .patch(
+                "chart-op-node",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"spec": {"resources": []}})),
+            )
+            .await,
+    );
+    assert_forbidden("get node state (unused)", states.get("chart-op-node").await);
+    let current = listed
+        .items
+        .into_iter()
+        .find(|s| s.name_any() == "chart-op-node")
+        .unwrap();
+    assert_forbidden(
+        "replace node state (unused)",
         states
             .replace("chart-op-node", &PostParams::default(), &current)
             .await,
@@ -1428,11 +1458,11 @@ async fn operator_service_account_can_do_its_job_and_nothing_more() {
             .await,
     );
 
-    // Nodes: read only (nodes/status only with cleanStaleNodeResources, below).
+    // Nodes: watched (nodes/status only with cleanStaleNodeResources, below).
     let nodes: Api<Node> = Api::all(op.clone());
     assert_allowed("list nodes", nodes.list(&ListParams::default()).await);
     assert_allowed("watch nodes", watch_allowed(&nodes).await);
-    assert_allowed("get node", nodes.get(&node.name_any()).await);
+    assert_forbidden("get node (unused)", nodes.get(&node.name_any()).await);
     assert_forbidden(
         "label node",
         nodes
@@ -1455,7 +1485,8 @@ async fn operator_service_account_can_do_its_job_and_nothing_more() {
             .await,
     );
 
-    // Events about cluster-scoped pools go to "default", in both event APIs.
+    // Events about cluster-scoped pools go to "default", through events.k8s.io (kube's Recorder: create, then
+    // patch for a series); the core Event API is not used.
     let now = "2026-01-01T00:00:00.000000Z";
     let core_event: k8s_openapi::api::core::v1::Event = serde_json::from_value(json!({
         "metadata": {"name": "chart-op-pool.1", "namespace": "default"},
@@ -1465,20 +1496,10 @@ async fn operator_service_account_can_do_its_job_and_nothing_more() {
     .unwrap();
     let core_events: Api<k8s_openapi::api::core::v1::Event> =
         Api::namespaced(op.clone(), "default");
-    assert_allowed(
-        "core event",
+    assert_forbidden(
+        "core event (unused)",
         core_events
             .create(&PostParams::default(), &core_event)
-            .await,
-    );
-    assert_allowed(
-        "patch core event",
-        core_events
-            .patch(
-                "chart-op-pool.1",
-                &PatchParams::default(),
-                &Patch::Merge(json!({"count": 2})),
-            )
             .await,
     );
     let new_event: k8s_openapi::api::events::v1::Event = serde_json::from_value(json!({
@@ -1494,6 +1515,17 @@ async fn operator_service_account_can_do_its_job_and_nothing_more() {
         "events.k8s.io event",
         new_events.create(&PostParams::default(), &new_event).await,
     );
+    assert_allowed(
+        "events.k8s.io event series",
+        new_events
+            .patch(
+                "chart-op-pool.2",
+                &PatchParams::default(),
+                &Patch::Merge(json!({"series": {"count": 2, "lastObservedTime": now}})),
+            )
+            .await,
+    );
+    // (Granted by the ClusterRole: "default" is not the release namespace, so a Role there could not do this.)
 
     // Leader election: its own Lease in its namespace only.
     let leases: Api<Lease> = Api::namespaced(op.clone(), namespace);
@@ -1506,12 +1538,13 @@ async fn operator_service_account_can_do_its_job_and_nothing_more() {
         leases.create(&PostParams::default(), &lease).await,
     );
     let got = assert_allowed("get lease", leases.get(&lease_name).await);
-    assert_allowed(
-        "replace lease",
+    assert_forbidden(
+        "replace lease (unused)",
         leases
             .replace(&lease_name, &PostParams::default(), &got)
             .await,
     );
+    assert_forbidden("watch lease (unused)", watch_allowed(&leases).await);
     assert_allowed(
         "patch lease",
         leases
@@ -1532,10 +1565,28 @@ async fn operator_service_account_can_do_its_job_and_nothing_more() {
         "lease in another namespace",
         other_ns.create(&PostParams::default(), &lease).await,
     );
-    assert_allowed(
-        "delete lease",
+    assert_forbidden(
+        "delete lease (unused)",
         leases.delete(&lease_name, &DeleteParams::default()).await,
     );
+    // The lease manager's own calls: a server-side apply patch of the named Lease.
+    assert_allowed(
+        "apply lease",
+        leases
+            .patch(
+                &lease_name,
+                &PatchParams::apply("macvtap-operator-test").force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+                    "spec": {"holderIdentity": "pod-c"}
+                })),
+            )
+            .await,
+    );
+    Api::<Lease>::namespaced(cp().admin_client(), namespace)
+        .delete(&lease_name, &DeleteParams::default())
+        .await
+        .unwrap();
 
     // Never secrets, nor anything else.
     assert_forbidden(
@@ -1613,8 +1664,9 @@ async fn agent_service_account_writes_only_its_own_nodes_status() {
         .unwrap();
     let agent = client_with_token(pod_bound_token(namespace, &sa, &pod).await);
 
+    // The agent's calls: watch its own state (list + watch by field selector), apply its status.
     let states: Api<MacvtapNodeState> = Api::all(agent.clone());
-    assert_allowed("get own state", states.get(mine).await);
+    assert_forbidden("get own state (unused)", states.get(mine).await);
     assert_allowed(
         "list states",
         states
@@ -1622,6 +1674,19 @@ async fn agent_service_account_writes_only_its_own_nodes_status() {
             .await,
     );
     assert_allowed("watch states", watch_allowed(&states).await);
+    assert_allowed(
+        "apply own status",
+        states
+            .patch_status(
+                mine,
+                &PatchParams::apply("macvtap-agent").force(),
+                &Patch::Apply(json!({
+                    "apiVersion": "macvtap.network.kubevirt.io/v1alpha1", "kind": "MacvtapNodeState",
+                    "status": {"agentVersion": "0.0.1"}
+                })),
+            )
+            .await,
+    );
     let status = |v: &str| json!({"status": {"agentVersion": v}});
     let done = assert_allowed(
         "own status",
@@ -1634,9 +1699,12 @@ async fn agent_service_account_writes_only_its_own_nodes_status() {
             .await,
     );
     assert_eq!(done.status.unwrap().agent_version.as_deref(), Some("0.1.0"));
-    let current = states.get(mine).await.unwrap();
-    assert_allowed(
-        "replace own status",
+    let current = Api::<MacvtapNodeState>::all(admin.clone())
+        .get(mine)
+        .await
+        .unwrap();
+    assert_forbidden(
+        "replace own status (unused)",
         states
             .replace_status(mine, &PostParams::default(), &current)
             .await,
@@ -1694,9 +1762,9 @@ async fn agent_service_account_writes_only_its_own_nodes_status() {
         states.create(&PostParams::default(), &new_state).await,
     );
 
-    // Nodes: get only. Nothing else.
+    // Nodes: nothing. Nothing else.
     let nodes: Api<Node> = Api::all(agent.clone());
-    assert_allowed("get own node", nodes.get(mine).await);
+    assert_forbidden("get own node (unused)", nodes.get(mine).await);
     assert_forbidden("list nodes", nodes.list(&ListParams::default()).await);
     assert_forbidden(
         "node status",

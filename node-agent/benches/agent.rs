@@ -89,10 +89,10 @@ async fn main() {
     if std::env::args().any(|a| a == "--list") {
         return;
     }
-    if !macvtap_e2e::netns::can_create_netns() {
-        eprintln!("the agent bench needs root (network namespaces)");
-        return;
-    }
+    assert!(
+        macvtap_e2e::netns::can_create_netns(),
+        "the agent bench needs root (network namespaces)"
+    );
     let netns = Netns::new("agent-bench").unwrap();
     netns.add_veth("lower0", "peer0").unwrap();
     let dir = tempfile::tempdir().unwrap();

@@ -3,8 +3,7 @@
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
@@ -15,7 +14,8 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::{ConfigSource, ConfigState};
-use crate::gc::Cleanup;
+use crate::gc::{Cleanup, CleanupReport};
+use crate::health::Health;
 use crate::metrics::Metrics;
 use crate::netmon::{self, HostLink};
 use crate::plugin::ResourcePlugin;
@@ -36,8 +36,15 @@ pub struct AgentOptions {
     /// Link kinds discovery serves besides physical links and bonds.
     pub discovery_extra_kinds: Vec<String>,
     pub status_min_interval: Duration,
+    /// The status is written at least this often (`lastUpdateTime`), so the operator can tell a live agent from a
+    /// gone one; keep it well below the operator's `--agent-stale-after-seconds`.
+    pub status_heartbeat: Duration,
     /// How often the device plugin directory is re-read for kubelet restarts.
     pub dir_poll: Duration,
+    /// Test hook: while this reads true the netlink link monitor drops its subscription and does not subscribe
+    /// again (what a failed netlink socket looks like).
+    #[doc(hidden)]
+    pub netlink_fault: Option<watch::Receiver<bool>>,
 }
 
 impl AgentOptions {
@@ -52,7 +59,9 @@ impl AgentOptions {
             gc_grace: Duration::from_secs(120),
             discovery_extra_kinds: Vec::new(),
             status_min_interval: Duration::from_secs(2),
+            status_heartbeat: Duration::from_secs(30),
             dir_poll: Duration::from_millis(100),
+            netlink_fault: None,
         }
     }
 }
@@ -103,28 +112,36 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> anyhow::Resul
     let metrics = Arc::new(Metrics::default());
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let ready = Arc::new(AtomicBool::new(false));
-    if let Some(addr) = opts.health_addr {
-        let listener = tokio::net::TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("binding the health/metrics address {addr}"))?;
-        tokio::spawn(crate::http::serve(
-            listener,
-            Arc::new(registry),
-            ready.clone(),
-            cancel.clone(),
-        ));
-    }
+    // Bound first: a taken port is a startup error, not a silent absence of probes.
+    let health_listener = match opts.health_addr {
+        Some(addr) => Some(
+            tokio::net::TcpListener::bind(addr)
+                .await
+                .with_context(|| format!("binding the health/metrics address {addr}"))?,
+        ),
+        None => None,
+    };
 
-    let links = netmon::spawn(cancel.clone())
+    let monitor = {
+        let m = metrics.clone();
+        netmon::spawn(
+            cancel.clone(),
+            move || {
+                m.netlink_resubscriptions.inc();
+            },
+            opts.netlink_fault.clone(),
+        )
         .await
-        .context("starting the netlink link monitor")?;
+        .context("starting the netlink link monitor")?
+    };
     let netlink = macvtap_link::Netlink::new().context("opening a netlink socket")?;
+    let (cleanup_tx, cleanup_rx) = watch::channel(CleanupReport::default());
     let shared = Shared::new(
         netlink,
         metrics.clone(),
         opts.device_plugin_dir.clone(),
-        links.clone(),
+        monitor.links.clone(),
+        cleanup_rx.clone(),
         opts.dir_poll,
         cancel.clone(),
     );
@@ -146,19 +163,35 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> anyhow::Resul
         ));
     }
 
-    let held = Arc::new(Mutex::new(None));
+    let (resources_tx, resources_rx) = watch::channel(BTreeMap::new());
+    let (loaded_tx, loaded_rx) = watch::channel(false);
+    if let Some(listener) = health_listener {
+        let health = Health {
+            shared: shared.clone(),
+            netlink_subscribed: monitor.subscribed.clone(),
+            wanted: resources_rx.clone(),
+            config_loaded: loaded_rx,
+        };
+        tokio::spawn(crate::http::serve(
+            listener,
+            Arc::new(registry),
+            health,
+            cancel.clone(),
+        ));
+    }
+
     tokio::spawn(
         Cleanup {
             shared: shared.clone(),
             pod_resources_socket: opts.pod_resources_socket.clone(),
             interval: opts.gc_interval,
             grace: opts.gc_grace,
-            held: held.clone(),
+            resources: resources_rx.clone(),
+            report: cleanup_tx,
         }
         .run(cancel.clone()),
     );
 
-    let (resources_tx, resources_rx) = watch::channel(BTreeMap::new());
     if let ConfigSource::NodeState { client, node } = &opts.source {
         tokio::spawn(
             StatusWriter {
@@ -167,15 +200,16 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> anyhow::Resul
                 shared: shared.clone(),
                 resources: resources_rx.clone(),
                 config: config_rx.clone(),
-                held: held.clone(),
+                cleanup: cleanup_rx.clone(),
                 min_interval: opts.status_min_interval,
+                heartbeat: opts.status_heartbeat,
             }
             .run(cancel.clone()),
         );
     }
 
     let mut plugins: BTreeMap<String, ResourcePlugin> = BTreeMap::new();
-    let mut links_rx = links;
+    let mut links_rx = monitor.links.clone();
     loop {
         let state = config_rx.borrow_and_update().clone();
         if let Some(cfg) = &state.config {
@@ -215,7 +249,7 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> anyhow::Resul
                     true
                 }
             });
-            ready.store(true, Ordering::Relaxed);
+            loaded_tx.send_if_modified(|l| !std::mem::replace(l, true));
         }
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -223,7 +257,7 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> anyhow::Resul
             r = links_rx.changed() => if r.is_err() { break },
         }
     }
-    ready.store(false, Ordering::Relaxed);
+    loaded_tx.send_replace(false);
     for (_, p) in std::mem::take(&mut plugins) {
         p.stop().await;
     }

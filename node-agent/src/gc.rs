@@ -1,24 +1,51 @@
-//! Cleanup of host-side macvtap links of ours that no pod holds.
+//! Cleanup of host-side macvtap links of ours that no pod holds, and adoption of the original's links.
 //!
-//! A link is removed only when all of these hold: it is ours by the strict host-side check (macvtap, our name
-//! scheme, our ifalias marker for that device ID); the kubelet's PodResources `List` answered and no pod holds its
-//! device ID; and it has been unheld, and not allocated, for the whole grace period (an Allocate whose CNI ADD has
-//! not come yet, or a pod the kubelet has not listed yet). When PodResources cannot be asked, nothing is removed.
-//! Links inside pods are in other namespaces and never seen here.
+//! Each pass first adopts the original macvtap-cni's links for our slots ([`crate::original`]), then removes a link
+//! only when all of these hold: it is ours by the strict host-side check (macvtap, our name scheme, our ifalias
+//! marker for that device ID); the kubelet's PodResources `List` answered and no pod holds its device ID; and it has
+//! been unheld, and not allocated, for the whole grace period (an Allocate whose CNI ADD has not come yet, or a pod
+//! the kubelet has not listed yet). When PodResources cannot be asked, nothing is removed, and that is reported:
+//! metric `macvtap_agent_cleanup_skipped_total{reason}`, gauge `macvtap_agent_cleanup_active`, and
+//! `MacvtapNodeState.status.cleanup`. Links inside pods are in other namespaces and never seen here.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use kubelet_api::podresources::ListPodResourcesRequest;
 use kubelet_api::podresources::pod_resources_lister_client::PodResourcesListerClient;
+use macvtap_api::ResourceConfig;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::ReasonLabel;
+use crate::netmon::{self, HostLink};
+use crate::original;
 use crate::shared::Shared;
 
 /// Device IDs held by pods, by resource name (without the `macvtap.network.kubevirt.io/` prefix).
 pub type HeldDevices = BTreeMap<String, BTreeSet<String>>;
+
+/// What the latest cleanup pass found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CleanupReport {
+    /// Device IDs pods hold, from the latest PodResources answer; `None` before the first one.
+    pub held: Option<HeldDevices>,
+    /// Why the latest pass removed nothing: the kubelet's PodResources could not be asked (or the link table could
+    /// not be read). `None` when it ran.
+    pub skipped: Option<String>,
+}
+
+impl CleanupReport {
+    /// Whether a pod holds `device_id` of `resource`, per the latest PodResources answer.
+    pub fn is_held(&self, resource: &str, device_id: &str) -> bool {
+        self.held
+            .as_ref()
+            .and_then(|h| h.get(resource))
+            .is_some_and(|ids| ids.contains(device_id))
+    }
+}
 
 /// Asks the kubelet which of our device IDs pods hold.
 pub async fn held_devices(socket: &std::path::Path) -> Result<HeldDevices, String> {
@@ -50,13 +77,23 @@ pub async fn held_devices(socket: &std::path::Path) -> Result<HeldDevices, Strin
     Ok(held)
 }
 
+/// The device ID of a host link that is ours by the strict check: macvtap, our marker, named after that ID.
+pub fn our_device_id(link: &HostLink) -> Option<&str> {
+    if link.kind.as_deref() != Some("macvtap") {
+        return None;
+    }
+    let id = macvtap_link::device_id_from_alias(link.alias.as_deref()?)?;
+    (link.name == macvtap_link::host_link_name(id)).then_some(id)
+}
+
 pub struct Cleanup {
     pub shared: Arc<Shared>,
     pub pod_resources_socket: PathBuf,
     pub interval: Duration,
     pub grace: Duration,
-    /// Latest answer of PodResources, for status (`allocated`).
-    pub held: Arc<Mutex<Option<HeldDevices>>>,
+    /// The resources served now: their slots are the ones whose original links are adopted.
+    pub resources: watch::Receiver<BTreeMap<String, ResourceConfig>>,
+    pub report: watch::Sender<CleanupReport>,
 }
 
 impl Cleanup {
@@ -71,64 +108,146 @@ impl Cleanup {
         }
     }
 
+    fn skip(&self, reason: &'static str, message: String) {
+        self.shared
+            .metrics
+            .cleanup_skipped
+            .get_or_create(&ReasonLabel { reason })
+            .inc();
+        self.shared.metrics.cleanup_active.set(0);
+        let first = self.report.borrow().skipped.is_none();
+        if first {
+            tracing::warn!(
+                reason,
+                "link cleanup skipped, no link is removed until it can run: {message}"
+            );
+        } else {
+            tracing::debug!(reason, "link cleanup still skipped: {message}");
+        }
+        self.report.send_if_modified(|r| {
+            let new = Some(message);
+            if r.skipped == new {
+                false
+            } else {
+                r.skipped = new;
+                true
+            }
+        });
+    }
+
     async fn pass(&self, unheld_since: &mut HashMap<String, Instant>) {
+        let handle = self.shared.netlink.handle().clone();
+        let mut links = match netmon::dump(&handle).await {
+            Ok(l) => l,
+            Err(e) => {
+                self.skip("links_unreadable", format!("reading the link table: {e}"));
+                return;
+            }
+        };
+        self.adopt_originals(&handle, &mut links).await;
+
         let held = match held_devices(&self.pod_resources_socket).await {
             Ok(h) => h,
             Err(e) => {
-                tracing::debug!(
-                    "cleanup skipped, cannot ask the kubelet which devices are in use: {e}"
+                self.skip(
+                    "pod_resources_unreachable",
+                    format!("cannot ask the kubelet's PodResources which devices pods hold: {e}"),
                 );
                 return;
             }
         };
+        if self.report.borrow().skipped.is_some() {
+            tracing::info!("link cleanup runs again: PodResources answered");
+        }
+        self.shared.metrics.cleanup_active.set(1);
         let held_ids: BTreeSet<&String> = held.values().flatten().collect();
-        let links = match self.shared.netlink.list_our_links().await {
-            Ok(l) => l,
-            Err(e) => {
-                tracing::warn!("cleanup: listing links: {e}");
-                return;
-            }
-        };
         let now = Instant::now();
         let mut seen = BTreeSet::new();
-        for l in links {
+        for l in links.values() {
             // Strict check: our name scheme and marker; anything else is never touched.
-            if !l.link.is_ours(&l.device_id) {
+            let Some(id) = our_device_id(l) else {
+                continue;
+            };
+            seen.insert(id.to_string());
+            if held_ids.contains(&id.to_string()) {
+                unheld_since.remove(id);
                 continue;
             }
-            seen.insert(l.device_id.clone());
-            if held_ids.contains(&l.device_id) {
-                unheld_since.remove(&l.device_id);
+            let since = *unheld_since.entry(id.to_string()).or_insert(now);
+            if now.duration_since(since) < self.grace {
                 continue;
             }
-            let since = *unheld_since.entry(l.device_id.clone()).or_insert(now);
+            let _ops = self.shared.link_ops.lock().await;
+            // Checked under the lock: an Allocate that just (re)created this link is never undone.
             let recent_alloc = self
                 .shared
-                .last_allocation(&l.device_id)
-                .is_some_and(|t| now.duration_since(t) < self.grace);
-            if now.duration_since(since) < self.grace || recent_alloc {
+                .last_allocation(id)
+                .is_some_and(|t| t.elapsed() < self.grace);
+            if recent_alloc {
                 continue;
             }
-            match self.shared.netlink.delete_our_link(&l.device_id).await {
+            match self.shared.netlink.delete_our_link(id).await {
                 Ok(true) => {
-                    tracing::info!(device = %l.device_id, link = %l.link.name, "removed orphaned link: no pod holds it");
+                    tracing::info!(device = %id, link = %l.name, "removed orphaned link: no pod holds it");
                     self.shared.metrics.links_removed.inc();
-                    unheld_since.remove(&l.device_id);
+                    unheld_since.remove(id);
                 }
                 Ok(false) => {}
-                Err(e) => tracing::warn!(device = %l.device_id, "cleanup: {e}"),
+                Err(e) => tracing::warn!(device = %id, "cleanup: {e}"),
             }
         }
         unheld_since.retain(|id, _| seen.contains(id));
         self.shared.forget_allocations_older_than(self.grace * 2);
-        let changed = {
-            let mut h = self.held.lock().unwrap_or_else(|p| p.into_inner());
-            let changed = h.as_ref() != Some(&held);
-            *h = Some(held);
-            changed
-        };
-        if changed {
-            self.shared.changed.notify_one();
+        self.report.send_if_modified(|r| {
+            let new = CleanupReport {
+                held: Some(held),
+                skipped: None,
+            };
+            if *r == new {
+                false
+            } else {
+                *r = new;
+                true
+            }
+        });
+    }
+
+    /// Adopts the original's links for served slots; `links` is updated to show them as ours.
+    async fn adopt_originals(
+        &self,
+        handle: &rtnetlink::Handle,
+        links: &mut BTreeMap<String, HostLink>,
+    ) {
+        let slots = original::slots_by_link_name(&self.resources.borrow());
+        let found: Vec<(String, String)> = original::find_adoptable(links, &slots)
+            .into_iter()
+            .map(|(l, id)| (l.name.clone(), id))
+            .collect();
+        for (name, id) in found {
+            let _ops = self.shared.link_ops.lock().await;
+            // Read again under the lock: act only on what is there now.
+            let fresh = netmon::read_link(handle, &name).await;
+            let lower = match slots.get(&name) {
+                Some(slot) => netmon::read_link(handle, &slot.lower_device).await,
+                None => continue,
+            };
+            let (Ok(Some(link)), Ok(lower)) = (fresh, lower) else {
+                continue;
+            };
+            if !original::is_originals_link(&link, &id, lower.as_ref()) {
+                continue;
+            }
+            match original::adopt(&self.shared.netlink, &link, &id).await {
+                Ok(()) => {
+                    self.shared.metrics.links_adopted.inc();
+                    if let Some(l) = links.get_mut(&name) {
+                        l.alias = Some(macvtap_link::ownership_alias(&id));
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(device = %id, link = %name, "adopting the original's link: {e}")
+                }
+            }
         }
     }
 }

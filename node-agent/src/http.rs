@@ -1,8 +1,7 @@
-//! `/healthz` (the process serves), `/readyz` (a configuration is loaded and reconciled), `/metrics`
+//! `/healthz` and `/readyz` (see [`crate::health`]: 200 "ok", or 503 with one line per problem), `/metrics`
 //! (OpenMetrics text).
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::http::{StatusCode, header};
@@ -11,25 +10,36 @@ use axum::routing::get;
 use prometheus_client::registry::Registry;
 use tokio_util::sync::CancellationToken;
 
+use crate::health::Health;
+
+fn answer(problems: Vec<String>) -> (StatusCode, String) {
+    if problems.is_empty() {
+        (StatusCode::OK, "ok".to_string())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, problems.join("\n") + "\n")
+    }
+}
+
 pub async fn serve(
     listener: tokio::net::TcpListener,
     registry: Arc<Registry>,
-    ready: Arc<AtomicBool>,
+    health: Health,
     cancel: CancellationToken,
 ) {
+    let live = health.clone();
     let app = Router::new()
-        .route("/healthz", get(|| async { "ok" }))
+        .route(
+            "/healthz",
+            get(move || {
+                let problems = live.liveness();
+                async move { answer(problems) }
+            }),
+        )
         .route(
             "/readyz",
             get(move || {
-                let ready = ready.load(Ordering::Relaxed);
-                async move {
-                    if ready {
-                        (StatusCode::OK, "ok")
-                    } else {
-                        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
-                    }
-                }
+                let problems = health.readiness();
+                async move { answer(problems) }
             }),
         )
         .route(

@@ -71,6 +71,10 @@ struct RunArgs {
     /// Link kinds that discovery (`[]`) serves besides physical links and bonds (repeatable, e.g. `team`).
     #[arg(long = "discovery-include-kind")]
     discovery_include_kinds: Vec<String>,
+    /// Seconds between MacvtapNodeState status writes when nothing changes (the heartbeat the operator's
+    /// --agent-stale-after-seconds measures; keep it well below that).
+    #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
+    status_heartbeat_secs: u64,
 }
 
 fn init_logging(format: LogFormat) {
@@ -107,18 +111,24 @@ fn main() -> anyhow::Result<()> {
 
 async fn agent(args: RunArgs) -> anyhow::Result<()> {
     let node = args.node_name.clone().unwrap_or_default();
+    // DP_MACVTAP_CONF set (even empty) is the legacy configuration, parsed as the original does: `[]` or `null`
+    // is discovery, an empty value is an error. Unset, the original exits ("must be set"); the agent serves the
+    // node's MacvtapNodeState instead, which needs the node name, else it exits as the original does.
     let source = if let Some(path) = &args.config_file {
         ConfigSource::File {
             path: path.clone(),
             poll: Duration::from_secs(1),
         }
-    } else if let Ok(v) = std::env::var(macvtap_api::legacy::ENV_VAR) {
-        ConfigSource::Legacy(v)
+    } else if let Some(v) = std::env::var_os(macvtap_api::legacy::ENV_VAR) {
+        let Some(v) = v.to_str() else {
+            bail!("{} is not valid UTF-8", macvtap_api::legacy::ENV_VAR);
+        };
+        ConfigSource::Legacy(v.to_string())
     } else {
         if node.is_empty() {
             bail!(
-                "--node-name (or NODE_NAME) is required to serve this node's MacvtapNodeState; \
-                 set {} or --config-file to serve a legacy configuration instead",
+                "{} environment variable must be set (the original's legacy configuration), or --node-name \
+                 (or NODE_NAME) to serve this node's MacvtapNodeState, or --config-file",
                 macvtap_api::legacy::ENV_VAR
             );
         }
@@ -143,6 +153,7 @@ async fn agent(args: RunArgs) -> anyhow::Result<()> {
     opts.gc_interval = Duration::from_secs(args.cleanup_interval_secs.max(1));
     opts.gc_grace = Duration::from_secs(args.cleanup_grace_secs);
     opts.discovery_extra_kinds = args.discovery_include_kinds;
+    opts.status_heartbeat = Duration::from_secs(args.status_heartbeat_secs);
 
     let cancel = CancellationToken::new();
     let signals = {

@@ -19,6 +19,12 @@ impl ResourceLabel {
     }
 }
 
+/// Why something was skipped: a fixed set of values.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabel {
+    pub reason: &'static str,
+}
+
 /// Every metric the agent exports.
 #[derive(Default)]
 pub struct Metrics {
@@ -36,6 +42,15 @@ pub struct Metrics {
     pub list_and_watch_streams: Family<ResourceLabel, Gauge>,
     /// Orphaned host links removed by cleanup.
     pub links_removed: Counter,
+    /// Links of the original macvtap-cni adopted (marker set) for one of our slots.
+    pub links_adopted: Counter,
+    /// Cleanup passes that removed nothing on purpose, by reason (`pod_resources_unreachable`,
+    /// `links_unreadable`).
+    pub cleanup_skipped: Family<ReasonLabel, Counter>,
+    /// 1 when the latest cleanup pass ran, 0 when it was skipped.
+    pub cleanup_active: Gauge,
+    /// Times the netlink link monitor lost its event stream and subscribed again.
+    pub netlink_resubscriptions: Counter,
     /// Configuration updates rejected (the last good configuration stays in effect).
     pub config_errors: Counter,
     /// Resources currently served.
@@ -79,6 +94,26 @@ impl Metrics {
             "links_removed",
             "Orphaned host macvtap links removed by cleanup",
             self.links_removed.clone(),
+        );
+        r.register(
+            "links_adopted",
+            "Links of the original macvtap-cni adopted for one of our slots",
+            self.links_adopted.clone(),
+        );
+        r.register(
+            "cleanup_skipped",
+            "Cleanup passes that removed nothing because the kubelet's PodResources (or the link table) could not be read",
+            self.cleanup_skipped.clone(),
+        );
+        r.register(
+            "cleanup_active",
+            "1 when the latest cleanup pass ran, 0 when it was skipped",
+            self.cleanup_active.clone(),
+        );
+        r.register(
+            "netlink_resubscriptions",
+            "Times the netlink link monitor lost its event stream and subscribed again",
+            self.netlink_resubscriptions.clone(),
         );
         r.register(
             "config_errors",

@@ -2,17 +2,26 @@
 //! wakes a task that re-reads the link table and publishes a snapshot when it differs. Re-reading the whole table
 //! (a few dozen links on a node) instead of applying single events keeps renames, lost events (socket overrun) and
 //! ordering trivially right.
+//!
+//! The subscription is kept up: when the event stream ends (the socket failed, the connection task died) the
+//! monitor says so ([`Monitor::subscribed`] goes false, `/healthz` fails) and subscribes again with backoff, then
+//! re-reads the table so nothing that happened in between is missed.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures::channel::mpsc::UnboundedReceiver;
 use futures::{StreamExt, TryStreamExt};
+use netlink_packet_route::RouteNetlinkMessage;
 use netlink_packet_route::link::{
     InfoKind, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, State,
 };
 use rtnetlink::constants::RTMGRP_LINK;
+use rtnetlink::packet_core::NetlinkMessage;
 use rtnetlink::sys::{AsyncSocket, SocketAddr};
 use tokio::sync::watch;
+use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 /// One link of the agent's network namespace.
@@ -29,10 +38,15 @@ pub struct HostLink {
     /// Index of the master (bond, bridge) this link is enslaved to.
     pub master: Option<u32>,
     pub alias: Option<String>,
+    /// `IFLA_LINK`: the parent's ifindex (a macvtap's lower device), in this namespace unless
+    /// [`HostLink::parent_netnsid`] is set.
+    pub parent: Option<u32>,
+    /// `IFLA_LINK_NETNSID`: the parent lives in another network namespace.
+    pub parent_netnsid: Option<i32>,
 }
 
 impl HostLink {
-    fn from_message(msg: &LinkMessage) -> Self {
+    pub(crate) fn from_message(msg: &LinkMessage) -> Self {
         let flags = msg.header.flags;
         let mut link = HostLink {
             index: msg.header.index,
@@ -43,6 +57,8 @@ impl HostLink {
             loopback: flags.contains(LinkFlags::Loopback),
             master: None,
             alias: None,
+            parent: None,
+            parent_netnsid: None,
         };
         let mut oper = None;
         for attr in &msg.attributes {
@@ -51,6 +67,8 @@ impl HostLink {
                 LinkAttribute::OperState(s) => oper = Some(*s),
                 LinkAttribute::Controller(m) => link.master = Some(*m),
                 LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a.clone()),
+                LinkAttribute::Link(p) => link.parent = Some(*p),
+                LinkAttribute::LinkNetNsId(n) => link.parent_netnsid = Some(*n),
                 LinkAttribute::LinkInfo(infos) => {
                     for i in infos {
                         if let NlLinkInfo::Kind(k) = i {
@@ -93,49 +111,173 @@ pub enum Error {
     Dump(#[from] rtnetlink::Error),
 }
 
-/// Starts the monitor: the first snapshot is read before this returns; later ones are published as links change.
-/// The task ends when `cancel` fires.
-pub async fn spawn(cancel: CancellationToken) -> Result<watch::Receiver<LinkSnapshot>, Error> {
-    let (mut conn, handle, mut events) = rtnetlink::new_connection().map_err(Error::Socket)?;
+type Events = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>;
+
+/// One live subscription: the connection task, its handle, and the multicast events it receives.
+struct Subscription {
+    handle: rtnetlink::Handle,
+    events: Events,
+    connection: JoinHandle<()>,
+}
+
+impl Drop for Subscription {
+    fn drop(&mut self) {
+        // The socket closes with its connection task.
+        self.connection.abort();
+    }
+}
+
+async fn subscribe() -> Result<(Subscription, BTreeMap<String, HostLink>), Error> {
+    let (mut conn, handle, events) = rtnetlink::new_connection().map_err(Error::Socket)?;
     conn.socket_mut()
         .socket_mut()
         .bind(&SocketAddr::new(0, RTMGRP_LINK))
         .map_err(Error::Bind)?;
-    tokio::spawn(conn);
-    let first = dump(&handle).await?;
-    let (tx, rx) = watch::channel(Arc::new(first));
-    tokio::spawn(async move {
-        loop {
-            tokio::select! {
-                _ = cancel.cancelled() => return,
-                ev = events.next() => {
-                    if ev.is_none() {
-                        tracing::error!("netlink event stream ended; link health is no longer updated");
-                        return;
-                    }
-                }
-            }
-            // Coalesce a burst (one `ip link set` can emit several messages) into one re-read.
-            while events.try_recv().is_ok() {}
-            match dump(&handle).await {
-                Ok(links) => {
-                    tx.send_if_modified(|cur| {
-                        if **cur == links {
-                            false
-                        } else {
-                            *cur = Arc::new(links);
-                            true
-                        }
-                    });
-                }
-                Err(e) => tracing::warn!("re-reading links after a netlink event: {e}"),
-            }
-        }
-    });
-    Ok(rx)
+    let sub = Subscription {
+        handle,
+        events,
+        connection: tokio::spawn(conn),
+    };
+    // Read after joining the group: a change in between is both in the table and an event.
+    let links = dump(&sub.handle).await?;
+    Ok((sub, links))
 }
 
-async fn dump(handle: &rtnetlink::Handle) -> Result<BTreeMap<String, HostLink>, Error> {
+/// The running link monitor's outputs.
+#[derive(Clone)]
+pub struct Monitor {
+    /// The latest link table.
+    pub links: watch::Receiver<LinkSnapshot>,
+    /// True while subscribed to link events; false while resubscribing.
+    pub subscribed: watch::Receiver<bool>,
+}
+
+/// How long the monitor waits between failed subscription attempts: 100 ms doubling to 5 s.
+const RESUBSCRIBE_BACKOFF: (Duration, Duration) =
+    (Duration::from_millis(100), Duration::from_secs(5));
+
+/// Starts the monitor: the first snapshot is read before this returns; later ones are published as links change.
+/// The task ends when `cancel` fires. `on_resubscribe` is called each time the event stream ended and the monitor
+/// subscribes again. `fault` is a test hook: while it reads true the monitor drops its subscription (as a failed
+/// socket would) and does not subscribe again.
+pub async fn spawn(
+    cancel: CancellationToken,
+    on_resubscribe: impl Fn() + Send + 'static,
+    fault: Option<watch::Receiver<bool>>,
+) -> Result<Monitor, Error> {
+    let (mut sub, first) = subscribe().await?;
+    let (tx, links) = watch::channel(Arc::new(first));
+    let (subscribed_tx, subscribed) = watch::channel(true);
+    let mut fault = fault;
+    let publish = move |links: BTreeMap<String, HostLink>| {
+        tx.send_if_modified(|cur| {
+            if **cur == links {
+                false
+            } else {
+                *cur = Arc::new(links);
+                true
+            }
+        });
+    };
+    tokio::spawn(async move {
+        loop {
+            // Follow events until the stream ends (or the test hook breaks it).
+            loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = fault_raised(&mut fault) => {
+                        tracing::warn!("test hook: dropping the netlink subscription");
+                        break;
+                    }
+                    ev = sub.events.next() => {
+                        if ev.is_none() {
+                            tracing::error!("netlink event stream ended; subscribing again");
+                            break;
+                        }
+                    }
+                }
+                // Coalesce a burst (one `ip link set` can emit several messages) into one re-read.
+                while sub.events.try_recv().is_ok() {}
+                match dump(&sub.handle).await {
+                    Ok(links) => publish(links),
+                    Err(e) => tracing::warn!("re-reading links after a netlink event: {e}"),
+                }
+            }
+            subscribed_tx.send_replace(false);
+            on_resubscribe();
+            // The old socket goes now, not when the new one is up.
+            drop(sub);
+            let mut backoff = RESUBSCRIBE_BACKOFF.0;
+            sub = loop {
+                tokio::select! {
+                    _ = cancel.cancelled() => return,
+                    _ = fault_cleared(&mut fault) => {}
+                }
+                match subscribe().await {
+                    Ok((new, links)) => {
+                        publish(links);
+                        break new;
+                    }
+                    Err(e) => {
+                        tracing::warn!(retry_in = ?backoff, "subscribing to netlink link events: {e}");
+                        tokio::select! {
+                            _ = cancel.cancelled() => return,
+                            _ = tokio::time::sleep(backoff) => {}
+                        }
+                        backoff = (backoff * 2).min(RESUBSCRIBE_BACKOFF.1);
+                    }
+                }
+            };
+            tracing::info!("subscribed to netlink link events again");
+            subscribed_tx.send_replace(true);
+        }
+    });
+    Ok(Monitor { links, subscribed })
+}
+
+/// Resolves when the test hook says "netlink down"; never without a hook.
+async fn fault_raised(fault: &mut Option<watch::Receiver<bool>>) {
+    if let Some(rx) = fault
+        && rx.wait_for(|down| *down).await.is_ok()
+    {
+        return;
+    }
+    *fault = None;
+    std::future::pending().await
+}
+
+/// Resolves at once without a hook, else when the hook says "netlink up" (or is gone).
+async fn fault_cleared(fault: &mut Option<watch::Receiver<bool>>) {
+    if let Some(rx) = fault
+        && rx.wait_for(|down| !*down).await.is_err()
+    {
+        *fault = None;
+    }
+}
+
+/// The link called `name`, read now; `None` when there is none.
+pub async fn read_link(
+    handle: &rtnetlink::Handle,
+    name: &str,
+) -> Result<Option<HostLink>, macvtap_link::Error> {
+    let res = handle
+        .link()
+        .get()
+        .match_name(name.to_string())
+        .execute()
+        .try_next()
+        .await;
+    match res {
+        Ok(m) => Ok(m.map(|m| HostLink::from_message(&m))),
+        Err(e) => {
+            let e = macvtap_link::Error::from(e);
+            if e.is_not_found() { Ok(None) } else { Err(e) }
+        }
+    }
+}
+
+/// Every link of the namespace, by name.
+pub async fn dump(handle: &rtnetlink::Handle) -> Result<BTreeMap<String, HostLink>, Error> {
     let msgs: Vec<LinkMessage> = handle.link().get().execute().try_collect().await?;
     Ok(msgs
         .iter()
@@ -186,6 +328,8 @@ pub(crate) mod tests {
             loopback: false,
             master: None,
             alias: None,
+            parent: None,
+            parent_netnsid: None,
         }
     }
 

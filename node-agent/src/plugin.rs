@@ -8,7 +8,7 @@
 use std::path::Path;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use futures::{Stream, StreamExt};
 use kubelet_api::deviceplugin::device_plugin_server::{DevicePlugin, DevicePluginServer};
@@ -26,6 +26,7 @@ use tokio_stream::wrappers::WatchStream;
 use tokio_util::sync::CancellationToken;
 use tonic::{Request, Response, Status};
 
+use crate::allocator::{allocate_one, preferred, slot_rank};
 use crate::metrics::ResourceLabel;
 use crate::netmon::LinkSnapshot;
 use crate::shared::{DirState, Shared};
@@ -33,15 +34,6 @@ use crate::shared::{DirState, Shared};
 /// Socket file name of a resource's plugin, relative to the device plugin directory.
 pub fn socket_name(resource: &str) -> String {
     format!("macvtap-{resource}.sock")
-}
-
-/// The slot of `device_id` in `resource`, if it is one of its IDs (`<name>Mvp<i>`, no leading zeros).
-pub fn slot_of(resource: &str, device_id: &str) -> Option<u32> {
-    let rest = device_id.strip_prefix(resource)?.strip_prefix("Mvp")?;
-    if rest.is_empty() || (rest.len() > 1 && rest.starts_with('0')) {
-        return None;
-    }
-    rest.parse().ok()
 }
 
 /// The device list advertised for `cfg` given the host links: `capacity` synthetic IDs, all Healthy while the
@@ -122,12 +114,16 @@ async fn run(
     let mut dir = shared.dir.clone();
     'serve: while !cancel.is_cancelled() {
         let generation = cancel.child_token();
-        let ino = match serve(&shared, &socket, &config, &devices_rx, &generation) {
-            Ok(ino) => ino,
+        let (ino, mut server) = match serve(&shared, &socket, &config, &devices_rx, &generation) {
+            Ok(served) => {
+                shared.set_runtime(&name, |r| r.serving = true);
+                served
+            }
             Err(e) => {
                 let msg = format!("serving {}: {e}", socket.display());
                 tracing::error!(resource = %name, "{msg}");
                 shared.set_runtime(&name, |r| {
+                    r.serving = false;
                     r.registered = false;
                     r.last_error = Some(msg.clone());
                 });
@@ -206,11 +202,24 @@ async fn run(
                     remove_socket_if(&socket, ino);
                     break 'serve;
                 },
+                // The server ended without being asked to: serve again on a fresh socket.
+                r = &mut server => {
+                    let msg = match r {
+                        Ok(Err(e)) => format!("device plugin server stopped: {e}"),
+                        _ => "device plugin server stopped".to_string(),
+                    };
+                    tracing::error!(resource = %name, "{msg}; serving again");
+                    shared.set_runtime(&name, |r| r.last_error = Some(msg.clone()));
+                    break;
+                }
                 _ = retry => {}
             }
         }
         generation.cancel();
-        shared.set_runtime(&name, |r| r.registered = false);
+        shared.set_runtime(&name, |r| {
+            r.serving = false;
+            r.registered = false;
+        });
         remove_socket_if(&socket, ino);
     }
     let _ = devices_task.await;
@@ -226,14 +235,14 @@ fn remove_socket_if(path: &Path, ino: u64) {
     }
 }
 
-/// Binds the socket and spawns the server of one generation; returns the socket's identity.
+/// Binds the socket and spawns the server of one generation; returns the socket's identity and the server task.
 fn serve(
     shared: &Arc<Shared>,
     socket: &Path,
     config: &watch::Receiver<ResourceConfig>,
     devices: &watch::Receiver<Vec<Device>>,
     generation: &CancellationToken,
-) -> std::io::Result<u64> {
+) -> std::io::Result<(u64, JoinHandle<Result<(), String>>)> {
     let incoming = kubelet_api::unix::bind(socket)?;
     let ino = crate::shared::socket_id(socket)
         .ok_or_else(|| std::io::Error::other("socket vanished right after bind"))?;
@@ -244,19 +253,16 @@ fn serve(
         generation: generation.clone(),
     };
     let stop = generation.clone();
-    let name = config.borrow().name.clone();
-    tokio::spawn(async move {
-        let r = tonic::transport::Server::builder()
+    let server = tokio::spawn(async move {
+        tonic::transport::Server::builder()
             .add_service(DevicePluginServer::new(svc))
             .serve_with_incoming_shutdown(incoming, stop.cancelled_owned())
-            .await;
-        if let Err(e) = r {
-            tracing::warn!(resource = %name, "device plugin server: {e}");
-        }
+            .await
+            .map_err(|e| e.to_string())
     });
     // The kubelet is told to dial us only after this socket accepts connections (bind + listen are done).
     shared.dir_rescan();
-    Ok(ino)
+    Ok((ino, server))
 }
 
 async fn register(shared: &Shared, name: &str) -> Result<(), String> {
@@ -390,17 +396,21 @@ impl DevicePlugin for PluginService {
         &self,
         request: Request<PreferredAllocationRequest>,
     ) -> Result<Response<PreferredAllocationResponse>, Status> {
-        let name = self.config.borrow().name.clone();
+        let cfg = self.config.borrow().clone();
+        let links = self.shared.links.borrow().clone();
+        let cleanup = self.shared.cleanup.borrow().clone();
+        let rank = |id: &str| slot_rank(&cfg, id, &links, &cleanup);
         let container_responses = request
             .into_inner()
             .container_requests
             .into_iter()
             .map(|req| ContainerPreferredAllocationResponse {
                 device_i_ds: preferred(
-                    &name,
+                    &cfg.name,
                     &req.available_device_i_ds,
                     &req.must_include_device_i_ds,
                     req.allocation_size.max(0) as usize,
+                    rank,
                 ),
             })
             .collect();
@@ -424,7 +434,7 @@ impl DevicePlugin for PluginService {
         for req in request.into_inner().container_requests {
             let mut devices = Vec::new();
             for id in &req.devices_ids {
-                let result = self.allocate_one(&cfg, id, mode).await;
+                let result = allocate_one(&self.shared, &cfg, id, mode).await;
                 match result {
                     Ok(tap) => {
                         self.shared.metrics.allocations.get_or_create(&label).inc();
@@ -469,100 +479,11 @@ impl DevicePlugin for PluginService {
     }
 }
 
-impl PluginService {
-    /// Creates (or recreates) the host link of one device ID; returns its `/dev/tapN`.
-    async fn allocate_one(
-        &self,
-        cfg: &ResourceConfig,
-        id: &str,
-        mode: macvtap_link::MacvtapMode,
-    ) -> Result<String, Status> {
-        match slot_of(&cfg.name, id) {
-            Some(slot) if slot < cfg.capacity => {}
-            _ => {
-                return Err(Status::invalid_argument(format!(
-                    "device {id:?} is not one of resource {}'s {} devices",
-                    cfg.name, cfg.capacity
-                )));
-            }
-        }
-        // Recorded before the link exists: cleanup must not race a link that is being created.
-        self.shared.note_allocation(id);
-        let started = Instant::now();
-        let link = self
-            .shared
-            .netlink
-            .create_macvtap(&cfg.lower_device, id, mode)
-            .await
-            .map_err(|e| match e {
-                macvtap_link::Error::LowerDeviceNotFound(_) => {
-                    Status::failed_precondition(format!(
-                        "resource {}: lower device {:?} does not exist on this node",
-                        cfg.name, cfg.lower_device
-                    ))
-                }
-                macvtap_link::Error::NotOurs { .. } => {
-                    Status::already_exists(format!("resource {}, device {id}: {e}", cfg.name))
-                }
-                other => Status::internal(format!(
-                    "resource {}, device {id}: creating the {mode} macvtap link on {}: {other}",
-                    cfg.name, cfg.lower_device
-                )),
-            })?;
-        self.shared.note_allocation(id);
-        tracing::info!(resource = %cfg.name, device = %id, link = %link.name, ifindex = link.index,
-            elapsed_us = started.elapsed().as_micros() as u64, "allocated");
-        Ok(link.tap_path().display().to_string())
-    }
-}
-
-/// GetPreferredAllocation: the required IDs first, then the lowest free slots, so allocations stay compact and
-/// predictable.
-pub fn preferred(
-    resource: &str,
-    available: &[String],
-    must: &[String],
-    size: usize,
-) -> Vec<String> {
-    let mut out: Vec<String> = must.iter().take(size).cloned().collect();
-    let mut rest: Vec<(u32, &String)> = available
-        .iter()
-        .filter(|id| !out.contains(id))
-        .filter_map(|id| slot_of(resource, id).map(|s| (s, id)))
-        .collect();
-    rest.sort();
-    out.extend(
-        rest.into_iter()
-            .map(|(_, id)| id.clone())
-            .take(size - out.len()),
-    );
-    out
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::netmon::HostLink;
     use std::collections::BTreeMap;
-
-    #[test]
-    fn slots_parse_strictly() {
-        assert_eq!(slot_of("dp", "dpMvp0"), Some(0));
-        assert_eq!(slot_of("dp", "dpMvp17"), Some(17));
-        assert_eq!(slot_of("dp", "dpMvp017"), None);
-        assert_eq!(slot_of("dp", "dpMvp"), None);
-        assert_eq!(slot_of("dp", "otherMvp1"), None);
-        assert_eq!(slot_of("dp", "dpMvp-1"), None);
-    }
-
-    #[test]
-    fn preferred_takes_required_then_lowest() {
-        let avail: Vec<String> = ["dpMvp10", "dpMvp2", "dpMvp7", "dpMvp3"]
-            .map(String::from)
-            .into();
-        let got = preferred("dp", &avail, &["dpMvp7".into()], 3);
-        assert_eq!(got, vec!["dpMvp7", "dpMvp2", "dpMvp3"]);
-    }
 
     #[test]
     fn devices_follow_the_lower_device() {
@@ -587,6 +508,8 @@ mod tests {
             loopback: false,
             master: None,
             alias: None,
+            parent: None,
+            parent_netnsid: None,
         };
         links.insert("eth0".to_string(), eth0.clone());
         assert!(

@@ -1,5 +1,6 @@
-//! State the agent's tasks share: the netlink handle, metrics, the link and device-plugin-directory watches, and
-//! per-resource runtime facts (for status and readiness).
+//! State the agent's tasks share: the netlink handle, metrics, the link and device-plugin-directory watches, the
+//! latest cleanup report, the lock that serialises host link changes, and per-resource runtime facts (for status,
+//! health and readiness).
 
 use std::collections::{BTreeMap, HashMap};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
@@ -10,6 +11,7 @@ use std::time::{Duration, Instant};
 use tokio::sync::{Notify, watch};
 use tokio_util::sync::CancellationToken;
 
+use crate::gc::CleanupReport;
 use crate::metrics::Metrics;
 use crate::netmon::LinkSnapshot;
 
@@ -26,6 +28,8 @@ pub struct DirState {
 /// What the agent knows about one served resource beyond its config.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ResourceRuntime {
+    /// The device plugin's gRPC server is up on its socket.
+    pub serving: bool,
     pub registered: bool,
     pub healthy: u32,
     pub lower_present: bool,
@@ -39,6 +43,11 @@ pub struct Shared {
     pub device_plugin_dir: PathBuf,
     pub links: watch::Receiver<LinkSnapshot>,
     pub dir: watch::Receiver<DirState>,
+    /// The latest cleanup pass: which devices pods hold, and whether cleanup could run.
+    pub cleanup: watch::Receiver<CleanupReport>,
+    /// Held while a host link is created, adopted or deleted, so Allocate and cleanup never interleave: the tap
+    /// Allocate answers is always that of the link it left in place.
+    pub link_ops: tokio::sync::Mutex<()>,
     dir_rescan: Notify,
     /// Device ID -> last Allocate, for cleanup's grace period.
     allocations: Mutex<HashMap<String, Instant>>,
@@ -85,6 +94,7 @@ impl Shared {
         metrics: Arc<Metrics>,
         device_plugin_dir: PathBuf,
         links: watch::Receiver<LinkSnapshot>,
+        cleanup: watch::Receiver<CleanupReport>,
         poll: Duration,
         cancel: CancellationToken,
     ) -> Arc<Self> {
@@ -95,6 +105,8 @@ impl Shared {
             device_plugin_dir,
             links,
             dir: dir_rx,
+            cleanup,
+            link_ops: tokio::sync::Mutex::new(()),
             dir_rescan: Notify::new(),
             allocations: Mutex::new(HashMap::new()),
             runtime: Mutex::new(BTreeMap::new()),

@@ -1,17 +1,21 @@
 //! `MacvtapNodeState.status`, written by this node's agent through the status subresource with server-side apply
-//! (field manager `macvtap-agent`), at most once per `min_interval` and only when something changed.
+//! (field manager `macvtap-agent`): at most once per `min_interval` when something changed, and at least once per
+//! `heartbeat` (a fresh `lastUpdateTime`) so the operator can tell a running agent from a gone one.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
-use macvtap_api::{MacvtapNodeState, MacvtapNodeStateStatus, NodeResourceStatus, ResourceConfig};
+use macvtap_api::{
+    MacvtapNodeState, MacvtapNodeStateStatus, NodeCleanupStatus, NodeResourceStatus, ResourceConfig,
+};
 use tokio::sync::watch;
+use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::ConfigState;
-use crate::gc::HeldDevices;
+use crate::gc::CleanupReport;
 use crate::shared::{ResourceRuntime, Shared};
 
 pub const FIELD_MANAGER: &str = "macvtap-agent";
@@ -20,10 +24,11 @@ pub const FIELD_MANAGER: &str = "macvtap-agent";
 pub fn build(
     resources: &BTreeMap<String, ResourceConfig>,
     runtime: &BTreeMap<String, ResourceRuntime>,
-    held: Option<&HeldDevices>,
+    cleanup: &CleanupReport,
     config: &ConfigState,
 ) -> MacvtapNodeStateStatus {
     let config_error = config.error.clone();
+    let held = cleanup.held.as_ref();
     MacvtapNodeStateStatus {
         observed_generation: config.generation,
         agent_version: Some(crate::VERSION.to_string()),
@@ -48,6 +53,10 @@ pub fn build(
                 }
             })
             .collect(),
+        cleanup: Some(NodeCleanupStatus {
+            skipped: cleanup.skipped.is_some(),
+            message: cleanup.skipped.clone(),
+        }),
         last_update_time: None,
     }
 }
@@ -58,25 +67,25 @@ pub struct StatusWriter {
     pub shared: Arc<Shared>,
     pub resources: watch::Receiver<BTreeMap<String, ResourceConfig>>,
     pub config: watch::Receiver<ConfigState>,
-    pub held: Arc<Mutex<Option<HeldDevices>>>,
+    pub cleanup: watch::Receiver<CleanupReport>,
     pub min_interval: Duration,
+    pub heartbeat: Duration,
 }
 
 impl StatusWriter {
     pub async fn run(mut self, cancel: CancellationToken) {
         let api = Api::<MacvtapNodeState>::all(self.client.clone());
         let mut last_written: Option<MacvtapNodeStateStatus> = None;
+        // When the status must be written even if unchanged: the heartbeat, or a retry after a failed write.
+        let mut due = Instant::now();
         loop {
-            let status = {
-                let held = self.held.lock().unwrap_or_else(|p| p.into_inner()).clone();
-                build(
-                    &self.resources.borrow_and_update(),
-                    &self.shared.runtime(),
-                    held.as_ref(),
-                    &self.config.borrow_and_update(),
-                )
-            };
-            if last_written.as_ref() != Some(&status) {
+            let status = build(
+                &self.resources.borrow_and_update(),
+                &self.shared.runtime(),
+                &self.cleanup.borrow_and_update(),
+                &self.config.borrow_and_update(),
+            );
+            if last_written.as_ref() != Some(&status) || Instant::now() >= due {
                 let mut body = status.clone();
                 body.last_update_time = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
                     k8s_openapi::jiff::Timestamp::now(),
@@ -94,27 +103,37 @@ impl StatusWriter {
                     )
                     .await
                 {
-                    Ok(_) => last_written = Some(status),
-                    Err(kube::Error::Api(e)) if e.code == 404 => {
-                        tracing::debug!(node = %self.node, "no MacvtapNodeState yet; status not written");
+                    Ok(_) => {
+                        last_written = Some(status);
+                        due = Instant::now() + self.heartbeat;
                     }
                     Err(e) => {
-                        tracing::warn!(node = %self.node, "writing MacvtapNodeState status: {e}")
+                        match e {
+                            kube::Error::Api(e) if e.code == 404 => {
+                                tracing::debug!(node = %self.node, "no MacvtapNodeState yet; status not written")
+                            }
+                            e => {
+                                tracing::warn!(node = %self.node, "writing MacvtapNodeState status: {e}")
+                            }
+                        }
+                        // Retried soon, whether or not anything changes.
+                        last_written = None;
+                        due = Instant::now() + self.heartbeat.min(Duration::from_secs(5));
                     }
                 }
             }
-            // Rate limit: wait for a change, then let a burst settle.
+            // Rate limit: wait for a change or the due time, then let a burst settle.
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = self.shared.changed.notified() => {}
                 _ = self.resources.changed() => {}
                 _ = self.config.changed() => {}
-                // Retries failed writes and refreshes the view of a re-created object.
-                _ = tokio::time::sleep(Duration::from_secs(60)) => { last_written = None; }
+                _ = self.cleanup.changed() => {}
+                _ = tokio::time::sleep_until(due) => {}
             }
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = tokio::time::sleep(self.min_interval) => {}
+                _ = tokio::time::sleep(self.min_interval.min(self.heartbeat)) => {}
             }
         }
     }
@@ -145,6 +164,7 @@ mod tests {
         let runtime: BTreeMap<_, _> = [(
             "dp".to_string(),
             ResourceRuntime {
+                serving: true,
                 registered: true,
                 healthy: 4,
                 lower_present: true,
@@ -153,17 +173,22 @@ mod tests {
             },
         )]
         .into();
-        let held: HeldDevices = [(
-            "dp".to_string(),
-            ["dpMvp0".to_string(), "dpMvp3".to_string()].into(),
-        )]
-        .into();
+        let cleanup = CleanupReport {
+            held: Some(
+                [(
+                    "dp".to_string(),
+                    ["dpMvp0".to_string(), "dpMvp3".to_string()].into(),
+                )]
+                .into(),
+            ),
+            skipped: Some("PodResources unreachable".into()),
+        };
         let config = ConfigState {
             config: None,
             generation: Some(7),
             error: Some("bad update".into()),
         };
-        let s = build(&resources, &runtime, Some(&held), &config);
+        let s = build(&resources, &runtime, &cleanup, &config);
         assert_eq!(s.observed_generation, Some(7));
         assert_eq!(s.agent_version.as_deref(), Some(crate::VERSION));
         let dp = &s.resources[0];
@@ -182,5 +207,9 @@ mod tests {
         assert_eq!(dp.last_error.as_deref(), Some("bad update"));
         let other = &s.resources[1];
         assert!(!other.registered && other.healthy == 0 && other.allocated == 0);
+        // Skipped cleanup is visible, with the reason.
+        let c = s.cleanup.as_ref().unwrap();
+        assert!(c.skipped);
+        assert_eq!(c.message.as_deref(), Some("PodResources unreachable"));
     }
 }

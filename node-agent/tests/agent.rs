@@ -15,9 +15,7 @@ fn all_unhealthy(d: &[macvtap_e2e::kubelet::Device]) -> bool {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn allocate_creates_the_link_and_health_follows_the_lower_device() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mut node = Node::new("agent-alloc").await;
     node.start_agent_with_file(
         r#"[{"name":"dp","lowerDevice":"lower0","mode":"vepa","capacity":4},
@@ -150,9 +148,7 @@ async fn allocate_creates_the_link_and_health_follows_the_lower_device() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kubelet_restarts_always_get_a_registration_back() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mut node = Node::new("agent-restart").await;
     node.start_agent_with_file(
         r#"[{"name":"a","lowerDevice":"lower0","capacity":3},{"name":"b","lowerDevice":"lower0","capacity":2}]"#,
@@ -203,9 +199,7 @@ async fn kubelet_restarts_always_get_a_registration_back() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_killed_agent_restarts_without_touching_links_in_use_and_cleans_orphans() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mut node = Node::new("agent-gc").await;
     let cfg = r#"[{"name":"dp","lowerDevice":"lower0","capacity":8}]"#;
     node.start_agent_with_file(cfg, &[]);
@@ -226,11 +220,12 @@ async fn a_killed_agent_restarts_without_touching_links_in_use_and_cleans_orphan
     let held: Vec<String> = node.kubelet.allocated(&res).into_iter().collect();
     assert_eq!(held, ["dpMvp0", "dpMvp1", "dpMvp2"]);
     node.kubelet.release_pod("ns", "vm-b").await;
-    // Links that are not ours, one of them with our name scheme but without the marker, and one with a forged
-    // marker but a foreign name: never touched.
+    // Links that are not ours, one of them with our name scheme but without the marker on another lower device
+    // (not the original's link for the slot: see tests/upgrade.rs), and one with a forged marker but a foreign
+    // name: never touched.
     let fake_name = macvtap_link::host_link_name("dpMvp5");
     node.ip(&[
-        "link", "add", "link", "lower0", "name", &fake_name, "type", "macvtap",
+        "link", "add", "link", "peer0", "name", &fake_name, "type", "macvtap",
     ]);
     node.ip(&[
         "link", "add", "link", "lower0", "name", "foreign0", "type", "macvtap",
@@ -290,9 +285,7 @@ async fn a_killed_agent_restarts_without_touching_links_in_use_and_cleans_orphan
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn live_config_changes_and_bad_updates() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mut node = Node::new("agent-cfg").await;
     node.netns.add_veth("lower1", "peer1").unwrap();
     node.start_agent_with_file(
@@ -372,14 +365,12 @@ async fn live_config_changes_and_bad_updates() {
             d.len() == 3 && d.iter().all(|x| x.health == HEALTHY)
         })
         .await
-        .unwrap();
+        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_initial_legacy_config_is_a_clear_error() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let node = Node::new("agent-badcfg").await;
     let out = node
         .agent_command(&[])
@@ -400,9 +391,7 @@ async fn a_bad_initial_legacy_config_is_a_clear_error() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn legacy_env_config_is_served() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mut node = Node::new("agent-env").await;
     let cmd = {
         let mut c = node.agent_command(&[]);
@@ -422,9 +411,7 @@ async fn legacy_env_config_is_served() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn discovery_follows_links() {
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let mut node = Node::new("agent-disc").await;
     // Only veths can be made here: let discovery take them like physical links.
     node.start_agent_with_file("[]", &["--discovery-include-kind", "veth"]);
@@ -478,16 +465,9 @@ async fn discovery_follows_links() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cni_add_moves_the_allocated_link_into_the_pod() {
-    if skip_unless_root() {
-        return;
-    }
-    let cni = match macvtap_e2e::workspace::binary("macvtap") {
-        Ok(p) => p,
-        Err(e) => {
-            eprintln!("SKIPPED: the macvtap CNI binary is not built ({e})");
-            return;
-        }
-    };
+    require_root();
+    let cni = macvtap_e2e::workspace::binary("macvtap")
+        .unwrap_or_else(|e| panic!("this test runs the built macvtap CNI binary: {e}"));
     let mut node = Node::new("agent-cni").await;
     node.start_agent_with_file(
         r#"[{"name":"dp","lowerDevice":"lower0","capacity":2}]"#,
@@ -567,9 +547,7 @@ async fn node_state_spec_edits_reach_the_kubelet_and_status_is_written() {
     use kube::api::{Api, Patch, PatchParams, PostParams};
     use macvtap_api::{MacvtapMode, MacvtapNodeState, MacvtapNodeStateSpec, NodeResource};
 
-    if skip_unless_root() {
-        return;
-    }
+    require_root();
     let cp = macvtap_e2e::control_plane::ControlPlane::shared();
     cp.apply_crds().await.unwrap();
     let client = cp.admin_client();
@@ -607,7 +585,7 @@ async fn node_state_spec_edits_reach_the_kubelet_and_status_is_written() {
     }
     let kubeconfig = node.dir.path().join("kubeconfig");
     std::fs::write(&kubeconfig, serde_json::to_vec(&kc).unwrap()).unwrap();
-    let mut cmd = node.agent_command(&[]);
+    let mut cmd = node.agent_command(&["--status-heartbeat-secs", "1"]);
     cmd.env("KUBECONFIG", &kubeconfig);
     node.spawn(cmd);
 
@@ -662,6 +640,63 @@ async fn node_state_spec_edits_reach_the_kubelet_and_status_is_written() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
     assert!(ok, "status: {last:?}\n{}", node.log());
+
+    // Nothing changes, yet the status is written every heartbeat: the operator can tell the agent is alive.
+    let written = |o: &MacvtapNodeState| o.status.as_ref().and_then(|s| s.last_update_time.clone());
+    let first = written(&api.get("test-node").await.unwrap()).expect("lastUpdateTime");
+    let beat = async {
+        loop {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let now = written(&api.get("test-node").await.unwrap());
+            if now.as_ref().is_some_and(|t| t.0 > first.0) {
+                return;
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), beat)
+        .await
+        .unwrap_or_else(|_| panic!("no heartbeat write\n{}", node.log()));
+
+    // Cleanup skipped for lack of PodResources shows in the status, with the reason; and clears when it is back.
+    let cleanup = |o: &MacvtapNodeState| o.status.as_ref().and_then(|s| s.cleanup.clone());
+    assert_eq!(
+        cleanup(&api.get("test-node").await.unwrap()).map(|c| c.skipped),
+        Some(false)
+    );
+    node.kubelet.stop_pod_resources().await;
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    let skipped = loop {
+        let c = cleanup(&api.get("test-node").await.unwrap());
+        if c.as_ref().is_some_and(|c| c.skipped) || std::time::Instant::now() > deadline {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    let skipped = skipped.unwrap_or_else(|| panic!("no cleanup status\n{}", node.log()));
+    assert!(skipped.skipped, "{skipped:?}\n{}", node.log());
+    assert!(
+        skipped
+            .message
+            .as_deref()
+            .is_some_and(|m| m.contains("PodResources")),
+        "{skipped:?}"
+    );
+    node.kubelet.start_pod_resources().await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let c = cleanup(&api.get("test-node").await.unwrap());
+        if c.as_ref()
+            .is_some_and(|c| !c.skipped && c.message.is_none())
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{c:?}\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 
     // The resource leaves the spec: it stops and its socket goes.
     api.patch(

@@ -51,6 +51,10 @@ pub struct Args {
     /// Node state writes in flight at once.
     #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..))]
     pub concurrency: u16,
+    /// Seconds without a status update after which an agent counts as not reporting (its node stops counting as
+    /// ready). Agents heartbeat every 30 s by default (`--status-heartbeat-secs`): keep this several times that.
+    #[arg(long, default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..))]
+    pub agent_stale_after_seconds: u64,
     /// Log format.
     #[arg(long, value_enum, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
@@ -72,6 +76,7 @@ impl Args {
             resync: Duration::from_secs(self.resync_seconds),
             concurrency: self.concurrency,
             instance: Some(self.identity()),
+            agent_stale_after: Duration::from_secs(self.agent_stale_after_seconds),
         }
     }
 }
@@ -223,6 +228,13 @@ mod tests {
         let settings = args.settings();
         assert!(settings.clean_stale_node_resources);
         assert_eq!(settings.resync, Duration::from_secs(600));
+        assert_eq!(settings.agent_stale_after, Duration::from_secs(120));
+        let args =
+            Args::try_parse_from(["macvtap-operator", "--agent-stale-after-seconds=45"]).unwrap();
+        assert_eq!(args.settings().agent_stale_after, Duration::from_secs(45));
+        assert!(
+            Args::try_parse_from(["macvtap-operator", "--agent-stale-after-seconds=0"]).is_err()
+        );
         assert!(Args::try_parse_from(["macvtap-operator", "--log-format=xml"]).is_err());
         assert!(Args::try_parse_from(["macvtap-operator", "--concurrency=0"]).is_err());
     }

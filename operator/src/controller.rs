@@ -31,6 +31,7 @@ use macvtap_api::{MacvtapNodeState, MacvtapPool};
 use serde_json::json;
 use tracing::{debug, info, warn};
 
+use crate::heartbeats::Heartbeats;
 use crate::metrics::{Metrics, NODE_STATE, NODE_STATE_GC, POOL_STATUS};
 use crate::pool_status::{self, CONFLICT, NodeView};
 use crate::selection::{Labels, plan_node, pool_selects};
@@ -53,6 +54,9 @@ pub struct Settings {
     pub concurrency: u16,
     /// `reportingInstance` of Events (pod name).
     pub instance: Option<String>,
+    /// An agent whose status was not updated for this long is "not reporting": what it last said no longer
+    /// counts for pool readiness. Agents write at least every 30 s by default.
+    pub agent_stale_after: Duration,
 }
 
 impl Default for Settings {
@@ -62,6 +66,7 @@ impl Default for Settings {
             resync: Duration::from_secs(600),
             concurrency: 16,
             instance: None,
+            agent_stale_after: Duration::from_secs(120),
         }
     }
 }
@@ -116,6 +121,7 @@ pub struct Context {
     failures: Mutex<HashMap<(&'static str, String), u32>>,
     /// The Conflict message last published as an Event per pool, so a stale cache never repeats an Event.
     published_conflicts: Mutex<HashMap<String, String>>,
+    heartbeats: Arc<Heartbeats>,
     synced_rx: tokio::sync::watch::Receiver<bool>,
 }
 
@@ -289,18 +295,30 @@ async fn reconcile_pool(pool: Arc<MacvtapPool>, ctx: Arc<Context>) -> Result<Act
     let pools = ctx.pools.state();
     let all: Vec<&MacvtapPool> = pools.iter().map(|p| p.as_ref()).collect();
     let nodes = ctx.nodes.state();
-    let labels: Vec<(String, Labels, Option<Arc<MacvtapNodeState>>)> = nodes
+    let threshold = ctx.settings.agent_stale_after;
+    let mut next_check = ctx.settings.resync;
+    let labels: Vec<(String, Labels, Option<Arc<MacvtapNodeState>>, bool)> = nodes
         .iter()
         .map(|n| {
             let name = n.name_any();
             let state = ctx.states.get(&ObjectRef::new(&name));
-            (name, node_labels(n), state)
+            let age = state
+                .as_ref()
+                .filter(|s| s.status.is_some())
+                .and_then(|_| ctx.heartbeats.age(&name));
+            let stale = age.is_some_and(|a| a > threshold);
+            if let Some(a) = age.filter(|_| !stale) {
+                // Look again right after this agent would turn stale.
+                next_check = next_check.min(threshold - a + Duration::from_millis(500));
+            }
+            (name, node_labels(n), state, stale)
         })
         .collect();
-    let views = labels.iter().map(|(name, labels, state)| NodeView {
+    let views = labels.iter().map(|(name, labels, state, stale)| NodeView {
         name,
         labels,
         state: state.as_deref(),
+        stale: *stale,
     });
     let report = pool_status::compute(&pool, &all, views, &now_seconds());
 
@@ -326,7 +344,7 @@ async fn reconcile_pool(pool: Arc<MacvtapPool>, ctx: Arc<Context>) -> Result<Act
 
     publish_conflict_event(&pool, &report, &ctx).await;
     ctx.succeeded(POOL_STATUS, &name);
-    Ok(Action::requeue(ctx.settings.resync))
+    Ok(Action::requeue(next_check))
 }
 
 /// An Event when a pool starts losing a conflict (or loses a different one), and when it stops.
@@ -605,7 +623,9 @@ pub async fn run(client: Client, settings: Settings, metrics: Metrics, synced: A
             instance: settings.instance.clone(),
         },
     );
+    let heartbeats = Arc::new(Heartbeats::default());
     let ctx = Arc::new(Context {
+        heartbeats: heartbeats.clone(),
         client: client.clone(),
         pools: pools.clone(),
         nodes: nodes.clone(),
@@ -693,6 +713,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Metrics, synced: A
             match ev {
                 Ok(Event::Apply(s) | Event::InitApply(s)) => {
                     let name = s.name_any();
+                    heartbeats.observe(&s);
                     state_triggers.gc(&name);
                     if generations.insert(name.clone(), s.metadata.generation)
                         != Some(s.metadata.generation)
@@ -704,6 +725,7 @@ pub async fn run(client: Client, settings: Settings, metrics: Metrics, synced: A
                 Ok(Event::Delete(s)) => {
                     let name = s.name_any();
                     generations.remove(&name);
+                    heartbeats.forget(&name);
                     // Recreated if its Node still exists.
                     state_triggers.node(&name);
                     state_triggers.status_all();

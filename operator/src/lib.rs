@@ -3,6 +3,7 @@
 
 pub mod cli;
 pub mod controller;
+pub mod heartbeats;
 pub mod metrics;
 pub mod pool_status;
 pub mod selection;

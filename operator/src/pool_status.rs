@@ -1,5 +1,11 @@
 //! A pool's status, aggregated from the nodes it selects and what their agents report in
-//! `MacvtapNodeState.status`. Pure: the reconciler hands in snapshots of its caches.
+//! `MacvtapNodeState.status`. Pure: the reconciler hands in snapshots of its caches and which agents are stale.
+//!
+//! A selected node serves the pool (counts in `nodesReady`) when its agent reports fresh status (written within
+//! the operator's `--agent-stale-after-seconds`) for the node state's current spec (`observedGeneration` equals
+//! its `metadata.generation`), and at least one of the pool's resources there has its lower device present and up,
+//! is registered with the kubelet and has healthy devices. `Ready` is true when every selected node serves it;
+//! otherwise `Degraded` is true and both name the nodes and why, grouped by problem.
 
 use std::collections::BTreeMap;
 
@@ -21,6 +27,8 @@ pub struct NodeView<'a> {
     pub name: &'a str,
     pub labels: &'a Labels,
     pub state: Option<&'a MacvtapNodeState>,
+    /// The agent's status has not been updated for longer than the staleness threshold.
+    pub stale: bool,
 }
 
 /// Why a selected node does not serve the pool, in the order messages list them.
@@ -32,6 +40,15 @@ enum Problem {
     LowerDeviceMissing(String),
     /// The lower device exists but is down.
     LowerDeviceDown(String),
+    /// The device plugin is not registered with the kubelet.
+    NotRegistered,
+    /// Registered, lower device up, yet no device is healthy.
+    NoHealthyDevices,
+    /// The agent reports on an older spec of the node state than the current one (not caught up yet).
+    AgentOutdated,
+    /// The agent's status has not been updated within the staleness threshold (agent gone, or cut off from the API
+    /// server): what it last said no longer counts.
+    AgentStale,
     /// No status from the agent for this pool's resource (agent not running, or not caught up yet).
     AgentNotReporting,
 }
@@ -42,7 +59,10 @@ impl Problem {
             Self::Conflict => "Conflict",
             Self::LowerDeviceMissing(_) => "LowerDeviceMissing",
             Self::LowerDeviceDown(_) => "LowerDeviceDown",
-            Self::AgentNotReporting => "AgentNotReporting",
+            Self::NotRegistered => "NotRegistered",
+            Self::NoHealthyDevices => "NoHealthyDevices",
+            Self::AgentOutdated => "AgentOutdated",
+            Self::AgentStale | Self::AgentNotReporting => "AgentNotReporting",
         }
     }
 
@@ -51,9 +71,36 @@ impl Problem {
             Self::Conflict => "another pool takes precedence".into(),
             Self::LowerDeviceMissing(d) => format!("lower device {d} missing"),
             Self::LowerDeviceDown(d) => format!("lower device {d} down"),
+            Self::NotRegistered => "device plugin not registered with the kubelet".into(),
+            Self::NoHealthyDevices => "no healthy devices".into(),
+            Self::AgentOutdated => "agent has not applied the latest node state spec".into(),
+            Self::AgentStale => "agent not reporting (status not updated recently)".into(),
             Self::AgentNotReporting => "agent not reporting".into(),
         }
     }
+}
+
+/// Why one of the agent's entries for the pool does not serve it; `None` when it does.
+fn entry_problem(e: &NodeResourceStatus) -> Option<Problem> {
+    if !e.lower_device_present {
+        Some(Problem::LowerDeviceMissing(e.lower_device.clone()))
+    } else if !e.lower_device_up {
+        Some(Problem::LowerDeviceDown(e.lower_device.clone()))
+    } else if !e.registered {
+        Some(Problem::NotRegistered)
+    } else if e.healthy == 0 {
+        Some(Problem::NoHealthyDevices)
+    } else {
+        None
+    }
+}
+
+/// The agent's status describes the node state's current spec.
+fn observed_current(state: &MacvtapNodeState) -> bool {
+    state
+        .status
+        .as_ref()
+        .is_some_and(|s| s.observed_generation == state.metadata.generation)
 }
 
 /// The outcome of one status computation: the status to write and the conflicts behind its Conflict condition
@@ -200,21 +247,28 @@ pub fn compute<'a>(
             .state
             .map(|s| pool_entries(pool, resource_name.as_deref(), s))
             .unwrap_or_default();
-        let problem = if entries.is_empty() {
+        let problem = if node.stale && !entries.is_empty() {
+            Some(Problem::AgentStale)
+        } else if entries.is_empty() {
             Some(Problem::AgentNotReporting)
-        } else if entries
-            .iter()
-            .any(|e| e.lower_device_present && e.lower_device_up)
-        {
-            None
-        } else if let Some(e) = entries.iter().find(|e| !e.lower_device_present) {
-            Some(Problem::LowerDeviceMissing(e.lower_device.clone()))
+        } else if !node.state.is_some_and(observed_current) {
+            Some(Problem::AgentOutdated)
         } else {
-            Some(Problem::LowerDeviceDown(entries[0].lower_device.clone()))
+            // The node serves the pool if any of its entries does (discovery: any discovered link); otherwise the
+            // first problem in message order names it.
+            let problems: Vec<Option<Problem>> = entries.iter().map(|e| entry_problem(e)).collect();
+            if problems.iter().any(Option::is_none) {
+                None
+            } else {
+                problems.into_iter().flatten().min()
+            }
         };
         for e in &entries {
             status.capacity += e.capacity;
-            status.allocatable += e.healthy;
+            // What the kubelet can hand out: healthy devices of registered plugins of agents still reporting.
+            if e.registered && !node.stale {
+                status.allocatable += e.healthy;
+            }
             status.allocated += e.allocated;
         }
         match problem {
@@ -313,7 +367,9 @@ mod tests {
 
     fn state(node: &str, entries: Vec<NodeResourceStatus>) -> MacvtapNodeState {
         let mut s = MacvtapNodeState::new(node, Default::default());
+        s.metadata.generation = Some(2);
         s.status = Some(MacvtapNodeStateStatus {
+            observed_generation: Some(2),
             resources: entries,
             ..Default::default()
         });
@@ -374,16 +430,19 @@ mod tests {
                 name: "a",
                 labels: &l,
                 state: Some(&a),
+                stale: false,
             },
             NodeView {
                 name: "b",
                 labels: &l,
                 state: Some(&b),
+                stale: false,
             },
             NodeView {
                 name: "c",
                 labels: &l,
                 state: None,
+                stale: false,
             },
         ];
         let r = compute(&p, &[&p], nodes, &now(100));
@@ -420,6 +479,7 @@ mod tests {
                 name: "a",
                 labels: &l,
                 state: Some(&a),
+                stale: false,
             }]
         };
         let first = compute(&p, &[&p], view(), &now(100));
@@ -433,6 +493,80 @@ mod tests {
     }
 
     #[test]
+    fn ready_needs_registration_health_the_current_spec_and_a_fresh_agent() {
+        let p = pool("p", 1, None);
+        let l = Labels::new();
+        let fine = state("fine", vec![entry("p", true, true, 10, 1)]);
+        let mut unregistered = state("unreg", vec![entry("p", true, true, 10, 0)]);
+        unregistered.status.as_mut().unwrap().resources[0].registered = false;
+        let no_healthy = state("sick", vec![entry("p", true, true, 0, 0)]);
+        let mut outdated = state("behind", vec![entry("p", true, true, 10, 0)]);
+        outdated.metadata.generation = Some(3);
+        let old_news = state("gone", vec![entry("p", true, true, 10, 2)]);
+        let views = [
+            ("fine", &fine, false),
+            ("unreg", &unregistered, false),
+            ("sick", &no_healthy, false),
+            ("behind", &outdated, false),
+            ("gone", &old_news, true),
+        ];
+        let r = compute(
+            &p,
+            &[&p],
+            views.iter().map(|(name, state, stale)| NodeView {
+                name,
+                labels: &l,
+                state: Some(state),
+                stale: *stale,
+            }),
+            &now(100),
+        );
+        let s = &r.status;
+        assert_eq!((s.nodes_matched, s.nodes_ready), (5, 1));
+        // The stale agent's and the unregistered plugin's healthy devices are not allocatable.
+        assert_eq!((s.capacity, s.allocatable, s.allocated), (50, 20, 3));
+        let ready = get(s, READY);
+        assert_eq!(ready.status, "False");
+        for part in [
+            "1 of 5 nodes serve the pool",
+            "device plugin not registered with the kubelet on node unreg",
+            "no healthy devices on node sick",
+            "agent has not applied the latest node state spec on node behind",
+            "agent not reporting (status not updated recently) on node gone",
+        ] {
+            assert!(ready.message.contains(part), "{part}: {}", ready.message);
+        }
+        let degraded = get(s, DEGRADED);
+        assert_eq!(
+            (degraded.status.as_str(), degraded.message.as_str()),
+            ("True", ready.message.as_str())
+        );
+        // One node each: the first problem in message order names the reason.
+        assert_eq!(degraded.reason, "NotRegistered");
+
+        // Discovery-like: a node serves when any of its entries does.
+        let mixed = state(
+            "mixed",
+            vec![
+                entry("p", false, false, 0, 0),
+                entry("p", true, true, 10, 0),
+            ],
+        );
+        let r = compute(
+            &p,
+            &[&p],
+            [NodeView {
+                name: "mixed",
+                labels: &l,
+                state: Some(&mixed),
+                stale: false,
+            }],
+            &now(100),
+        );
+        assert_eq!(get(&r.status, READY).status, "True");
+    }
+
+    #[test]
     fn loser_gets_conflict_naming_winner_and_nodes() {
         let old = pool("old", 1, Some("shared"));
         let young = pool("young", 2, Some("shared"));
@@ -443,6 +577,7 @@ mod tests {
                 name: n,
                 labels: &l,
                 state: None,
+                stale: false,
             })
         };
         let r = compute(&young, &[&old, &young], views(), &now(5));

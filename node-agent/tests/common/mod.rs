@@ -19,13 +19,60 @@ pub fn resource(name: &str) -> String {
     format!("{GROUP_PREFIX}{name}")
 }
 
-/// Skips (returns true) when not root, with the reason printed.
-pub fn skip_unless_root() -> bool {
-    if !macvtap_e2e::netns::can_create_netns() {
-        eprintln!("SKIPPED: needs root to create network namespaces");
-        return true;
+/// Fails the test at once when not root: these tests need network namespaces and never pass by skipping.
+pub fn require_root() {
+    assert!(
+        macvtap_e2e::netns::can_create_netns(),
+        "this test needs root (network namespaces, macvtap links); run the agent tests as root"
+    );
+}
+
+/// The agent, run in this process on a runtime whose threads live in a node's network namespace (for tests that
+/// need its library hooks). Stopped (cancelled and joined) on drop.
+pub struct InProcessAgent {
+    cancel: tokio_util::sync::CancellationToken,
+    thread: Option<std::thread::JoinHandle<anyhow::Result<()>>>,
+}
+
+impl InProcessAgent {
+    pub fn start(netns: &Path, opts: macvtap_agent::agent::AgentOptions) -> InProcessAgent {
+        use std::os::fd::AsFd;
+        let cancel = tokio_util::sync::CancellationToken::new();
+        let stop = cancel.clone();
+        let ns = std::fs::File::open(netns).expect("opening the node's netns");
+        let thread = std::thread::spawn(move || {
+            // Threads inherit the namespace of the thread that spawns them: every runtime thread is in the node.
+            nix::sched::setns(ns.as_fd(), nix::sched::CloneFlags::CLONE_NEWNET)?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()?;
+            rt.block_on(macvtap_agent::agent::run(opts, stop))
+        });
+        InProcessAgent {
+            cancel,
+            thread: Some(thread),
+        }
     }
-    false
+
+    /// Stops the agent; its result.
+    pub fn stop(mut self) -> anyhow::Result<()> {
+        self.cancel.cancel();
+        self.thread
+            .take()
+            .unwrap()
+            .join()
+            .unwrap_or_else(|p| std::panic::resume_unwind(p))
+    }
+}
+
+impl Drop for InProcessAgent {
+    fn drop(&mut self) {
+        self.cancel.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
 }
 
 /// Fields drop in order: the agent stops first, the namespace goes last.
@@ -73,21 +120,49 @@ impl Node {
 
     /// The agent command line (in the netns), with fast cleanup timings for tests.
     pub fn agent_command(&self, extra: &[&str]) -> Command {
+        let mut cmd = self.agent_command_without_node_name(extra);
+        cmd.args(["--node-name", "test-node"]);
+        cmd
+    }
+
+    /// [`Node::agent_command`] without `--node-name` (and without `NODE_NAME` in the environment).
+    pub fn agent_command_without_node_name(&self, extra: &[&str]) -> Command {
         let mut cmd = Command::new("ip");
         cmd.args(["netns", "exec", self.netns.name()])
             .arg(env!("CARGO_BIN_EXE_macvtap-agent"))
-            .arg("--node-name")
-            .arg("test-node")
             .arg("--device-plugin-dir")
             .arg(self.device_plugin_dir())
             .arg("--pod-resources-socket")
             .arg(self.kubelet.pod_resources_socket())
             .args(["--health-addr", &format!("127.0.0.1:{HEALTH_PORT}")])
-            .args(["--cleanup-interval-secs", "1", "--cleanup-grace-secs", "2"])
             .args(extra)
             .env("RUST_LOG", "info,macvtap_agent=debug")
-            .env_remove(macvtap_api::legacy::ENV_VAR);
+            .env_remove(macvtap_api::legacy::ENV_VAR)
+            .env_remove("NODE_NAME");
+        // Fast cleanup unless the test sets its own timings.
+        for (flag, value) in [
+            ("--cleanup-interval-secs", "1"),
+            ("--cleanup-grace-secs", "2"),
+        ] {
+            if !extra.contains(&flag) {
+                cmd.args([flag, value]);
+            }
+        }
         cmd
+    }
+
+    /// Agent options for [`InProcessAgent`] with this node's directories and the same fast timings.
+    pub fn agent_options(
+        &self,
+        source: macvtap_agent::config::ConfigSource,
+    ) -> macvtap_agent::agent::AgentOptions {
+        let mut opts = macvtap_agent::agent::AgentOptions::new("test-node", source);
+        opts.device_plugin_dir = self.device_plugin_dir();
+        opts.pod_resources_socket = self.kubelet.pod_resources_socket().to_path_buf();
+        opts.health_addr = Some(([127, 0, 0, 1], HEALTH_PORT).into());
+        opts.gc_interval = Duration::from_secs(1);
+        opts.gc_grace = Duration::from_secs(2);
+        opts
     }
 
     /// Starts the agent with `--config-file` (written first).

@@ -229,12 +229,37 @@ impl Cluster {
             .unwrap_or_else(|e| panic!("deleting pool {name}: {e}"));
     }
 
-    /// Writes a node state's status as its agent would (status subresource, admin standing in for the agent).
+    /// Writes a node state's status as its agent would (status subresource, admin standing in for the agent): for
+    /// the state's current spec generation, with a fresh `lastUpdateTime`.
     pub async fn report_status(&self, node: &str, resources: serde_json::Value) {
+        let generation = self
+            .states()
+            .get(node)
+            .await
+            .unwrap_or_else(|e| panic!("getting node state {node}: {e}"))
+            .metadata
+            .generation;
+        self.report_status_for(node, generation, resources).await;
+    }
+
+    /// [`Cluster::report_status`] for a given observed generation.
+    pub async fn report_status_for(
+        &self,
+        node: &str,
+        observed_generation: Option<i64>,
+        resources: serde_json::Value,
+    ) {
         let body = serde_json::json!({
             "apiVersion": "macvtap.network.kubevirt.io/v1alpha1",
             "kind": "MacvtapNodeState",
-            "status": {"agentVersion": "test", "resources": resources},
+            "status": {
+                "agentVersion": "test",
+                "observedGeneration": observed_generation,
+                "lastUpdateTime": k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+                    k8s_openapi::jiff::Timestamp::now(),
+                ),
+                "resources": resources,
+            },
         });
         self.states()
             .patch_status(

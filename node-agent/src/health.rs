@@ -1,0 +1,157 @@
+//! What `/healthz` and `/readyz` say, computed from the agent's live state.
+//!
+//! - Live (`/healthz`): the agent can do its job: the netlink link monitor is subscribed (else health and
+//!   discovery go stale), and every resource it should serve has its device plugin server up. A failing liveness
+//!   probe restarts the agent, which is what fixes a stuck socket or a lost subscription the agent could not
+//!   recover from by itself (it tries first: resubscribing, serving again).
+//! - Ready (`/readyz`): live, a configuration is loaded, and every resource it should serve is registered with the
+//!   kubelet. A kubelet that is down makes the agent unready, not unhealthy.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use macvtap_api::ResourceConfig;
+use tokio::sync::watch;
+
+use crate::shared::{ResourceRuntime, Shared};
+
+/// Why the agent is not live: one line per problem; empty when it is.
+pub fn liveness_problems(
+    netlink_subscribed: bool,
+    wanted: &BTreeMap<String, ResourceConfig>,
+    runtime: &BTreeMap<String, ResourceRuntime>,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    if !netlink_subscribed {
+        out.push("netlink link monitor: not subscribed to link events (resubscribing)".to_string());
+    }
+    for name in wanted.keys() {
+        let rt = runtime.get(name);
+        if !rt.is_some_and(|r| r.serving) {
+            let why = rt
+                .and_then(|r| r.last_error.clone())
+                .unwrap_or_else(|| "not started yet".into());
+            out.push(format!(
+                "resource {name}: device plugin server not serving: {why}"
+            ));
+        }
+    }
+    out
+}
+
+/// Why the agent is not ready: liveness problems, no configuration yet, resources not registered with the kubelet.
+pub fn readiness_problems(
+    config_loaded: bool,
+    netlink_subscribed: bool,
+    wanted: &BTreeMap<String, ResourceConfig>,
+    runtime: &BTreeMap<String, ResourceRuntime>,
+) -> Vec<String> {
+    let mut out = liveness_problems(netlink_subscribed, wanted, runtime);
+    if !config_loaded {
+        out.push("no configuration loaded yet".to_string());
+    }
+    for name in wanted.keys() {
+        let rt = runtime.get(name);
+        if !rt.is_some_and(|r| r.registered) {
+            let why = rt
+                .and_then(|r| r.last_error.clone())
+                .unwrap_or_else(|| "waiting for the kubelet".into());
+            out.push(format!(
+                "resource {name}: not registered with the kubelet: {why}"
+            ));
+        }
+    }
+    out
+}
+
+/// The live inputs of the probes.
+#[derive(Clone)]
+pub struct Health {
+    pub shared: Arc<Shared>,
+    pub netlink_subscribed: watch::Receiver<bool>,
+    /// The resources the agent should serve.
+    pub wanted: watch::Receiver<BTreeMap<String, ResourceConfig>>,
+    /// A configuration has been loaded and applied.
+    pub config_loaded: watch::Receiver<bool>,
+}
+
+impl Health {
+    pub fn liveness(&self) -> Vec<String> {
+        liveness_problems(
+            *self.netlink_subscribed.borrow(),
+            &self.wanted.borrow(),
+            &self.shared.runtime(),
+        )
+    }
+
+    pub fn readiness(&self) -> Vec<String> {
+        readiness_problems(
+            *self.config_loaded.borrow(),
+            *self.netlink_subscribed.borrow(),
+            &self.wanted.borrow(),
+            &self.shared.runtime(),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn res(name: &str) -> (String, ResourceConfig) {
+        (
+            name.to_string(),
+            ResourceConfig {
+                name: name.into(),
+                lower_device: "eth1".into(),
+                mode: Default::default(),
+                capacity: 1,
+                pool: None,
+            },
+        )
+    }
+
+    fn rt(serving: bool, registered: bool, err: Option<&str>) -> ResourceRuntime {
+        ResourceRuntime {
+            serving,
+            registered,
+            last_error: err.map(String::from),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn probes_name_every_problem() {
+        let wanted: BTreeMap<_, _> = [res("a"), res("b")].into();
+        let mut runtime: BTreeMap<String, ResourceRuntime> =
+            [("a".to_string(), rt(true, true, None))].into();
+        // b has not started: not live, not ready.
+        let live = liveness_problems(true, &wanted, &runtime);
+        assert_eq!(
+            live,
+            ["resource b: device plugin server not serving: not started yet"]
+        );
+        runtime.insert(
+            "b".into(),
+            rt(true, false, Some("dialing kubelet.sock: refused")),
+        );
+        assert!(liveness_problems(true, &wanted, &runtime).is_empty());
+        assert_eq!(
+            readiness_problems(true, true, &wanted, &runtime),
+            ["resource b: not registered with the kubelet: dialing kubelet.sock: refused"]
+        );
+        runtime.insert("b".into(), rt(true, true, None));
+        assert!(readiness_problems(true, true, &wanted, &runtime).is_empty());
+        // A lost netlink subscription: neither live nor ready.
+        assert_eq!(liveness_problems(false, &wanted, &runtime).len(), 1);
+        assert_eq!(readiness_problems(true, false, &wanted, &runtime).len(), 1);
+        // Nothing loaded yet: live, not ready; nothing to serve: ready.
+        let none = BTreeMap::new();
+        assert!(liveness_problems(true, &none, &runtime).is_empty());
+        assert_eq!(
+            readiness_problems(false, true, &none, &runtime),
+            ["no configuration loaded yet"]
+        );
+        assert!(readiness_problems(true, true, &none, &runtime).is_empty());
+    }
+}

@@ -1,0 +1,171 @@
+//! Links left behind by the original (kubevirt/macvtap-cni), adopted as ours.
+//!
+//! The original names its host links exactly as we do (`mvt` + 12 hex digits of XXH64(deviceID)) and creates them
+//! in the host network namespace on the resource's lower device, but sets no ifalias. After an upgrade such a link
+//! would otherwise block its slot for good: Allocate would refuse to replace a link that is not ours, cleanup would
+//! never remove it, and preferred allocation would keep offering the slot.
+//!
+//! The rule: a link in the agent's (host) network namespace is *the original's link for one of our slots*, and is
+//! adopted, when all of these hold:
+//! - its kind is `macvtap`;
+//! - its name is exactly `host_link_name(id)` for a device ID `id` of a resource served now (`<name>Mvp<slot>`,
+//!   slot below the capacity);
+//! - its parent is that resource's lower device, in this namespace (`IFLA_LINK` is the lower device's ifindex,
+//!   no `IFLA_LINK_NETNSID`);
+//! - it has no ifalias at all (the original never sets one; any alias, ours for another device included, means
+//!   someone else's link).
+//!
+//! Adopting sets our marker (`macvtap-operator:<id>`) on the link; from then on it is ours by the usual strict check
+//! and follows the usual rules: Allocate recreates it (as the original itself does on Allocate), cleanup removes it
+//! only when no pod holds its device for the grace period. Nothing else is ever touched: other names, other kinds,
+//! other lower devices, links with any alias, our scheme's name for a slot we do not serve.
+
+use std::collections::{BTreeMap, HashMap};
+
+use macvtap_api::ResourceConfig;
+
+use crate::netmon::HostLink;
+
+/// The original's link for `device_id` of a resource whose lower device is `lower`: see the module rule.
+pub fn is_originals_link(link: &HostLink, device_id: &str, lower: Option<&HostLink>) -> bool {
+    link.kind.as_deref() == Some("macvtap")
+        && link.name == macvtap_link::host_link_name(device_id)
+        && link.alias.is_none()
+        && link.parent_netnsid.is_none()
+        && lower.is_some_and(|l| link.parent == Some(l.index))
+}
+
+/// A slot of a served resource, by the name of its host link.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Slot {
+    pub device_id: String,
+    pub lower_device: String,
+}
+
+/// Every slot of the served resources by host link name (at most a few thousand names, hashed per pass).
+pub fn slots_by_link_name(resources: &BTreeMap<String, ResourceConfig>) -> HashMap<String, Slot> {
+    resources
+        .values()
+        .flat_map(|r| {
+            (0..r.capacity).map(move |i| {
+                let device_id = macvtap_link::device_id(&r.name, i);
+                (
+                    macvtap_link::host_link_name(&device_id),
+                    Slot {
+                        device_id,
+                        lower_device: r.lower_device.clone(),
+                    },
+                )
+            })
+        })
+        .collect()
+}
+
+/// The links in `links` that are the original's for one of `slots`, with their device IDs.
+pub fn find_adoptable<'a>(
+    links: &'a BTreeMap<String, HostLink>,
+    slots: &HashMap<String, Slot>,
+) -> Vec<(&'a HostLink, String)> {
+    links
+        .values()
+        .filter_map(|l| {
+            let slot = slots.get(&l.name)?;
+            is_originals_link(l, &slot.device_id, links.get(&slot.lower_device))
+                .then(|| (l, slot.device_id.clone()))
+        })
+        .collect()
+}
+
+/// Sets our marker on the original's link `link` for `device_id`: it is ours from now on.
+pub async fn adopt(
+    netlink: &macvtap_link::Netlink,
+    link: &HostLink,
+    device_id: &str,
+) -> Result<(), macvtap_link::Error> {
+    let change = macvtap_link::LinkChange {
+        alias: Some(macvtap_link::ownership_alias(device_id)),
+        ..Default::default()
+    };
+    netlink.set_link(link.index, &change).await?;
+    tracing::info!(device = %device_id, link = %link.name, ifindex = link.index,
+        "adopted the original macvtap-cni's link for this slot (ownership marker set)");
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netmon::tests::link;
+
+    fn macvtap(name: &str, index: u32, parent: u32, alias: Option<&str>) -> HostLink {
+        let mut l = link(index, name, Some("macvtap"));
+        l.parent = Some(parent);
+        l.alias = alias.map(String::from);
+        l
+    }
+
+    #[test]
+    fn only_the_originals_link_for_a_served_slot_is_adoptable() {
+        let resources: BTreeMap<String, ResourceConfig> = [(
+            "dp".to_string(),
+            ResourceConfig {
+                name: "dp".into(),
+                lower_device: "eth1".into(),
+                mode: Default::default(),
+                capacity: 4,
+                pool: None,
+            },
+        )]
+        .into();
+        let slots = slots_by_link_name(&resources);
+        assert_eq!(slots.len(), 4);
+        let name = |id: &str| macvtap_link::host_link_name(id);
+        let eth1 = link(2, "eth1", None);
+        let eth2 = link(3, "eth2", None);
+        let original = macvtap(&name("dpMvp1"), 10, 2, None);
+        let mut in_other_ns = macvtap(&name("dpMvp0"), 11, 2, None);
+        in_other_ns.parent_netnsid = Some(1);
+        let other_lower = macvtap(&name("dpMvp2"), 12, 3, None);
+        let aliased = macvtap(&name("dpMvp3"), 13, 2, Some("someone-else"));
+        let mut veth = link(14, &name("dpMvp3"), Some("veth"));
+        veth.parent = Some(2);
+        let beyond_capacity = macvtap(&name("dpMvp4"), 15, 2, None);
+        let other_name = macvtap("mvtforeign00001", 16, 2, None);
+        let ours_already = macvtap(&name("dpMvp0"), 17, 2, Some("macvtap-operator:dpMvp0"));
+        for l in [&in_other_ns, &other_lower, &aliased, &veth, &ours_already] {
+            let id = &slots[&l.name].device_id;
+            assert!(!is_originals_link(l, id, Some(&eth1)), "{l:?}");
+        }
+        // Names of slots not served (beyond the capacity) or of no slot at all are not in the slot index.
+        assert!(
+            !slots.contains_key(&beyond_capacity.name) && !slots.contains_key(&other_name.name)
+        );
+        assert!(is_originals_link(&original, "dpMvp1", Some(&eth1)));
+        assert!(
+            !is_originals_link(&original, "dpMvp1", None),
+            "no lower device"
+        );
+        assert!(
+            !is_originals_link(&original, "dpMvp2", Some(&eth1)),
+            "another slot's name"
+        );
+
+        let all: BTreeMap<String, HostLink> = [
+            eth1,
+            eth2,
+            original.clone(),
+            other_lower,
+            aliased,
+            beyond_capacity,
+            other_name,
+        ]
+        .into_iter()
+        .map(|l| (l.name.clone(), l))
+        .collect();
+        let found: Vec<(String, String)> = find_adoptable(&all, &slots)
+            .into_iter()
+            .map(|(l, id)| (l.name.clone(), id))
+            .collect();
+        assert_eq!(found, vec![(original.name.clone(), "dpMvp1".to_string())]);
+    }
+}
