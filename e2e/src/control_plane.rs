@@ -22,7 +22,7 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, ChildStdin, Command, Stdio};
-use std::sync::{OnceLock, mpsc};
+use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
@@ -846,7 +846,7 @@ fn spawn_logged(mut cmd: Command, log: &Path) -> Result<Child> {
         .map_err(io_err("duplicating a log file handle"))?;
     cmd.stdin(Stdio::null()).stdout(out).stderr(err);
     let program = cmd.get_program().to_string_lossy().into_owned();
-    spawn_owned(cmd).map_err(io_err(format!("starting {program}")))
+    crate::process::spawn_owned(cmd).map_err(io_err(format!("starting {program}")))
 }
 
 fn log_tail(path: &Path) -> String {
@@ -1056,39 +1056,6 @@ fn write_certs(dir: &Path, cluster: Option<&ClusterSpec>) -> Result<Certs> {
 
 // ---------------------------------------------------------------------------------------------------------
 // Process lifetime.
-
-type SpawnJob = (Command, mpsc::SyncSender<io::Result<Child>>);
-
-/// Spawns `cmd` from a thread that lives as long as the process, with `PR_SET_PDEATHSIG=SIGKILL`: the kernel
-/// sends that signal when the *spawning thread* exits, so test threads (which end) must not spawn directly.
-fn spawn_owned(mut cmd: Command) -> io::Result<Child> {
-    static SPAWNER: OnceLock<mpsc::Sender<SpawnJob>> = OnceLock::new();
-    let tx = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnJob>();
-        std::thread::Builder::new()
-            .name("control-plane-spawner".into())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
-                }
-            })
-            .expect("spawning the control plane spawner thread");
-        tx
-    });
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(io::Error::from)
-        });
-    }
-    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-    tx.send((cmd, reply_tx))
-        .map_err(|_| io::Error::other("control plane spawner thread is gone"))?;
-    reply_rx
-        .recv()
-        .map_err(|_| io::Error::other("control plane spawner thread is gone"))?
-}
 
 /// Reads pids from stdin until EOF (this process ended or dropped the handle), then kills them and removes the
 /// dir. Ignores the signals a Ctrl-C or hang-up sends to the whole process group.

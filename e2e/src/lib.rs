@@ -5,6 +5,7 @@
 pub mod apply;
 pub mod cluster;
 pub mod control_plane;
+pub mod forward;
 pub mod kube_ovn;
 pub mod kubelet;
 pub mod netns;

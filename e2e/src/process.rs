@@ -1,9 +1,12 @@
-//! Child processes the harness starts (operator, agents): logs to a file, stopped with SIGTERM then SIGKILL on drop.
+//! Child processes the harness starts: [`Process`] (logs to a file, stopped with SIGTERM then SIGKILL on drop)
+//! and [`spawn_owned`] (servers that must die with the test process, however it ends).
 
 use std::fs::File;
 use std::io;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
+use std::sync::{OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
@@ -82,3 +85,37 @@ impl Drop for Process {
         self.stop(Duration::from_secs(5));
     }
 }
+
+type SpawnJob = (Command, mpsc::SyncSender<io::Result<Child>>);
+
+/// Spawns `cmd` from a thread that lives as long as the process, with `PR_SET_PDEATHSIG=SIGKILL`: the kernel
+/// sends that signal when the *spawning thread* exits, so test threads (which end) must not spawn directly.
+pub fn spawn_owned(mut cmd: Command) -> io::Result<Child> {
+    static SPAWNER: OnceLock<mpsc::Sender<SpawnJob>> = OnceLock::new();
+    let tx = SPAWNER.get_or_init(|| {
+        let (tx, rx) = mpsc::channel::<SpawnJob>();
+        std::thread::Builder::new()
+            .name("owned-process-spawner".into())
+            .spawn(move || {
+                for (mut cmd, reply) in rx {
+                    let _ = reply.send(cmd.spawn());
+                }
+            })
+            .expect("spawning the owned-process spawner thread");
+        tx
+    });
+    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(|| {
+            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
+                .map_err(io::Error::from)
+        });
+    }
+    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
+    tx.send((cmd, reply_tx))
+        .map_err(|_| io::Error::other("owned-process spawner thread is gone"))?;
+    reply_rx
+        .recv()
+        .map_err(|_| io::Error::other("owned-process spawner thread is gone"))?
+}
+

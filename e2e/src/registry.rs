@@ -35,10 +35,8 @@ use std::fmt;
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::{OnceLock, mpsc};
 use std::time::{Duration, Instant};
 
 use crate::{tools, workspace};
@@ -228,7 +226,7 @@ impl Registry {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
-        let child = spawn_owned(cmd).map_err(io_err(format!("starting {}", bin.display())))?;
+        let child = crate::process::spawn_owned(cmd).map_err(io_err(format!("starting {}", bin.display())))?;
         let mut reg = Self {
             addr: listen,
             dir: dir.to_path_buf(),
@@ -407,37 +405,6 @@ fn which(name: &str) -> Option<PathBuf> {
     std::env::split_paths(&std::env::var_os("PATH")?)
         .map(|d| d.join(name))
         .find(|p| p.is_file())
-}
-
-type SpawnJob = (Command, mpsc::SyncSender<io::Result<Child>>);
-
-/// Spawns `cmd` with `PR_SET_PDEATHSIG=SIGKILL` from a thread that lives as long as the process: the kernel
-/// sends the signal when the spawning *thread* exits, so a test thread must not spawn it directly.
-fn spawn_owned(mut cmd: Command) -> io::Result<Child> {
-    static SPAWNER: OnceLock<mpsc::Sender<SpawnJob>> = OnceLock::new();
-    let tx = SPAWNER.get_or_init(|| {
-        let (tx, rx) = mpsc::channel::<SpawnJob>();
-        std::thread::Builder::new()
-            .name("registry-spawner".into())
-            .spawn(move || {
-                for (mut cmd, reply) in rx {
-                    let _ = reply.send(cmd.spawn());
-                }
-            })
-            .expect("spawning the registry spawner thread");
-        tx
-    });
-    // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
-    unsafe {
-        cmd.pre_exec(|| {
-            nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
-                .map_err(io::Error::from)
-        });
-    }
-    let (reply_tx, reply_rx) = mpsc::sync_channel(1);
-    let gone = || io::Error::other("registry spawner thread is gone");
-    tx.send((cmd, reply_tx)).map_err(|_| gone())?;
-    reply_rx.recv().map_err(|_| gone())?
 }
 
 #[cfg(test)]

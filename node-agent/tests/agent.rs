@@ -495,9 +495,18 @@ async fn cni_add_moves_the_allocated_link_into_the_pod() {
     let conf = serde_json::json!({
         "cniVersion": "1.0.0", "name": "mvt", "type": "macvtap", "deviceID": id,
     });
+    // The CNI asks the kubelet (here its stand-in, which recorded the allocation) whether pod ns/vm holds the
+    // device; the node-level setting names the stand-in's PodResources socket.
+    let node_config = node.dir.path().join("macvtap-node.json");
+    std::fs::write(
+        &node_config,
+        serde_json::json!({"podResourcesSocket": node.kubelet.pod_resources_socket()}).to_string(),
+    )
+    .unwrap();
     let mut child = std::process::Command::new("ip")
         .args(["netns", "exec", node.netns.name()])
         .arg(&cni)
+        .env("MACVTAP_CNI_NODE_CONFIG", &node_config)
         .env("CNI_COMMAND", "ADD")
         .env("CNI_CONTAINERID", "ctr1")
         .env("CNI_NETNS", pod.path())

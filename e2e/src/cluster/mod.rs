@@ -406,9 +406,19 @@ impl Cluster {
                 let events = self
                     .kubectl_out(&["get", "events", "-n", ns, "--sort-by=.lastTimestamp"])
                     .unwrap_or_default();
+                let mut logs = String::new();
+                for node in &self.nodes {
+                    if let Ok(p) = self.agent_pod(node.name()).await {
+                        let name = p.name_any();
+                        let l = self
+                            .kubectl_out(&["logs", "-n", ns, &name, "--all-containers", "--tail=30"])
+                            .unwrap_or_else(|e| e.to_string());
+                        logs.push_str(&format!("--- logs of {name}\n{l}\n"));
+                    }
+                }
                 bail!(
                     "the chart's workloads not ready within {timeout:?} (DaemonSet ready: {ds_ready}, \
-                     Deployment available: {dep_ready})\n{pods}\n{events}"
+                     Deployment available: {dep_ready})\n{pods}\n{events}\n{logs}"
                 );
             }
             tokio::time::sleep(Duration::from_millis(500)).await;
