@@ -3,7 +3,9 @@
 use std::time::Duration;
 
 fn main() -> anyhow::Result<()> {
-    tracing_subscriber::fmt().with_env_filter("info,kube_client=off").init();
+    tracing_subscriber::fmt()
+        .with_env_filter("info,kube_client=off")
+        .init();
     let chart = std::env::args().any(|a| a == "--chart");
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {

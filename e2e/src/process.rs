@@ -118,4 +118,3 @@ pub fn spawn_owned(mut cmd: Command) -> io::Result<Child> {
         .recv()
         .map_err(|_| io::Error::other("owned-process spawner thread is gone"))?
 }
-

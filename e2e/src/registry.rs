@@ -226,7 +226,8 @@ impl Registry {
             .stdin(Stdio::null())
             .stdout(log)
             .stderr(log2);
-        let child = crate::process::spawn_owned(cmd).map_err(io_err(format!("starting {}", bin.display())))?;
+        let child = crate::process::spawn_owned(cmd)
+            .map_err(io_err(format!("starting {}", bin.display())))?;
         let mut reg = Self {
             addr: listen,
             dir: dir.to_path_buf(),

@@ -349,12 +349,18 @@ impl Cluster {
         let images = image_archives(&images_dir())?;
         for needed in ["operator", "agent"] {
             ensure!(
-                images.iter().any(|i| i.name == needed && i.archive.exists()),
+                images
+                    .iter()
+                    .any(|i| i.name == needed && i.archive.exists()),
                 "the {needed} image archive is missing: build the images with `make images`"
             );
         }
         // Pushed now, not at cluster start: the archives may be newer than the cluster.
-        self.registry.push_all(images.iter().filter(|i| i.name == "operator" || i.name == "agent"))?;
+        self.registry.push_all(
+            images
+                .iter()
+                .filter(|i| i.name == "operator" || i.name == "agent"),
+        )?;
         let mut helm = self.control_plane.helm()?;
         helm.args(["install", &self.chart.release])
             .arg(workspace::root().join("charts/macvtap-operator"))
@@ -411,7 +417,14 @@ impl Cluster {
                     if let Ok(p) = self.agent_pod(node.name()).await {
                         let name = p.name_any();
                         let l = self
-                            .kubectl_out(&["logs", "-n", ns, &name, "--all-containers", "--tail=30"])
+                            .kubectl_out(&[
+                                "logs",
+                                "-n",
+                                ns,
+                                &name,
+                                "--all-containers",
+                                "--tail=30",
+                            ])
                             .unwrap_or_else(|e| e.to_string());
                         logs.push_str(&format!("--- logs of {name}\n{l}\n"));
                     }
