@@ -1,10 +1,12 @@
 //! A real control plane for tests: etcd and kube-apiserver (built by `e2e/tools/build-tools.sh`) on free
 //! 127.0.0.1 ports, with RBAC, ServiceAccount token issuing (TokenRequest) and certificates made for each run.
 //!
-//! There is no kube-controller-manager: no garbage collection of owned objects, namespaces stay `Terminating`
-//! after deletion, no default ServiceAccounts (create them with [`ControlPlane::create_service_account`]), and
-//! workload controllers (Deployment, DaemonSet) create no Pods. The `ServiceAccount` admission plugin is off, so
-//! Pods can be created in namespaces that have no `default` ServiceAccount.
+//! [`ControlPlane::start`] runs no controllers: no garbage collection of owned objects, namespaces stay
+//! `Terminating` after deletion, no default ServiceAccounts (create them with
+//! [`ControlPlane::create_service_account`]), workload controllers create no Pods, and the `ServiceAccount`
+//! admission plugin is off so Pods can be created in namespaces without a `default` ServiceAccount.
+//! [`ControlPlane::start_cluster`] is the control plane of the real cluster (`crate::cluster`): all of that on,
+//! with kube-controller-manager and kube-scheduler, Node authorization and node credentials.
 //!
 //! Teardown: dropping a [`ControlPlane`] kills both processes and removes its temp dir. [`ControlPlane::shared`]
 //! is never dropped, so two more guards cover it and any process that dies without unwinding: the servers are
