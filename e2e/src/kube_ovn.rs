@@ -98,9 +98,12 @@ impl KubeOvnDaemon {
 impl Drop for KubeOvnDaemon {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
-        // Wake the accept loop.
-        let _ = UnixStream::connect(&self.socket);
-        if let Some(t) = self.thread.take() {
+        // Wake the accept loop; when its socket file is already gone, nothing can, so leave the thread (it
+        // holds no resource but the listener) rather than block forever.
+        let woken = UnixStream::connect(&self.socket).is_ok();
+        if let Some(t) = self.thread.take()
+            && woken
+        {
             let _ = t.join();
         }
         let _ = std::fs::remove_file(&self.socket);

@@ -816,8 +816,14 @@ fn end_to_end() {
         let mut cluster = Cluster::start(ClusterOptions::default())
             .await
             .expect("the cluster starts");
+        // Orphaned links are cleaned within seconds instead of the default two minutes.
+        let fast_cleanup = [
+            "agent.extraArgs[0]=--cleanup-grace-secs=10",
+            "agent.extraArgs[1]=--cleanup-interval-secs=3",
+        ]
+        .map(String::from);
         cluster
-            .install_chart(&[])
+            .install_chart(&fast_cleanup)
             .await
             .expect("the chart installs and its pods run");
         let scenarios: Vec<(&str, Scenario)> = vec![
@@ -866,12 +872,15 @@ fn end_to_end() {
                 Box::pin(upgrade_from_original(c))
             }),
         ];
-        // E2E_ONLY=<part of a name> runs the matching scenarios only (development); it must match one.
+        // E2E_ONLY=<part of a name>[,...] runs the matching scenarios only (development); it must match one.
         let only = std::env::var("E2E_ONLY").ok();
         let mut ran = 0;
         let mut failed = Vec::new();
         for (name, scenario) in scenarios {
-            if only.as_deref().is_some_and(|o| !name.contains(o)) {
+            if only
+                .as_deref()
+                .is_some_and(|o| !o.split(',').any(|o| name.contains(o)))
+            {
                 continue;
             }
             ran += 1;
@@ -881,6 +890,22 @@ fn end_to_end() {
                 Ok(Ok(())) => eprintln!("--- ok ({:.1?}): {name}", t.elapsed()),
                 Ok(Err(e)) => {
                     eprintln!("--- FAILED: {name}: {e:#}");
+                    for node in ["node-a", "node-b"] {
+                        if let Ok(p) = cluster.agent_pod(node).await {
+                            let logs = cluster
+                                .kubectl_out(&[
+                                    "logs",
+                                    "-n",
+                                    "macvtap-system",
+                                    &p.name_any(),
+                                    "-c",
+                                    "agent",
+                                    "--tail=25",
+                                ])
+                                .unwrap_or_else(|e| e.to_string());
+                            eprintln!("--- agent on {node}:\n{logs}");
+                        }
+                    }
                     failed.push(format!("{name}: {e:#}"));
                 }
                 Err(_) => failed.push(format!("{name}: timed out")),

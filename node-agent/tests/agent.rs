@@ -469,6 +469,15 @@ async fn cni_add_moves_the_allocated_link_into_the_pod() {
     let cni = macvtap_e2e::workspace::binary("macvtap")
         .unwrap_or_else(|e| panic!("this test runs the built macvtap CNI binary: {e}"));
     let mut node = Node::new("agent-cni").await;
+    // `/dev/tapN` is one name for the whole machine: tests running beside this one make macvtaps with the same
+    // small ifindexes in their own namespaces, and the CNI rightly refuses a tap it cannot prove is this link's.
+    // Idle bridges move this namespace's numbering past theirs (the kernel numbers from a per-namespace hint).
+    let bumps: String = (0..200)
+        .map(|i| format!("link add bump{i} type bridge\n"))
+        .collect();
+    let batch = node.dir.path().join("bump.batch");
+    std::fs::write(&batch, bumps).unwrap();
+    node.ip(&["-batch", batch.to_str().unwrap()]);
     node.start_agent_with_file(
         r#"[{"name":"dp","lowerDevice":"lower0","capacity":2}]"#,
         &[],

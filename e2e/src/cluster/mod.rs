@@ -191,6 +191,10 @@ impl Cluster {
             plan.mount_ns_files.push(mount_ns.clone());
             teardown.update(&plan)?;
             segments.attach(&netns, n, slot.node_ip(n), slot.node_prefix_len())?;
+            // Programs of the node itself (hostNetwork pods such as our agent) reach Services through kube-proxy's
+            // DNAT in the output hook, which runs only after a route was found: an on-link route for the Service
+            // range, no gateway, so a packet kube-proxy does not rewrite goes nowhere.
+            netns.ip(&["route", "add", &slot.service_cidr(), "dev", "eth0"])?;
             let spec = NodeSpec {
                 name: name.clone(),
                 index: n,
@@ -481,8 +485,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        // Stop the node programs gracefully while the API server is still there, then the script.
+        // Stop the node programs gracefully while the API server is still there, and the stand-ins while their
+        // sockets exist; then the script.
         self.nodes.clear();
+        self.kube_ovn.clear();
         self.teardown.update(&self.plan).ok();
         self.teardown.run();
     }
