@@ -98,9 +98,7 @@ async fn run(keep: bool, nodes: usize) -> Result<()> {
         .await?;
     show_pod(&cluster, &pod)?;
 
-    step(
-        "data path: a frame written to one pod's tap arrives at another pod's tap (bridge mode, same node)",
-    );
+    step("data path: a frame written to one pod's tap arrives at another pod's tap (bridge mode)");
     let peer = cluster
         .run_pod_yaml(
             &pod_yaml.replace("name: pod\n", "name: pod-peer\n"),

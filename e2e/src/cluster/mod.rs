@@ -136,6 +136,7 @@ impl Cluster {
             run_dir: run_dir.clone(),
             host_link: format!("mvte2e{}", slot.index()),
             dirs: vec![dir.clone()],
+            own_slot_lock: slot.lock_path().to_path_buf(),
             ..Default::default()
         };
         let teardown = Teardown::arm(&plan, &Path::new(RUN_DIR).join(format!("teardown-{id}.sh")))?;

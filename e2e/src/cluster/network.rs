@@ -40,6 +40,7 @@ pub const LOWER_DEVICES: [&str; 2] = ["eth0", "p4p1"];
 #[derive(Debug)]
 pub struct ClusterSlot {
     index: u8,
+    path: std::path::PathBuf,
     _lock: Flock<File>,
 }
 
@@ -48,9 +49,14 @@ impl ClusterSlot {
     pub fn claim(dir: &Path) -> io::Result<Self> {
         std::fs::create_dir_all(dir)?;
         for index in 0..MAX_SLOTS {
-            let file = File::create(dir.join(format!("slot-{index}.lock")))?;
+            let path = dir.join(format!("slot-{index}.lock"));
+            let file = File::create(&path)?;
             if let Ok(lock) = Flock::lock(file, FlockArg::LockExclusiveNonblock) {
-                return Ok(Self { index, _lock: lock });
+                return Ok(Self {
+                    index,
+                    path,
+                    _lock: lock,
+                });
             }
         }
         Err(io::Error::other(format!(
@@ -61,6 +67,11 @@ impl ClusterSlot {
 
     pub fn index(&self) -> u8 {
         self.index
+    }
+
+    /// The lock file this cluster holds.
+    pub fn lock_path(&self) -> &Path {
+        &self.path
     }
 
     /// The host's address on segment 0: API server, registry.

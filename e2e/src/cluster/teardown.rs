@@ -29,8 +29,11 @@ pub struct TeardownPlan {
     pub cgroup_roots: Vec<String>,
     /// Directories removed with everything in them.
     pub dirs: Vec<PathBuf>,
-    /// Mount points this cluster created on the machine, removed when empty (in reverse order).
+    /// Mount points this cluster created on the machine, removed when empty (in reverse order), and only when no
+    /// other cluster runs: removing a directory detaches the mounts on it in every other mount namespace.
     pub created_mount_points: Vec<PathBuf>,
+    /// This cluster's slot lock file; every other `slot-*.lock` beside it that is held is another live cluster.
+    pub own_slot_lock: PathBuf,
 }
 
 impl TeardownPlan {
@@ -90,7 +93,14 @@ while [ $round -lt 50 ]; do
   round=$((round + 1)); sleep 0.1
 done
 for d in {dirs}; do rm -rf "$d"; done
-for d in {created}; do rmdir "$d" 2>/dev/null; done
+others=
+for f in "$(dirname '{own_lock}')"/slot-*.lock; do
+  [ "$f" = '{own_lock}' ] && continue
+  [ -e "$f" ] && ! flock -n "$f" true 2>/dev/null && others=1
+done
+if [ -z "$others" ]; then
+  for d in {created}; do rmdir "$d" 2>/dev/null; done
+fi
 rm -f "$0"
 exit 0
 "#,
@@ -101,6 +111,7 @@ exit 0
             host_link = self.host_link,
             dirs = paths(&self.dirs),
             created = paths(&created),
+            own_lock = self.own_slot_lock.display(),
         )
     }
 }
@@ -175,6 +186,7 @@ mod tests {
             cgroup_roots: vec!["macvtap-e2e-1-a".into()],
             dirs: vec!["/tmp/c".into()],
             created_mount_points: vec!["/opt/cni".into(), "/opt/cni/bin".into()],
+            own_slot_lock: "/run/x/slot-0.lock".into(),
         };
         let s = plan.script();
         for needle in [
