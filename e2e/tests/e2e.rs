@@ -73,6 +73,12 @@ fn example(file: &str, name: Option<&str>, node: Option<&str>) -> Result<Pod> {
     Ok(pod)
 }
 
+/// The original README's pod (config/original/pod.yaml, `net1` on `dataplane`) as `name`, kept to `node`.
+async fn original_pod(c: &Cluster, name: &str, node: &str) -> Result<RunningPod> {
+    c.run_pod(example("original/pod.yaml", Some(name), Some(node))?, RUN)
+        .await
+}
+
 fn net1(pod: &RunningPod) -> Result<serde_json::Value> {
     pod.link("net1")?
         .with_context(|| format!("pod {} has no net1: {:?}", pod.name, pod.link_names()))
@@ -284,24 +290,9 @@ async fn device_plugin_only(c: &mut Cluster) -> Result<()> {
 }
 
 async fn data_path(c: &mut Cluster) -> Result<()> {
-    let a = c
-        .run_pod(
-            example("original/pod.yaml", Some("dp-a"), Some("node-a"))?,
-            RUN,
-        )
-        .await?;
-    let b = c
-        .run_pod(
-            example("original/pod.yaml", Some("dp-b"), Some("node-a"))?,
-            RUN,
-        )
-        .await?;
-    let d = c
-        .run_pod(
-            example("original/pod.yaml", Some("dp-c"), Some("node-b"))?,
-            RUN,
-        )
-        .await?;
+    let a = original_pod(c, "dp-a", "node-a").await?;
+    let b = original_pod(c, "dp-b", "node-a").await?;
+    let d = original_pod(c, "dp-c", "node-b").await?;
     let mac = |p: &RunningPod| -> Result<[u8; 6]> {
         parse_mac(net1(p)?["address"].as_str().unwrap_or_default()).context("MAC")
     };
@@ -494,12 +485,7 @@ async fn kube_ovn(c: &mut Cluster) -> Result<()> {
 /// The kubelet restarts while a pod holds a device: the pod keeps its interface, the agent re-registers, the
 /// Node's allocatable comes back, and new pods still attach.
 async fn kubelet_restart(c: &mut Cluster) -> Result<()> {
-    let holder = c
-        .run_pod(
-            example("original/pod.yaml", Some("holder"), Some("node-a"))?,
-            RUN,
-        )
-        .await?;
+    let holder = original_pod(c, "holder", "node-a").await?;
     let before = net1(&holder)?;
     let kubeconfig = c.dir.join("node-a/kubelet.kubeconfig");
     let ca = c.control_plane.ca_path().to_path_buf();
@@ -518,12 +504,7 @@ async fn kubelet_restart(c: &mut Cluster) -> Result<()> {
         "net1 changed: {before} -> {after}"
     );
     c.wait_running(&holder.namespace, &holder.name, RUN).await?;
-    let next = c
-        .run_pod(
-            example("original/pod.yaml", Some("after-restart"), Some("node-a"))?,
-            RUN,
-        )
-        .await?;
+    let next = original_pod(c, "after-restart", "node-a").await?;
     ensure!(
         check_tap(&next)? != check_tap(&holder)?,
         "the new pod got the holder's tap"
@@ -537,12 +518,7 @@ async fn kubelet_restart(c: &mut Cluster) -> Result<()> {
 /// The agent pod is deleted: the DaemonSet makes a new one, the link of a running pod is untouched, and a link
 /// whose pod went away while no agent ran (an orphan) is cleaned up.
 async fn agent_recreated(c: &mut Cluster) -> Result<()> {
-    let user = c
-        .run_pod(
-            example("original/pod.yaml", Some("user"), Some("node-a"))?,
-            RUN,
-        )
-        .await?;
+    let user = original_pod(c, "user", "node-a").await?;
     let orphan_pod = c
         .run_pod(
             busybox("orphan", None, Some("dataplane"), Some("node-a")),
@@ -636,12 +612,7 @@ async fn drain(c: &mut Cluster) -> Result<()> {
     .await;
     c.kubectl_out(&["uncordon", "node-b"])?;
     result?;
-    let back = c
-        .run_pod(
-            example("original/pod.yaml", Some("after-drain"), Some("node-b"))?,
-            RUN,
-        )
-        .await?;
+    let back = original_pod(c, "after-drain", "node-b").await?;
     check_tap(&back)?;
     c.delete_pod(&back.namespace, &back.name, GONE).await
 }
