@@ -139,6 +139,15 @@ async fn wait_until<F: Future<Output = Result<bool>>>(
     }
 }
 
+/// Edits a pool's capacity, as a user would with `kubectl patch`.
+async fn set_capacity(c: &Cluster, pool: &str, capacity: i64) -> Result<()> {
+    let patch = Patch::Merge(serde_json::json!({"spec": {"capacity": capacity}}));
+    Api::<MacvtapPool>::all(c.client())
+        .patch(pool, &PatchParams::default(), &patch)
+        .await?;
+    Ok(())
+}
+
 async fn allocated(c: &Cluster, pool: &str) -> Result<i64> {
     let p = Api::<MacvtapPool>::all(c.client()).get(pool).await?;
     Ok(p.status.map(|s| s.allocated as i64).unwrap_or(-1))
@@ -322,10 +331,7 @@ async fn data_path(c: &mut Cluster) -> Result<()> {
 }
 
 async fn capacity_edit(c: &mut Cluster) -> Result<()> {
-    let api = Api::<MacvtapPool>::all(c.client());
-    let set = |n: i64| Patch::Merge(serde_json::json!({"spec": {"capacity": n}}));
-    api.patch("dataplane", &PatchParams::default(), &set(7))
-        .await?;
+    set_capacity(c, "dataplane", 7).await?;
     for node in &c.nodes {
         c.wait_node_resource(node.name(), &resource_name("dataplane"), RUN, |cap, a| {
             cap == 7 && a == 7
@@ -336,8 +342,7 @@ async fn capacity_edit(c: &mut Cluster) -> Result<()> {
         p.status.as_ref().is_some_and(|s| s.capacity == 14)
     })
     .await?;
-    api.patch("dataplane", &PatchParams::default(), &set(50))
-        .await?;
+    set_capacity(c, "dataplane", 50).await?;
     for node in &c.nodes {
         c.wait_node_resource(node.name(), &resource_name("dataplane"), RUN, |cap, _| {
             cap == 50
@@ -665,10 +670,7 @@ async fn twenty_at_once(c: &mut Cluster) -> Result<()> {
 /// marker of ours). Pods scheduled there get those slots and attach; the ones no pod holds are cleaned up; a link
 /// that is not the original's for one of our slots is never touched.
 async fn upgrade_from_original(c: &mut Cluster) -> Result<()> {
-    let api = Api::<MacvtapPool>::all(c.client());
-    let set = |n: i64| Patch::Merge(serde_json::json!({"spec": {"capacity": n}}));
-    api.patch("dataplane", &PatchParams::default(), &set(5))
-        .await?;
+    set_capacity(c, "dataplane", 5).await?;
     c.wait_node_resource("node-b", &resource_name("dataplane"), RUN, |cap, _| {
         cap == 5
     })
@@ -720,8 +722,7 @@ async fn upgrade_from_original(c: &mut Cluster) -> Result<()> {
         .netns
         .ip(&["link", "del", "mvt0123456789ab"])?;
     ensure!(left == ["mvt0123456789ab"], "after the pods: {left:?}");
-    api.patch("dataplane", &PatchParams::default(), &set(50))
-        .await?;
+    set_capacity(c, "dataplane", 50).await?;
     c.wait_node_resource("node-b", &resource_name("dataplane"), RUN, |cap, _| {
         cap == 50
     })
