@@ -136,7 +136,7 @@ pub fn request(env: &Env, verb: Verb) -> Result<Request, CniError> {
     }
     let ifname = env.get("CNI_IFNAME");
     if let Some(n) = &ifname
-        && !macvtap_link::valid_ifname(n)
+        && macvtap_core::validate_ifname(n).is_err()
     {
         return Err(CniError::new(
             Code::InvalidEnv,

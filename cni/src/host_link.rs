@@ -11,7 +11,8 @@
 //! Anything else under that name, or a `deviceID` naming another interface (`eth0`, `lo`, a veth), is refused with
 //! the link untouched.
 
-use macvtap_link::{LinkInfo, Netlink, host_link_name, valid_ifname};
+use macvtap_core::validate_ifname;
+use macvtap_link::{LinkInfo, Netlink, host_link_name};
 
 use crate::error::{CniError, Code};
 use crate::netns::sys;
@@ -48,7 +49,9 @@ pub(crate) async fn find(
         .await
         .map_err(sys("looking up the host link"))?
     else {
-        if valid_ifname(device_id) && nl.find_link(device_id).await.ok().flatten().is_some() {
+        if validate_ifname(device_id).is_ok()
+            && nl.find_link(device_id).await.ok().flatten().is_some()
+        {
             return Err(CniError::new(
                 Code::NotOurs,
                 format!(

@@ -10,9 +10,9 @@
 
 use serde::Deserialize;
 
-use crate::model::{
+use macvtap_core::{
     DEFAULT_CAPACITY, DiscoveryConfig, MAX_CAPACITY, MacvtapMode, NameError, NodeConfig,
-    ResourceConfig, validate_ifname, validate_resource_name,
+    ResourceConfig, UnknownMode, validate_ifname, validate_resource_name,
 };
 
 /// The environment variable the original read.
@@ -53,7 +53,7 @@ pub enum LegacyConfigError {
     Mode {
         index: usize,
         name: String,
-        source: crate::model::UnknownMode,
+        source: UnknownMode,
     },
     #[error("{var} entry {index} ({name:?}): capacity {capacity} is above the maximum {max}", var = ENV_VAR, max = MAX_CAPACITY)]
     Capacity {

@@ -4,14 +4,15 @@
 //! - [`MacvtapNodeState`]: one per node; spec written by the operator (the pools that apply to that node), status
 //!   written by that node's agent.
 //! - [`legacy`]: the original device plugin's `DP_MACVTAP_CONF` JSON, parsed strictly.
-//! - [`model`]: the node-level configuration both sources turn into, which the agent serves.
+//!
+//! The node-level configuration both sources turn into ([`NodeConfig`]), the macvtap mode and the name rules are
+//! the domain's, defined once in `macvtap-core` and re-exported here.
 
 pub mod legacy;
-pub mod model;
 pub mod node_state;
 pub mod pool;
 
-pub use model::{DiscoveryConfig, MacvtapMode, NodeConfig, ResourceConfig};
+pub use macvtap_core::{DiscoveryConfig, MacvtapMode, NodeConfig, ResourceConfig};
 pub use node_state::{
     MacvtapNodeState, MacvtapNodeStateSpec, MacvtapNodeStateStatus, NodeCleanupStatus,
     NodeDiscovery, NodeResource, NodeResourceStatus,
@@ -89,3 +90,20 @@ pub fn crd_yaml_files() -> Vec<(String, String)> {
 
 /// Where the generated CRD YAML is committed, relative to the workspace root.
 pub const CRD_OUTPUT_DIRS: [&str; 2] = ["crds/yaml", "charts/macvtap-operator/crds"];
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn modes_are_lowercase_json() {
+        for m in MacvtapMode::ALL {
+            assert_eq!(serde_json::to_string(&m).unwrap(), format!("\"{m}\""));
+            assert_eq!(
+                serde_json::from_str::<MacvtapMode>(&format!("\"{m}\"")).unwrap(),
+                m
+            );
+        }
+        assert!(serde_json::from_str::<MacvtapMode>("\"bridged\"").is_err());
+    }
+}

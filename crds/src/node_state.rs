@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{DiscoveryConfig, MacvtapMode, NodeConfig, ResourceConfig};
+use macvtap_core::{DiscoveryConfig, MacvtapMode, NodeConfig, ResourceConfig};
 
 /// The macvtap resources one node serves. Named after the node. The spec is written only by the operator, from
 /// the MacvtapPools that select the node; the status only by that node's agent.

@@ -4,7 +4,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-use crate::model::{DEFAULT_CAPACITY, MacvtapMode};
+use macvtap_core::{DEFAULT_CAPACITY, MacvtapMode};
 
 fn default_capacity() -> u32 {
     DEFAULT_CAPACITY

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use macvtap_api::model::validate_resource_name;
 use macvtap_api::{NodeConfig, ResourceConfig};
+use macvtap_core::validate_resource_name;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;

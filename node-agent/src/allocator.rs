@@ -8,21 +8,13 @@
 use std::time::Instant;
 
 use macvtap_api::ResourceConfig;
+use macvtap_core::device::slot_of;
 use tonic::Status;
 
 use crate::gc::CleanupReport;
 use crate::netmon::{self, LinkSnapshot};
 use crate::original;
 use crate::shared::Shared;
-
-/// The slot of `device_id` in `resource`, if it is one of its IDs (`<name>Mvp<i>`, no leading zeros).
-pub fn slot_of(resource: &str, device_id: &str) -> Option<u32> {
-    let rest = device_id.strip_prefix(resource)?.strip_prefix("Mvp")?;
-    if rest.is_empty() || (rest.len() > 1 && rest.starts_with('0')) {
-        return None;
-    }
-    rest.parse().ok()
-}
 
 /// Allocate of one device ID: creates (or recreates) its host link; returns its `/dev/tapN`.
 pub async fn allocate_one(
@@ -165,16 +157,6 @@ mod tests {
     use std::sync::Arc;
 
     #[test]
-    fn slots_parse_strictly() {
-        assert_eq!(slot_of("dp", "dpMvp0"), Some(0));
-        assert_eq!(slot_of("dp", "dpMvp17"), Some(17));
-        assert_eq!(slot_of("dp", "dpMvp017"), None);
-        assert_eq!(slot_of("dp", "dpMvp"), None);
-        assert_eq!(slot_of("dp", "otherMvp1"), None);
-        assert_eq!(slot_of("dp", "dpMvp-1"), None);
-    }
-
-    #[test]
     fn preferred_takes_required_then_lowest() {
         let avail: Vec<String> = ["dpMvp10", "dpMvp2", "dpMvp7", "dpMvp3"]
             .map(String::from)
@@ -198,17 +180,13 @@ mod tests {
             kind: None,
             admin_up: true,
             oper_up: true,
-            loopback: false,
-            master: None,
-            alias: None,
-            parent: None,
-            parent_netnsid: None,
+            ..Default::default()
         };
         let macvtap = |id: &str, index: u32, alias: Option<String>| HostLink {
             index,
             name: macvtap_link::host_link_name(id),
             kind: Some("macvtap".into()),
-            parent: Some(2),
+            parent_index: Some(2),
             alias,
             ..eth1.clone()
         };

@@ -12,7 +12,6 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::runtime::watcher;
-use macvtap_api::model::{MAX_CAPACITY, validate_ifname, validate_resource_name};
 use macvtap_api::{MacvtapNodeState, NodeConfig};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -62,41 +61,14 @@ pub enum ConfigError {
     Legacy(#[from] macvtap_api::legacy::LegacyConfigError),
     #[error("reading {path}: {reason}")]
     Read { path: String, reason: String },
-    #[error("{0}")]
-    Invalid(String),
+    #[error(transparent)]
+    Invalid(#[from] macvtap_core::InvalidNodeConfig),
 }
 
-/// Checks what the CRD schema cannot: unique names and kernel-acceptable interface names (the legacy parser does
-/// the same for its input).
+/// Checks what the CRD schema cannot: unique names, kernel-acceptable interface names, capacities in range (the
+/// rules are `macvtap-core`'s; the legacy parser applies them to its input too).
 pub fn validate(cfg: &NodeConfig) -> Result<(), ConfigError> {
-    let mut seen = std::collections::BTreeSet::new();
-    for r in &cfg.resources {
-        validate_resource_name(&r.name)
-            .map_err(|e| ConfigError::Invalid(format!("resource {:?}: name {e}", r.name)))?;
-        validate_ifname(&r.lower_device)
-            .map_err(|e| ConfigError::Invalid(format!("resource {:?}: lowerDevice {e}", r.name)))?;
-        if r.capacity == 0 || r.capacity > MAX_CAPACITY {
-            return Err(ConfigError::Invalid(format!(
-                "resource {:?}: capacity {} is outside 1..={MAX_CAPACITY}",
-                r.name, r.capacity
-            )));
-        }
-        if !seen.insert(r.name.as_str()) {
-            return Err(ConfigError::Invalid(format!(
-                "resource {:?} is listed twice",
-                r.name
-            )));
-        }
-    }
-    if let Some(d) = &cfg.discovery
-        && (d.capacity == 0 || d.capacity > MAX_CAPACITY)
-    {
-        return Err(ConfigError::Invalid(format!(
-            "discovery capacity {} is outside 1..={MAX_CAPACITY}",
-            d.capacity
-        )));
-    }
-    Ok(())
+    Ok(macvtap_core::node_config::validate(cfg)?)
 }
 
 fn read_file(path: &std::path::Path) -> Result<String, ConfigError> {
@@ -229,60 +201,5 @@ pub async fn follow(
                 }
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use macvtap_api::{MacvtapMode, ResourceConfig};
-
-    fn res(name: &str, lower: &str, capacity: u32) -> ResourceConfig {
-        ResourceConfig {
-            name: name.into(),
-            lower_device: lower.into(),
-            mode: MacvtapMode::Bridge,
-            capacity,
-            pool: None,
-        }
-    }
-
-    #[test]
-    fn validation_names_the_problem() {
-        let ok = NodeConfig {
-            resources: vec![res("a", "eth0", 1), res("b", "eth0", 4096)],
-            discovery: None,
-        };
-        validate(&ok).unwrap();
-        let dup = NodeConfig {
-            resources: vec![res("a", "eth0", 1), res("a", "eth1", 1)],
-            discovery: None,
-        };
-        assert!(
-            validate(&dup)
-                .unwrap_err()
-                .to_string()
-                .contains("\"a\" is listed twice")
-        );
-        let bad_if = NodeConfig {
-            resources: vec![res("a", "eth0:1", 1)],
-            discovery: None,
-        };
-        assert!(
-            validate(&bad_if)
-                .unwrap_err()
-                .to_string()
-                .contains("lowerDevice")
-        );
-        let zero = NodeConfig {
-            resources: vec![res("a", "eth0", 0)],
-            discovery: None,
-        };
-        assert!(
-            validate(&zero)
-                .unwrap_err()
-                .to_string()
-                .contains("capacity 0")
-        );
     }
 }

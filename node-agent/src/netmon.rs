@@ -11,12 +11,10 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures::StreamExt;
 use futures::channel::mpsc::UnboundedReceiver;
-use futures::{StreamExt, TryStreamExt};
+use macvtap_link::Netlink;
 use netlink_packet_route::RouteNetlinkMessage;
-use netlink_packet_route::link::{
-    InfoKind, LinkAttribute, LinkFlags, LinkInfo as NlLinkInfo, LinkMessage, State,
-};
 use rtnetlink::constants::RTMGRP_LINK;
 use rtnetlink::packet_core::NetlinkMessage;
 use rtnetlink::sys::{AsyncSocket, SocketAddr};
@@ -24,78 +22,9 @@ use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-/// One link of the agent's network namespace.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostLink {
-    pub index: u32,
-    pub name: String,
-    /// `IFLA_INFO_KIND`; `None` for physical NICs (and loopback).
-    pub kind: Option<String>,
-    pub admin_up: bool,
-    /// Operationally up (or "unknown" with the lower layer up, as links without carrier detection report).
-    pub oper_up: bool,
-    pub loopback: bool,
-    /// Index of the master (bond, bridge) this link is enslaved to.
-    pub master: Option<u32>,
-    pub alias: Option<String>,
-    /// `IFLA_LINK`: the parent's ifindex (a macvtap's lower device), in this namespace unless
-    /// [`HostLink::parent_netnsid`] is set.
-    pub parent: Option<u32>,
-    /// `IFLA_LINK_NETNSID`: the parent lives in another network namespace.
-    pub parent_netnsid: Option<i32>,
-}
-
-impl HostLink {
-    pub(crate) fn from_message(msg: &LinkMessage) -> Self {
-        let flags = msg.header.flags;
-        let mut link = HostLink {
-            index: msg.header.index,
-            name: String::new(),
-            kind: None,
-            admin_up: flags.contains(LinkFlags::Up),
-            oper_up: false,
-            loopback: flags.contains(LinkFlags::Loopback),
-            master: None,
-            alias: None,
-            parent: None,
-            parent_netnsid: None,
-        };
-        let mut oper = None;
-        for attr in &msg.attributes {
-            match attr {
-                LinkAttribute::IfName(n) => link.name = n.clone(),
-                LinkAttribute::OperState(s) => oper = Some(*s),
-                LinkAttribute::Controller(m) => link.master = Some(*m),
-                LinkAttribute::IfAlias(a) if !a.is_empty() => link.alias = Some(a.clone()),
-                LinkAttribute::Link(p) => link.parent = Some(*p),
-                LinkAttribute::LinkNetNsId(n) => link.parent_netnsid = Some(*n),
-                LinkAttribute::LinkInfo(infos) => {
-                    for i in infos {
-                        if let NlLinkInfo::Kind(k) = i {
-                            link.kind = Some(kind_name(k));
-                        }
-                    }
-                }
-                _ => {}
-            }
-        }
-        link.oper_up = match oper {
-            Some(State::Up) => true,
-            Some(State::Unknown) => link.admin_up && flags.contains(LinkFlags::LowerUp),
-            _ => false,
-        };
-        link
-    }
-
-    /// Usable as a lower device: exists and is operationally up.
-    pub fn healthy(&self) -> bool {
-        self.oper_up
-    }
-}
-
-fn kind_name(k: &InfoKind) -> String {
-    k.to_string()
-}
+/// One link of the agent's network namespace: the link crate's [`macvtap_link::LinkInfo`], read by its one parser
+/// of link messages. [`HostLink::healthy`] says whether it can serve as a lower device.
+pub use macvtap_link::LinkInfo as HostLink;
 
 /// All links by name.
 pub type LinkSnapshot = Arc<BTreeMap<String, HostLink>>;
@@ -108,7 +37,7 @@ pub enum Error {
     #[error("joining the rtnetlink link multicast group: {0}")]
     Bind(#[source] std::io::Error),
     #[error("reading the link table: {0}")]
-    Dump(#[from] rtnetlink::Error),
+    Dump(#[from] macvtap_link::Error),
 }
 
 type Events = UnboundedReceiver<(NetlinkMessage<RouteNetlinkMessage>, SocketAddr)>;
@@ -260,30 +189,13 @@ pub async fn read_link(
     handle: &rtnetlink::Handle,
     name: &str,
 ) -> Result<Option<HostLink>, macvtap_link::Error> {
-    let res = handle
-        .link()
-        .get()
-        .match_name(name.to_string())
-        .execute()
-        .try_next()
-        .await;
-    match res {
-        Ok(m) => Ok(m.map(|m| HostLink::from_message(&m))),
-        Err(e) => {
-            let e = macvtap_link::Error::from(e);
-            if e.is_not_found() { Ok(None) } else { Err(e) }
-        }
-    }
+    Netlink::from_handle(handle.clone()).find_link(name).await
 }
 
 /// Every link of the namespace, by name.
 pub async fn dump(handle: &rtnetlink::Handle) -> Result<BTreeMap<String, HostLink>, Error> {
-    let msgs: Vec<LinkMessage> = handle.link().get().execute().try_collect().await?;
-    Ok(msgs
-        .iter()
-        .map(HostLink::from_message)
-        .map(|l| (l.name.clone(), l))
-        .collect())
+    let links = Netlink::from_handle(handle.clone()).list_links().await?;
+    Ok(links.into_iter().map(|l| (l.name.clone(), l)).collect())
 }
 
 /// Whether `link` is a lower device that `[]` discovery serves: a physical link or a bond, not loopback, not a
@@ -325,11 +237,7 @@ pub(crate) mod tests {
             kind: kind.map(Into::into),
             admin_up: true,
             oper_up: true,
-            loopback: false,
-            master: None,
-            alias: None,
-            parent: None,
-            parent_netnsid: None,
+            ..Default::default()
         }
     }
 

@@ -32,7 +32,7 @@ pub fn is_originals_link(link: &HostLink, device_id: &str, lower: Option<&HostLi
         && link.name == macvtap_link::host_link_name(device_id)
         && link.alias.is_none()
         && link.parent_netnsid.is_none()
-        && lower.is_some_and(|l| link.parent == Some(l.index))
+        && lower.is_some_and(|l| link.parent_index == Some(l.index))
 }
 
 /// A slot of a served resource, by the name of its host link.
@@ -99,7 +99,7 @@ mod tests {
 
     fn macvtap(name: &str, index: u32, parent: u32, alias: Option<&str>) -> HostLink {
         let mut l = link(index, name, Some("macvtap"));
-        l.parent = Some(parent);
+        l.parent_index = Some(parent);
         l.alias = alias.map(String::from);
         l
     }
@@ -128,7 +128,7 @@ mod tests {
         let other_lower = macvtap(&name("dpMvp2"), 12, 3, None);
         let aliased = macvtap(&name("dpMvp3"), 13, 2, Some("someone-else"));
         let mut veth = link(14, &name("dpMvp3"), Some("veth"));
-        veth.parent = Some(2);
+        veth.parent_index = Some(2);
         let beyond_capacity = macvtap(&name("dpMvp4"), 15, 2, None);
         let other_name = macvtap("mvtforeign00001", 16, 2, None);
         let ours_already = macvtap(&name("dpMvp0"), 17, 2, Some("macvtap-operator:dpMvp0"));

@@ -425,11 +425,7 @@ impl DevicePlugin for PluginService {
     ) -> Result<Response<AllocateResponse>, Status> {
         let cfg = self.config.borrow().clone();
         let label = ResourceLabel::new(&cfg.name);
-        let mode: macvtap_link::MacvtapMode = cfg
-            .mode
-            .as_str()
-            .parse()
-            .map_err(|e: macvtap_link::UnknownMode| Status::invalid_argument(e.to_string()))?;
+        let mode = cfg.mode;
         let mut container_responses = Vec::new();
         for req in request.into_inner().container_requests {
             let mut devices = Vec::new();
@@ -505,11 +501,7 @@ mod tests {
             kind: None,
             admin_up: true,
             oper_up: true,
-            loopback: false,
-            master: None,
-            alias: None,
-            parent: None,
-            parent_netnsid: None,
+            ..Default::default()
         };
         links.insert("eth0".to_string(), eth0.clone());
         assert!(

@@ -1,0 +1,116 @@
+//! Device IDs and the host links made for them, as kubevirt/macvtap-cni named them (links survive an upgrade from
+//! the original because both sides keep its scheme):
+//!
+//! - device ID of slot `i` of resource `name`: `<name>Mvp<i>` (the original's `fmt.Sprint(name, "Mvp", i)`);
+//! - host link of a device ID: `mvt` + 12 lowercase hex digits, the low 48 bits of XXH64 (seed 0) of the device ID,
+//!   zero-padded (the original's `TemporaryInterfaceName`): always 15 characters, fits IFNAMSIZ;
+//! - ownership marker: the ifalias `macvtap-operator:<deviceID>` the agent sets on every link it creates (the
+//!   original sets none).
+
+/// Between a resource name and the slot number in a device ID.
+const SLOT_SEPARATOR: &str = "Mvp";
+
+/// Prefix of the ifalias marker that says "created by macvtap-operator for this device ID".
+pub const ALIAS_PREFIX: &str = "macvtap-operator:";
+
+/// The original's synthetic device ID for capacity slot `slot` of `resource`.
+pub fn device_id(resource: &str, slot: u32) -> String {
+    format!("{resource}{SLOT_SEPARATOR}{slot}")
+}
+
+/// The slot of `device_id` in `resource`, if it is one of its IDs (`<name>Mvp<i>`, no leading zeros): the inverse
+/// of [`device_id`].
+pub fn slot_of(resource: &str, device_id: &str) -> Option<u32> {
+    let rest = device_id
+        .strip_prefix(resource)?
+        .strip_prefix(SLOT_SEPARATOR)?;
+    if rest.is_empty() || (rest.len() > 1 && rest.starts_with('0')) {
+        return None;
+    }
+    rest.parse().ok()
+}
+
+/// Name of the host-side macvtap link for a device ID: `mvt` + 12 hex digits of XXH64 (low 48 bits), the
+/// original's scheme.
+pub fn host_link_name(device_id: &str) -> String {
+    let h = xxhash_rust::xxh64::xxh64(device_id.as_bytes(), 0);
+    format!("mvt{:012x}", h & 0xffff_ffff_ffff)
+}
+
+/// The ifalias marker set on links created for `device_id`.
+pub fn ownership_alias(device_id: &str) -> String {
+    format!("{ALIAS_PREFIX}{device_id}")
+}
+
+/// The device ID carried by an ifalias marker, if it is ours.
+pub fn device_id_from_alias(alias: &str) -> Option<&str> {
+    alias.strip_prefix(ALIAS_PREFIX).filter(|id| !id.is_empty())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::names::validate_ifname;
+
+    /// Device IDs and host link names pinned to the original's formula. The expected names were computed once,
+    /// independently of this crate, with a pure-Python XXH64 written from the xxHash spec (checked against the
+    /// reference vectors XXH64("") = ef46db3751d8e999, XXH64("a") = d24ec4f1a98c6e5b, XXH64("abc") =
+    /// 44bc2cf5ad770999): `"mvt%012x" % (xxh64(("%sMvp%d" % (name, i)).encode(), 0) & 0xffffffffffff)`. The last
+    /// case is longer than 32 bytes, which takes XXH64's other (striped) path.
+    #[test]
+    fn device_ids_and_host_link_names_are_the_originals() {
+        for (resource, slot, id, link) in [
+            ("dataplane", 0, "dataplaneMvp0", "mvtcc7b47d9091b"),
+            ("dataplane", 1, "dataplaneMvp1", "mvtf59cb72cf412"),
+            ("eth0", 99, "eth0Mvp99", "mvt20074e9ae08d"),
+            ("pool", 4095, "poolMvp4095", "mvtcae040f9ae5a"),
+            (
+                "a-very-long-resource-name-for-the-thirty-two-byte-path",
+                7,
+                "a-very-long-resource-name-for-the-thirty-two-byte-pathMvp7",
+                "mvtc6dcc8b9914b",
+            ),
+        ] {
+            assert_eq!(device_id(resource, slot), id);
+            assert_eq!(slot_of(resource, id), Some(slot));
+            assert_eq!(host_link_name(id), link, "{id}");
+        }
+    }
+
+    #[test]
+    fn host_link_names_fit_ifnamsiz_and_differ() {
+        let names: std::collections::HashSet<_> = (0..1000)
+            .map(|i| host_link_name(&device_id("pool", i)))
+            .collect();
+        assert_eq!(names.len(), 1000);
+        for n in &names {
+            assert_eq!(n.len(), 15);
+            assert!(validate_ifname(n).is_ok());
+            assert!(
+                n[3..]
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            );
+        }
+    }
+
+    #[test]
+    fn slots_are_parsed_back_strictly() {
+        assert_eq!(slot_of("dp", "dpMvp0"), Some(0));
+        assert_eq!(slot_of("dp", "dpMvp17"), Some(17));
+        assert_eq!(slot_of("dp", "dpMvp017"), None);
+        assert_eq!(slot_of("dp", "dpMvp"), None);
+        assert_eq!(slot_of("dp", "otherMvp1"), None);
+        assert_eq!(slot_of("dp", "dpMvp-1"), None);
+    }
+
+    #[test]
+    fn alias_round_trips() {
+        assert_eq!(
+            device_id_from_alias(&ownership_alias("aMvp3")),
+            Some("aMvp3")
+        );
+        assert_eq!(device_id_from_alias("something else"), None);
+        assert_eq!(device_id_from_alias(ALIAS_PREFIX), None);
+    }
+}

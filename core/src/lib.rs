@@ -1,0 +1,24 @@
+//! The rules every part of macvtap-operator shares, defined once: the API (CRDs, legacy config), the agent, the
+//! link crate and the CNI all use these. No kube, no tokio, no netlink (the link crate converts to netlink values).
+//!
+//! - [`mode`]: the macvtap mode ([`MacvtapMode`]) and its lowercase names.
+//! - [`names`]: interface names ([`validate_ifname`], the kernel's `dev_valid_name`) and resource names
+//!   ([`validate_resource_name`]).
+//! - [`device`]: the device-ID scheme `<resource>Mvp<slot>`, the host link name `mvt` + 12 hex digits of XXH64, and
+//!   the ownership marker (ifalias) set on links the agent creates.
+//! - [`node_config`]: what one node serves ([`NodeConfig`]) and its validation.
+
+#![forbid(unsafe_code)]
+
+pub mod device;
+pub mod mode;
+pub mod names;
+pub mod node_config;
+
+pub use mode::{MacvtapMode, UnknownMode};
+pub use names::{
+    MAX_IFNAME_LEN, MAX_RESOURCE_NAME_LEN, NameError, validate_ifname, validate_resource_name,
+};
+pub use node_config::{
+    DEFAULT_CAPACITY, DiscoveryConfig, InvalidNodeConfig, MAX_CAPACITY, NodeConfig, ResourceConfig,
+};

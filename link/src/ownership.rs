@@ -1,0 +1,121 @@
+//! Which links are ours. The names and the marker are `macvtap-core`'s device scheme; the rule over link state:
+//!
+//! - ours ([`LinkInfo::is_ours`]): kind `macvtap`, name == `host_link_name(id)` and alias == `ownership_alias(id)`;
+//! - once the CNI has moved and renamed a link into a pod, only kind + alias still hold:
+//!   [`LinkInfo::marker_device_id`];
+//! - a link the original (kubevirt/macvtap-cni) created has the same kind and name but no alias at all:
+//!   [`LinkInfo::is_unmarked_original`]; it needs another proof before anyone may use it.
+
+use macvtap_core::device::{device_id_from_alias, host_link_name};
+
+use crate::LinkInfo;
+
+/// One of our links found on the host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OurLink {
+    pub device_id: String,
+    pub link: LinkInfo,
+}
+
+impl LinkInfo {
+    /// The device ID of our marker, when this is a macvtap carrying it (any name: works inside a pod too).
+    pub fn marker_device_id(&self) -> Option<&str> {
+        if !self.is_macvtap() {
+            return None;
+        }
+        device_id_from_alias(self.alias.as_deref()?)
+    }
+
+    /// Strict host-side check: macvtap, named after `device_id`, with our marker for `device_id`.
+    pub fn is_ours(&self, device_id: &str) -> bool {
+        self.is_macvtap()
+            && self.name == host_link_name(device_id)
+            && self.marker_device_id() == Some(device_id)
+    }
+
+    /// A link as the original (kubevirt/macvtap-cni) left it for `device_id`: macvtap, named after the device ID by
+    /// the shared scheme, and no ifalias at all (the original never sets one; any alias is someone's marker). This is
+    /// no proof of ownership by itself: the CNI also needs the kubelet's word that the pod holds the device.
+    pub fn is_unmarked_original(&self, device_id: &str) -> bool {
+        self.is_macvtap() && self.name == host_link_name(device_id) && self.alias.is_none()
+    }
+
+    /// Why [`LinkInfo::is_ours`] is false, for error messages.
+    pub fn not_ours_reason(&self, device_id: &str) -> Option<String> {
+        if !self.is_macvtap() {
+            return Some(format!(
+                "kind is {}, not macvtap",
+                self.kind.as_deref().unwrap_or("physical/none")
+            ));
+        }
+        if self.name != host_link_name(device_id) {
+            return Some(format!("name is not {}", host_link_name(device_id)));
+        }
+        if self.marker_device_id() != Some(device_id) {
+            return Some("ownership alias missing or for another device".to_string());
+        }
+        None
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use macvtap_core::device::ownership_alias;
+
+    use super::*;
+
+    fn macvtap(name: &str, alias: Option<&str>) -> LinkInfo {
+        LinkInfo {
+            index: 10,
+            name: name.into(),
+            kind: Some("macvtap".into()),
+            alias: alias.map(String::from),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn ours_needs_kind_name_and_marker() {
+        let id = "dpMvp1";
+        let name = host_link_name(id);
+        let ours = macvtap(&name, Some(&ownership_alias(id)));
+        assert!(ours.is_ours(id));
+        assert_eq!(ours.marker_device_id(), Some(id));
+        assert_eq!(ours.not_ours_reason(id), None);
+        assert!(!ours.is_unmarked_original(id));
+
+        let in_pod = macvtap("net1", Some(&ownership_alias(id)));
+        assert_eq!(
+            in_pod.marker_device_id(),
+            Some(id),
+            "the marker survives a rename"
+        );
+        assert!(!in_pod.is_ours(id));
+        assert!(
+            in_pod
+                .not_ours_reason(id)
+                .unwrap()
+                .starts_with("name is not mvt")
+        );
+
+        let original = macvtap(&name, None);
+        assert!(original.is_unmarked_original(id));
+        assert!(!original.is_ours(id));
+        assert!(!macvtap(&name, Some("someone-else")).is_unmarked_original(id));
+
+        let veth = LinkInfo {
+            kind: Some("veth".into()),
+            ..ours.clone()
+        };
+        assert_eq!(veth.marker_device_id(), None);
+        assert_eq!(
+            veth.not_ours_reason(id).as_deref(),
+            Some("kind is veth, not macvtap")
+        );
+        let other = macvtap(&name, Some(&ownership_alias("dpMvp2")));
+        assert_eq!(
+            other.not_ours_reason(id).as_deref(),
+            Some("ownership alias missing or for another device")
+        );
+    }
+}
