@@ -28,9 +28,8 @@ use crate::netmon::HostLink;
 
 /// The original's link for `device_id` of a resource whose lower device is `lower`: see the module rule.
 pub fn is_originals_link(link: &HostLink, device_id: &str, lower: Option<&HostLink>) -> bool {
-    link.kind.as_deref() == Some("macvtap")
-        && link.name == macvtap_link::host_link_name(device_id)
-        && link.alias.is_none()
+    // Kind, name and no alias: the link crate's rule for the original's links; the parent is this module's.
+    link.is_unmarked_original(device_id)
         && link.parent_netnsid.is_none()
         && lower.is_some_and(|l| link.parent_index == Some(l.index))
 }
