@@ -1,7 +1,12 @@
 //! Test harness shared by every crate's tests: a local control plane (real etcd + kube-apiserver), a real
 //! multi-node cluster on this machine (kubelet + containerd + runc per node, see [`cluster`]), network namespaces,
 //! a local OCI registry, a kubelet stand-in for the agent's protocol tests, and a kube-ovn daemon stand-in.
+//!
+//! And the one copy of what every crate's tests do again and again: polling until something holds ([`wait`]),
+//! owning child processes ([`process`]), the node agent's command line on a test node ([`agent`]), ServiceAccount
+//! tokens ([`control_plane::ControlPlane::request_token`]).
 
+pub mod agent;
 pub mod apply;
 pub mod cluster;
 pub mod control_plane;
@@ -13,4 +18,5 @@ pub mod process;
 pub mod registry;
 pub mod tap;
 pub mod tools;
+pub mod wait;
 pub mod workspace;

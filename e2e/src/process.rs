@@ -1,5 +1,6 @@
-//! Child processes the harness starts: [`Process`] (logs to a file, stopped with SIGTERM then SIGKILL on drop)
-//! and [`spawn_owned`] (servers that must die with the test process, however it ends).
+//! Child processes the harness starts, and who owns them: [`Process`] (logs to a file, stopped with SIGTERM then
+//! SIGKILL on drop), [`spawn_owned`] (servers that must die with the test process, however it ends), and the small
+//! pieces every owner of a child shares: [`log_to`], [`log_tail`], [`kill_and_wait`].
 
 use std::fs::File;
 use std::io;
@@ -23,9 +24,11 @@ pub struct Process {
 impl Process {
     /// Spawns `cmd` with stdout and stderr appended to `log`.
     pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> io::Result<Self> {
-        let out = File::options().create(true).append(true).open(log)?;
-        let err = out.try_clone()?;
-        let child = cmd.stdin(Stdio::null()).stdout(out).stderr(err).spawn()?;
+        log_to(
+            &mut cmd,
+            File::options().create(true).append(true).open(log)?,
+        )?;
+        let child = cmd.spawn()?;
         Ok(Self {
             name: name.to_string(),
             child: Some(child),
@@ -43,9 +46,7 @@ impl Process {
 
     /// The last `lines` lines of the log, for error messages.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = std::fs::read_to_string(&self.log).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        log_tail(&self.log, lines)
     }
 
     /// Still running?
@@ -67,15 +68,13 @@ impl Process {
             std::thread::sleep(Duration::from_millis(50));
         }
         tracing::warn!(name = %self.name, "did not stop on SIGTERM; killing");
-        let _ = child.kill();
-        let _ = child.wait();
+        kill_and_wait(&mut child);
     }
 
     /// SIGKILL now: a crash, as far as the process can tell.
     pub fn kill(&mut self) {
         if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
+            kill_and_wait(&mut child);
         }
     }
 }
@@ -117,4 +116,56 @@ pub fn spawn_owned(mut cmd: Command) -> io::Result<Child> {
     reply_rx
         .recv()
         .map_err(|_| io::Error::other("owned-process spawner thread is gone"))?
+}
+
+/// Sends `cmd`'s stdout and stderr to `log` (opened as the caller needs: appended or fresh), stdin from nothing.
+pub fn log_to(cmd: &mut Command, log: File) -> io::Result<()> {
+    let err = log.try_clone()?;
+    cmd.stdin(Stdio::null()).stdout(log).stderr(err);
+    Ok(())
+}
+
+/// The last `lines` lines of a log file (empty when it cannot be read), for error messages.
+pub fn log_tail(path: &Path, lines: usize) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let all: Vec<&str> = text.lines().collect();
+    all[all.len().saturating_sub(lines)..].join("\n")
+}
+
+/// SIGKILL and reap: for throwaway servers, whose graceful shutdown would only cost time.
+pub fn kill_and_wait(child: &mut Child) {
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn log_tail_keeps_the_last_lines() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        std::fs::write(&log, "a\nb\nc\n").unwrap();
+        assert_eq!(log_tail(&log, 2), "b\nc");
+        assert_eq!(log_tail(&log, 9), "a\nb\nc");
+        assert_eq!(log_tail(&dir.path().join("missing"), 3), "");
+    }
+
+    #[test]
+    fn owned_child_logs_and_is_killed() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let mut cmd = Command::new("sh");
+        cmd.args(["-c", "echo started; exec sleep 60"]);
+        log_to(&mut cmd, File::create(&log).unwrap()).unwrap();
+        let mut child = spawn_owned(cmd).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while log_tail(&log, 1) != "started" {
+            assert!(Instant::now() < deadline, "no output in the log");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        kill_and_wait(&mut child);
+        assert!(child.try_wait().unwrap().is_some());
+    }
 }

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 
 use kubelet_api::deviceplugin::device_plugin_client::DevicePluginClient;
 use kubelet_api::deviceplugin::{AllocateRequest, ContainerAllocateRequest};
+use macvtap_e2e::agent::agent_command;
 use macvtap_e2e::kubelet::{KubeletStandIn, healthy_count};
 use macvtap_e2e::netns::Netns;
 use macvtap_e2e::process::Process;
@@ -43,18 +44,16 @@ fn percentile(sorted: &[Duration], p: f64) -> Duration {
     sorted[((sorted.len() as f64 - 1.0) * p).round() as usize]
 }
 
-fn agent_cmd(netns: &Netns, dir: &std::path::Path, extra: &[&str]) -> Command {
-    let mut cmd = Command::new("ip");
-    cmd.args(["netns", "exec", netns.name()])
-        .arg(env!("CARGO_BIN_EXE_macvtap-agent"))
-        .args(["--node-name", "bench-node", "--device-plugin-dir"])
-        .arg(dir.join("device-plugins"))
-        .arg("--pod-resources-socket")
-        .arg(dir.join("pod-resources/kubelet.sock"))
-        .args(["--health-addr", "127.0.0.1:9808"])
+fn agent_cmd(netns: &Netns, kubelet: &KubeletStandIn, extra: &[&str]) -> Command {
+    let mut cmd = agent_command(
+        env!("CARGO_BIN_EXE_macvtap-agent"),
+        netns,
+        kubelet,
+        "127.0.0.1:9808",
+    );
+    cmd.args(["--node-name", "bench-node"])
         .args(extra)
-        .env("RUST_LOG", "warn")
-        .env_remove(macvtap_api::legacy::ENV_VAR);
+        .env("RUST_LOG", "warn");
     cmd
 }
 
@@ -106,11 +105,7 @@ async fn main() {
     std::fs::write(&file, config(DEVICES)).unwrap();
     let mut agent = Process::spawn(
         "agent",
-        agent_cmd(
-            &netns,
-            dir.path(),
-            &["--config-file", file.to_str().unwrap()],
-        ),
+        agent_cmd(&netns, &kubelet, &["--config-file", file.to_str().unwrap()]),
         &dir.path().join("agent.log"),
     )
     .unwrap();
@@ -238,7 +233,7 @@ async fn crd_change_latency(netns: &Netns, dir: &std::path::Path, kubelet: &Kube
     }
     let kubeconfig = dir.join("kubeconfig");
     std::fs::write(&kubeconfig, serde_json::to_vec(&kc).unwrap()).unwrap();
-    let mut cmd = agent_cmd(netns, dir, &[]);
+    let mut cmd = agent_cmd(netns, kubelet, &[]);
     cmd.env("KUBECONFIG", &kubeconfig);
     let mut agent = Process::spawn("agent-crd", cmd, &dir.join("agent-crd.log")).unwrap();
     let res = "macvtap.network.kubevirt.io/c0";

@@ -66,3 +66,9 @@ app.kubernetes.io/component: {{ .component }}
 {{- define "macvtap.legacyEnabled" -}}
 {{- if kindIs "slice" .Values.legacyConfig }}true{{ end }}
 {{- end }}
+
+{{/* The agent's admin port (/metrics, /healthz, /readyz): agent.metricsPort, or the deprecated agent.port when a
+values file still sets it. */}}
+{{- define "macvtap.agent.metricsPort" -}}
+{{- if hasKey .Values.agent "port" }}{{ .Values.agent.port }}{{ else }}{{ .Values.agent.metricsPort }}{{ end }}
+{{- end }}

@@ -11,11 +11,11 @@ use kubelet_api::podresources::pod_resources_lister_server::{
     PodResourcesLister, PodResourcesListerServer,
 };
 use kubelet_api::podresources::{
-    AllocatableResourcesRequest, AllocatableResourcesResponse, ContainerDevices,
-    ContainerResources, GetPodResourcesRequest, GetPodResourcesResponse, ListPodResourcesRequest,
-    ListPodResourcesResponse, PodResources,
+    AllocatableResourcesRequest, AllocatableResourcesResponse, GetPodResourcesRequest,
+    GetPodResourcesResponse, ListPodResourcesRequest, ListPodResourcesResponse, PodResources,
 };
 use kubelet_api::tonic::{self, Request, Response, Status};
+use macvtap_e2e::kubelet::pod_resources;
 
 /// How the stand-in answers `Get`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -126,27 +126,15 @@ impl Drop for PodResourcesStandIn {
 struct Service(Shared);
 
 fn record(namespace: &str, name: &str, devices: &[(String, String)]) -> PodResources {
-    let mut by_resource: BTreeMap<&str, Vec<String>> = BTreeMap::new();
+    let mut by_resource: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for (r, id) in devices {
-        by_resource.entry(r).or_default().push(id.clone());
+        by_resource.entry(r.clone()).or_default().push(id.clone());
     }
-    PodResources {
-        name: name.to_string(),
-        namespace: namespace.to_string(),
-        containers: vec![ContainerResources {
-            name: "compute".into(),
-            devices: by_resource
-                .into_iter()
-                .map(|(r, ids)| ContainerDevices {
-                    resource_name: r.to_string(),
-                    device_ids: ids,
-                    topology: None,
-                })
-                .collect(),
-            cpu_ids: Vec::new(),
-            memory: Vec::new(),
-        }],
-    }
+    pod_resources(
+        namespace,
+        name,
+        &BTreeMap::from([("compute".into(), by_resource)]),
+    )
 }
 
 #[tonic::async_trait]

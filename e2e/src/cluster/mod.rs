@@ -10,6 +10,8 @@
 //!
 //! One cluster per process; several processes may each run one (see [`network::ClusterSlot`]).
 
+mod chart;
+mod multus;
 pub mod network;
 pub mod node;
 pub mod pods;
@@ -21,9 +23,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, anyhow, bail, ensure};
-use k8s_openapi::api::apps::v1::{DaemonSet, Deployment};
-use k8s_openapi::api::core::v1::{Node as NodeObject, Pod, ServiceAccount};
+use anyhow::{Result, anyhow, bail, ensure};
+use k8s_openapi::api::core::v1::Node as NodeObject;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
@@ -318,142 +319,6 @@ impl Cluster {
         }
     }
 
-    /// Multus: its CRD, a ServiceAccount with the rights its thin plugin uses, and a kubeconfig on every node.
-    async fn install_multus(&self) -> Result<()> {
-        self.control_plane
-            .apply_crd_yaml(&std::fs::read_to_string(
-                workspace::root().join("e2e/manifests/network-attachment-definition-crd.yaml"),
-            )?)
-            .await
-            .context("NetworkAttachmentDefinition CRD")?;
-        apply::apply_objects(
-            &self.client(),
-            &apply::parse_objects(MULTUS_RBAC)?,
-            "kube-system",
-        )
-        .await
-        .context("Multus RBAC")?;
-        wait_service_account(&self.client(), "kube-system", "multus").await?;
-        for node in &self.nodes {
-            // A day: longer than any test or sandbox session (a real Multus install refreshes it).
-            self.control_plane
-                .write_node_service_account_kubeconfig(
-                    "kube-system",
-                    "multus",
-                    86_400,
-                    &node.multus_kubeconfig(),
-                )
-                .await?;
-        }
-        wait_service_account(&self.client(), "default", "default").await
-    }
-
-    /// `helm install` of the chart (its defaults point at the images the registry serves), then waits until the
-    /// operator Deployment is available and the agent DaemonSet ready on every node.
-    pub async fn install_chart(&self, set: &[String]) -> Result<()> {
-        let images = image_archives(&images_dir())?;
-        for needed in ["operator", "agent"] {
-            ensure!(
-                images
-                    .iter()
-                    .any(|i| i.name == needed && i.archive.exists()),
-                "the {needed} image archive is missing: build the images with `make images`"
-            );
-        }
-        // Pushed now, not at cluster start: the archives may be newer than the cluster.
-        self.registry.push_all(
-            images
-                .iter()
-                .filter(|i| i.name == "operator" || i.name == "agent"),
-        )?;
-        let mut helm = self.control_plane.helm()?;
-        helm.args(["install", &self.chart.release])
-            .arg(workspace::root().join("charts/macvtap-operator"))
-            .args(["--namespace", &self.chart.namespace, "--create-namespace"]);
-        for s in set {
-            helm.args(["--set", s]);
-        }
-        let out = helm.output().context("running helm")?;
-        if !out.status.success() {
-            bail!(
-                "helm install failed:\n{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        self.wait_chart_ready(Duration::from_secs(180)).await
-    }
-
-    /// Waits until the operator Deployment is available and the agent DaemonSet has a ready pod on every node.
-    pub async fn wait_chart_ready(&self, timeout: Duration) -> Result<()> {
-        let ns = &self.chart.namespace;
-        let deployments = Api::<Deployment>::namespaced(self.client(), ns);
-        let daemonsets = Api::<DaemonSet>::namespaced(self.client(), ns);
-        let deadline = Instant::now() + timeout;
-        loop {
-            let ds = daemonsets.list(&ListParams::default()).await?;
-            let dep = deployments.list(&ListParams::default()).await?;
-            let ds_ready = !ds.items.is_empty()
-                && ds.items.iter().all(|d| {
-                    d.status.as_ref().is_some_and(|s| {
-                        s.number_ready == self.nodes.len() as i32
-                            && s.updated_number_scheduled.unwrap_or(0) == self.nodes.len() as i32
-                    })
-                });
-            let dep_ready = !dep.items.is_empty()
-                && dep.items.iter().all(|d| {
-                    let want = d.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-                    d.status
-                        .as_ref()
-                        .is_some_and(|s| s.available_replicas.unwrap_or(0) >= want)
-                });
-            if ds_ready && dep_ready {
-                return Ok(());
-            }
-            if Instant::now() > deadline {
-                let pods = self
-                    .kubectl_out(&["get", "pods", "-A", "-o", "wide"])
-                    .unwrap_or_default();
-                let events = self
-                    .kubectl_out(&["get", "events", "-n", ns, "--sort-by=.lastTimestamp"])
-                    .unwrap_or_default();
-                let mut logs = String::new();
-                for node in &self.nodes {
-                    if let Ok(p) = self.agent_pod(node.name()).await {
-                        let name = p.name_any();
-                        let l = self
-                            .kubectl_out(&[
-                                "logs",
-                                "-n",
-                                ns,
-                                &name,
-                                "--all-containers",
-                                "--tail=30",
-                            ])
-                            .unwrap_or_else(|e| e.to_string());
-                        logs.push_str(&format!("--- logs of {name}\n{l}\n"));
-                    }
-                }
-                bail!(
-                    "the chart's workloads not ready within {timeout:?} (DaemonSet ready: {ds_ready}, \
-                     Deployment available: {dep_ready})\n{pods}\n{events}\n{logs}"
-                );
-            }
-            tokio::time::sleep(Duration::from_millis(500)).await;
-        }
-    }
-
-    /// The agent pod running on `node`.
-    pub async fn agent_pod(&self, node: &str) -> Result<Pod> {
-        let pods = Api::<Pod>::namespaced(self.client(), &self.chart.namespace)
-            .list(&ListParams::default().fields(&format!("spec.nodeName={node}")))
-            .await?;
-        pods.items
-            .into_iter()
-            .find(|p| p.name_any().contains("agent"))
-            .ok_or_else(|| anyhow!("no agent pod on {node}"))
-    }
-
     /// Applies a YAML file (namespaced objects into `default` unless they say otherwise).
     pub async fn apply_file(&self, path: &Path) -> Result<()> {
         apply::apply_file(&self.client(), path, "default").await?;
@@ -502,20 +367,6 @@ fn node_ready(n: &NodeObject) -> bool {
         .is_some_and(|cs| cs.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
 }
 
-async fn wait_service_account(client: &Client, ns: &str, name: &str) -> Result<()> {
-    let api = Api::<ServiceAccount>::namespaced(client.clone(), ns);
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while api.get_opt(name).await?.is_none() {
-        if Instant::now() > deadline {
-            bail!(
-                "ServiceAccount {ns}/{name} not created within 60 s (kube-controller-manager running?)"
-            );
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    Ok(())
-}
-
 /// Where `images/build.sh` leaves its archives (its `MACVTAP_IMAGES_DIR`, default `<repo>/target/images`).
 pub fn images_dir() -> PathBuf {
     std::env::var_os("MACVTAP_IMAGES_DIR")
@@ -547,31 +398,3 @@ fn sh(script: &str) -> Result<()> {
     );
     Ok(())
 }
-
-/// What Multus's thin plugin needs: NADs, and pods to read and annotate with the network status.
-const MULTUS_RBAC: &str = r#"
-apiVersion: v1
-kind: ServiceAccount
-metadata: {name: multus, namespace: kube-system}
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRole
-metadata: {name: multus}
-rules:
-- apiGroups: ["k8s.cni.cncf.io"]
-  resources: ["*"]
-  verbs: ["*"]
-- apiGroups: [""]
-  resources: ["pods", "pods/status"]
-  verbs: ["get", "update", "patch"]
-- apiGroups: ["", "events.k8s.io"]
-  resources: ["events"]
-  verbs: ["create", "patch", "update"]
----
-apiVersion: rbac.authorization.k8s.io/v1
-kind: ClusterRoleBinding
-metadata: {name: multus}
-roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: multus}
-subjects:
-- {kind: ServiceAccount, name: multus, namespace: kube-system}
-"#;

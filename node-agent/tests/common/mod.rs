@@ -6,8 +6,9 @@
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
+use macvtap_e2e::agent::agent_command;
 use macvtap_e2e::kubelet::KubeletStandIn;
 use macvtap_e2e::netns::Netns;
 use macvtap_e2e::process::Process;
@@ -127,18 +128,13 @@ impl Node {
 
     /// [`Node::agent_command`] without `--node-name` (and without `NODE_NAME` in the environment).
     pub fn agent_command_without_node_name(&self, extra: &[&str]) -> Command {
-        let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", self.netns.name()])
-            .arg(env!("CARGO_BIN_EXE_macvtap-agent"))
-            .arg("--device-plugin-dir")
-            .arg(self.device_plugin_dir())
-            .arg("--pod-resources-socket")
-            .arg(self.kubelet.pod_resources_socket())
-            .args(["--health-addr", &format!("127.0.0.1:{HEALTH_PORT}")])
-            .args(extra)
-            .env("RUST_LOG", "info,macvtap_agent=debug")
-            .env_remove(macvtap_api::legacy::ENV_VAR)
-            .env_remove("NODE_NAME");
+        let mut cmd = agent_command(
+            env!("CARGO_BIN_EXE_macvtap-agent"),
+            &self.netns,
+            &self.kubelet,
+            &format!("127.0.0.1:{HEALTH_PORT}"),
+        );
+        cmd.args(extra).env("RUST_LOG", "info,macvtap_agent=debug");
         // Fast cleanup unless the test sets its own timings.
         for (flag, value) in [
             ("--cleanup-interval-secs", "1"),
@@ -226,16 +222,7 @@ impl Node {
 }
 
 /// Polls `f` until it returns true or `timeout` passes.
-pub async fn eventually(timeout: Duration, mut f: impl FnMut() -> bool) -> bool {
-    let deadline = Instant::now() + timeout;
-    while Instant::now() < deadline {
-        if f() {
-            return true;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    f()
-}
+pub use macvtap_e2e::wait::until_true as eventually;
 
 pub fn ifindex_of(link: &serde_json::Value) -> u64 {
     link["ifindex"].as_u64().expect("ifindex")

@@ -3,11 +3,10 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::net::TcpListener;
 use std::path::PathBuf;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use k8s_openapi::api::core::v1::Node;
 use kube::api::{Api, DeleteParams, ObjectMeta, Patch, PatchParams, PostParams};
@@ -363,19 +362,6 @@ pub fn free_port() -> u16 {
 }
 
 /// Polls `check` until it returns Ok or `timeout` passes; panics with the last error.
-pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, String>>,
-{
-    let start = Instant::now();
-    loop {
-        match check().await {
-            Ok(v) => return v,
-            Err(e) if start.elapsed() > timeout => panic!("{what}: not within {timeout:?}: {e}"),
-            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
-        }
-    }
-}
+pub use macvtap_e2e::wait::eventually;
 
 pub const TIMEOUT: Duration = Duration::from_secs(30);

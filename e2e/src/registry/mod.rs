@@ -22,6 +22,9 @@
 //!   host with `server = "http://<addr>"`: containerd (CRI `registry.config_path`, or `ctr --hosts-dir`) then
 //!   asks only this registry, never the real one (no fallback traffic off this machine).
 //!
+//! Files by concern: [`image_ref`] (reference normalisation, what a mirror is asked for), [`archives`] (the
+//! OCI archives `images/build.sh` makes), this file (the server, pushing, containerd's `hosts.toml`).
+//!
 //! ```no_run
 //! # use macvtap_e2e::registry::{Registry, image_archives};
 //! # fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -31,7 +34,9 @@
 //! # Ok(()) }
 //! ```
 
-use std::fmt;
+mod archives;
+mod image_ref;
+
 use std::fs;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -39,7 +44,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::{tools, workspace};
+pub use archives::{ImageArchive, image_archives};
+pub use image_ref::ImageRef;
+
+use crate::process::{kill_and_wait, log_tail, log_to, spawn_owned};
+use crate::tools;
 
 /// How long the registry may take to answer `GET /v2/` (it starts in well under a second when idle).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
@@ -91,107 +100,6 @@ fn io_err(what: impl Into<String>) -> impl FnOnce(io::Error) -> Error {
     move |source| Error::Io { what, source }
 }
 
-/// A fully qualified image reference (`registry/repository:tag`), Docker's short names normalised.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageRef {
-    pub registry: String,
-    pub repository: String,
-    pub tag: String,
-}
-
-impl ImageRef {
-    /// Parses `name[:tag]` the way containerd and the kubelet normalise it: a first component without `.` or `:`
-    /// (and not `localhost`) is a Docker Hub repository, one-component Hub names live under `library/`, the tag
-    /// defaults to `latest`. Digest references cannot be pushed by tag and are refused.
-    pub fn parse(reference: &str) -> Result<Self> {
-        let bad = |why| Error::Reference(reference.to_string(), why);
-        if reference.contains('@') {
-            return Err(bad("digest references are not supported; use a tag"));
-        }
-        let (name, tag) = match reference.rsplit_once(':') {
-            Some((n, t)) if !t.contains('/') => (n, t),
-            _ => (reference, "latest"),
-        };
-        if name.is_empty() || tag.is_empty() {
-            return Err(bad("empty name or tag"));
-        }
-        let (registry, repository) = match name.split_once('/') {
-            Some((first, rest)) if first.contains(['.', ':']) || first == "localhost" => {
-                (first.to_string(), rest.to_string())
-            }
-            _ => ("docker.io".to_string(), name.to_string()),
-        };
-        let registry = if registry == "index.docker.io" {
-            "docker.io".to_string()
-        } else {
-            registry
-        };
-        let repository = if registry == "docker.io" && !repository.contains('/') {
-            format!("library/{repository}")
-        } else {
-            repository
-        };
-        if repository.is_empty() || repository.split('/').any(str::is_empty) {
-            return Err(bad("empty path component"));
-        }
-        Ok(Self {
-            registry,
-            repository,
-            tag: tag.to_string(),
-        })
-    }
-
-    /// `repository:tag`: the path under which a mirror serves this image.
-    pub fn mirror_path(&self) -> String {
-        format!("{}:{}", self.repository, self.tag)
-    }
-}
-
-impl fmt::Display for ImageRef {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}/{}:{}", self.registry, self.repository, self.tag)
-    }
-}
-
-/// One OCI archive of `images/build.sh` and the reference it is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct ImageArchive {
-    /// `operator`, `agent`, `pause`, `busybox`.
-    pub name: String,
-    pub reference: String,
-    pub archive: PathBuf,
-}
-
-/// The images `images/build.sh` builds into `images_dir` (its `MACVTAP_IMAGES_DIR`), from its `--print-refs`.
-/// Builds nothing: the archives exist only after `images/build.sh` ran.
-pub fn image_archives(images_dir: &Path) -> Result<Vec<ImageArchive>> {
-    let script = workspace::root().join("images/build.sh");
-    let out = Command::new("bash")
-        .arg(&script)
-        .arg("--print-refs")
-        .env("MACVTAP_IMAGES_DIR", images_dir)
-        .output()
-        .map_err(io_err(format!("running {}", script.display())))?;
-    if !out.status.success() {
-        return Err(Error::Command {
-            what: "images/build.sh --print-refs".into(),
-            status: out.status,
-            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-        });
-    }
-    Ok(String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| match l.split_whitespace().collect::<Vec<_>>()[..] {
-            [name, reference, archive] => Some(ImageArchive {
-                name: name.into(),
-                reference: reference.into(),
-                archive: archive.into(),
-            }),
-            _ => None,
-        })
-        .collect())
-}
-
 /// A running registry; killed on drop.
 #[derive(Debug)]
 pub struct Registry {
@@ -216,18 +124,14 @@ impl Registry {
             .append(true)
             .open(&log_path)
             .map_err(io_err(format!("opening {}", log_path.display())))?;
-        let log2 = log.try_clone().map_err(io_err("cloning the log file"))?;
         let mut cmd = Command::new(&bin);
         cmd.arg("serve")
             .arg(&config)
             .env_clear()
             .env("OTEL_TRACES_EXPORTER", "none")
-            .env("OTEL_SDK_DISABLED", "true")
-            .stdin(Stdio::null())
-            .stdout(log)
-            .stderr(log2);
-        let child = crate::process::spawn_owned(cmd)
-            .map_err(io_err(format!("starting {}", bin.display())))?;
+            .env("OTEL_SDK_DISABLED", "true");
+        log_to(&mut cmd, log).map_err(io_err("cloning the log file"))?;
+        let child = spawn_owned(cmd).map_err(io_err(format!("starting {}", bin.display())))?;
         let mut reg = Self {
             addr: listen,
             dir: dir.to_path_buf(),
@@ -275,9 +179,7 @@ impl Registry {
 
     /// The last `lines` lines of the server's log.
     pub fn log_tail(&self, lines: usize) -> String {
-        let text = fs::read_to_string(self.log_path()).unwrap_or_default();
-        let all: Vec<&str> = text.lines().collect();
-        all[all.len().saturating_sub(lines)..].join("\n")
+        log_tail(&self.log_path(), lines)
     }
 
     /// Where `reference` lives in this registry: `<addr>/<repository>:<tag>`. Fails for a registry that is not
@@ -367,8 +269,7 @@ impl Registry {
 
 impl Drop for Registry {
     fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        kill_and_wait(&mut self.child);
     }
 }
 
@@ -411,50 +312,6 @@ fn which(name: &str) -> Option<PathBuf> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn parsed(r: &str) -> (String, String) {
-        let i = ImageRef::parse(r).unwrap();
-        (i.registry.clone(), i.mirror_path())
-    }
-
-    #[test]
-    fn references_map_to_the_path_a_mirror_is_asked_for() {
-        let s = |a: &str, b: &str| (a.to_string(), b.to_string());
-        assert_eq!(parsed("busybox"), s("docker.io", "library/busybox:latest"));
-        assert_eq!(
-            parsed("docker.io/library/busybox:latest"),
-            s("docker.io", "library/busybox:latest")
-        );
-        assert_eq!(
-            parsed("index.docker.io/busybox:1.36"),
-            s("docker.io", "library/busybox:1.36")
-        );
-        assert_eq!(parsed("user/app:v1"), s("docker.io", "user/app:v1"));
-        assert_eq!(
-            parsed("ghcr.io/macvtap-operator/macvtap-agent:0.1.0"),
-            s("ghcr.io", "macvtap-operator/macvtap-agent:0.1.0")
-        );
-        assert_eq!(
-            parsed("registry.k8s.io/pause:3.10"),
-            s("registry.k8s.io", "pause:3.10")
-        );
-        assert_eq!(
-            parsed("localhost:5000/a/b"),
-            s("localhost:5000", "a/b:latest")
-        );
-        assert_eq!(parsed("localhost/a"), s("localhost", "a:latest"));
-        for bad in ["", ":tag", "busybox@sha256:00", "ghcr.io/", "a//b:1"] {
-            assert!(ImageRef::parse(bad).is_err(), "{bad:?} parsed");
-        }
-    }
-
-    #[test]
-    fn display_is_the_fully_qualified_reference() {
-        assert_eq!(
-            ImageRef::parse("busybox").unwrap().to_string(),
-            "docker.io/library/busybox:latest"
-        );
-    }
 
     #[test]
     fn config_names_the_address_and_storage() {

@@ -1,0 +1,179 @@
+//! Pods on macvtap networks: the original README's pod, a MAC asked for, device-plugin only, traffic through
+//! the tap, many pods at once.
+
+use super::*;
+
+pub async fn dataplane(c: &mut Cluster) -> Result<()> {
+    c.apply_file(&config_file("pools/dataplane.yaml")).await?;
+    let pool = c
+        .wait_pool("dataplane", Duration::from_secs(90), pool_ready)
+        .await?;
+    let st = pool.status.unwrap();
+    ensure!(st.nodes_matched == 2 && st.capacity == 100, "status {st:?}");
+    for node in &c.nodes {
+        c.wait_node_resource(node.name(), &resource_name("dataplane"), RUN, |cap, a| {
+            cap == 50 && a == 50
+        })
+        .await?;
+    }
+    c.apply_file(&config_file("original/nad-dataplane.yaml"))
+        .await?;
+    let pod = c
+        .run_pod(example("original/pod.yaml", None, None)?, RUN)
+        .await?;
+    let l = net1(&pod)?;
+    ensure!(
+        l["linkinfo"]["info_kind"] == "macvtap",
+        "net1 is not a macvtap: {l}"
+    );
+    ensure!(l["linkinfo"]["info_data"]["mode"] == "bridge", "mode: {l}");
+    ensure!(l["mtu"] == 1500, "mtu: {l}");
+    ensure!(l["operstate"] != "DOWN", "net1 is down: {l}");
+    check_tap(&pod)?;
+    let tap = &pod.tap_devices()[0];
+    ensure!(
+        (tap.uid, tap.gid) == (107, 107),
+        "tap owner {tap:?} (KubeVirt's qemu is 107:107)"
+    );
+    c.wait_pool("dataplane", Duration::from_secs(60), |p| {
+        p.status.as_ref().is_some_and(|s| s.allocated == 1)
+    })
+    .await?;
+
+    // Deletion: CNI DEL removes the link, the slot is free, a new pod gets a device.
+    let node = pod.node.clone();
+    c.delete_pod(&pod.namespace, &pod.name, GONE).await?;
+    wait_until("the pod's link gone from its node", GONE, || async {
+        Ok(node_macvtaps(c, &node)?.is_empty())
+    })
+    .await?;
+    c.wait_pool("dataplane", Duration::from_secs(60), |p| {
+        p.status.as_ref().is_some_and(|s| s.allocated == 0)
+    })
+    .await?;
+    let again = c
+        .run_pod(example("original/pod.yaml", None, None)?, RUN)
+        .await?;
+    check_tap(&again)?;
+    c.delete_pod(&again.namespace, &again.name, GONE).await
+}
+
+pub async fn pod_with_mac(c: &mut Cluster) -> Result<()> {
+    let pod = c
+        .run_pod(example("original/pod-with-mac.yaml", None, None)?, RUN)
+        .await?;
+    let l = net1(&pod)?;
+    ensure!(
+        l["address"] == "02:23:45:67:89:01",
+        "MAC from the selection annotation: {l}"
+    );
+    c.delete_pod(&pod.namespace, &pod.name, GONE).await
+}
+
+pub async fn device_plugin_only(c: &mut Cluster) -> Result<()> {
+    let pod = c
+        .run_pod(
+            example("original/pod-device-plugin-only.yaml", None, None)?,
+            RUN,
+        )
+        .await?;
+    let taps = pod.tap_devices();
+    ensure!(taps.len() == 1, "tap device given: {taps:?}");
+    let names = pod.link_names()?;
+    ensure!(
+        !names.iter().any(|n| n == "net1"),
+        "no CNI interface expected: {names:?}"
+    );
+    // Allocate made the link on the node; the container's tap is that link's.
+    let out = c
+        .node(&pod.node)
+        .netns
+        .ip(&["-j", "link", "show", "type", "macvtap"])?;
+    let links: serde_json::Value = serde_json::from_str(&out)?;
+    let ifindex = taps[0].ifindex().context("tap name")?;
+    ensure!(
+        links
+            .as_array()
+            .into_iter()
+            .flatten()
+            .any(|l| l["ifindex"] == ifindex),
+        "no macvtap with ifindex {ifindex} on {}: {links}",
+        pod.node
+    );
+    c.delete_pod(&pod.namespace, &pod.name, GONE).await
+}
+
+pub async fn data_path(c: &mut Cluster) -> Result<()> {
+    let a = original_pod(c, "dp-a", "node-a").await?;
+    let b = original_pod(c, "dp-b", "node-a").await?;
+    let d = original_pod(c, "dp-c", "node-b").await?;
+    let mac = |p: &RunningPod| -> Result<[u8; 6]> {
+        parse_mac(net1(p)?["address"].as_str().unwrap_or_default()).context("MAC")
+    };
+    let (ma, mb, md) = (mac(&a)?, mac(&b)?, mac(&d)?);
+    let mut ta = Tap::open(&check_tap(&a)?)?;
+    let mut tb = Tap::open(&check_tap(&b)?)?;
+    let mut td = Tap::open(&check_tap(&d)?)?;
+    ta.send(mb, ma, b"same node")?;
+    ensure!(
+        tb.receive(b"same node", Duration::from_secs(5))? == Some(ma),
+        "same-node frame lost"
+    );
+    ta.send(md, ma, b"across nodes")?;
+    ensure!(
+        td.receive(b"across nodes", Duration::from_secs(5))? == Some(ma),
+        "cross-node frame lost"
+    );
+    td.send(ma, md, b"and back")?;
+    ensure!(
+        ta.receive(b"and back", Duration::from_secs(5))? == Some(md),
+        "reply lost"
+    );
+    for p in [a, b, d] {
+        c.delete_pod(&p.namespace, &p.name, GONE).await?;
+    }
+    Ok(())
+}
+/// 20 pods at once on one node: all attached, every device, tap and link their own.
+pub async fn twenty_at_once(c: &mut Cluster) -> Result<()> {
+    let api = Api::<Pod>::namespaced(c.client(), "default");
+    let names: Vec<String> = (0..20).map(|i| format!("burst-{i}")).collect();
+    let creates = names.iter().map(|n| {
+        let api = api.clone();
+        let pod = example("original/pod.yaml", Some(n), Some("node-a"));
+        async move {
+            api.create(&PostParams::default(), &pod?)
+                .await
+                .map_err(anyhow::Error::from)
+        }
+    });
+    for r in futures::future::join_all(creates).await {
+        r?;
+    }
+    let mut running = Vec::new();
+    for n in &names {
+        running.push(
+            c.wait_running("default", n, Duration::from_secs(300))
+                .await?,
+        );
+    }
+    let mut taps = BTreeSet::new();
+    let mut devices = BTreeSet::new();
+    let mut aliases = BTreeSet::new();
+    for p in &running {
+        let tap = check_tap(p)?;
+        let rdev = std::os::unix::fs::MetadataExt::rdev(&std::fs::metadata(&tap)?);
+        taps.insert(tap);
+        devices.insert(rdev);
+        aliases.insert(net1(p)?["ifalias"].as_str().unwrap_or_default().to_string());
+    }
+    ensure!(taps.len() == 20 && devices.len() == 20, "taps {taps:?}");
+    ensure!(
+        aliases.len() == 20,
+        "device IDs (link aliases) not all distinct: {aliases:?}"
+    );
+    for n in &names {
+        c.delete_pod("default", n, GONE).await?;
+    }
+    Ok(())
+}

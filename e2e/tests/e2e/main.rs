@@ -1,0 +1,155 @@
+//! End to end on a real cluster (see `macvtap_e2e::cluster`): kubelet + containerd + runc per node, the
+//! scheduler and controller-manager, the chart installed with helm so the operator and the agents run as pods
+//! from our images, Multus calling our `macvtap` CNI. The scenarios of the README and config/, and those only a
+//! real cluster can show (kubelet restart, agent pod recreated, drain, many pods at once, scheduling limits).
+//!
+//! One cluster runs every scenario in turn (bringing one up costs a minute or two); each scenario reports on its
+//! own and the test fails listing every scenario that failed.
+
+mod attach;
+mod chart_pods;
+mod kube_ovn;
+mod node_events;
+mod pools;
+mod support;
+mod upgrade;
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail, ensure};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Pod;
+use kube::ResourceExt;
+use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
+use macvtap_api::MacvtapPool;
+use macvtap_e2e::cluster::pods::RunningPod;
+use macvtap_e2e::cluster::resources::{pool_ready, resource_name};
+use macvtap_e2e::cluster::{Cluster, ClusterOptions};
+use macvtap_e2e::tap::{Tap, parse_mac};
+use macvtap_e2e::workspace::config_file;
+
+type Scenario = for<'a> fn(&'a mut Cluster) -> Pin<Box<dyn Future<Output = Result<()>> + 'a>>;
+
+use attach::*;
+use chart_pods::*;
+use kube_ovn::*;
+use node_events::*;
+use pools::*;
+use support::*;
+use upgrade::*;
+
+#[test]
+fn end_to_end() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut cluster = Cluster::start(ClusterOptions::default())
+            .await
+            .expect("the cluster starts");
+        // Orphaned links are cleaned within seconds instead of the default two minutes.
+        let fast_cleanup = [
+            "agent.extraArgs[0]=--cleanup-grace-secs=10",
+            "agent.extraArgs[1]=--cleanup-interval-secs=3",
+        ]
+        .map(String::from);
+        cluster
+            .install_chart(&fast_cleanup)
+            .await
+            .expect("the chart installs and its pods run");
+        let scenarios: Vec<(&str, Scenario)> = vec![
+            (
+                "operator and agents run as pods, logs, leader election",
+                |c| Box::pin(chart_runs_as_pods(c)),
+            ),
+            ("dataplane pool + NAD + pod, delete, reuse", |c| {
+                Box::pin(dataplane(c))
+            }),
+            ("pod with MAC in the selection annotation", |c| {
+                Box::pin(pod_with_mac(c))
+            }),
+            ("device-plugin-only pod", |c| {
+                Box::pin(device_plugin_only(c))
+            }),
+            (
+                "data path through /dev/tapN, same node and across nodes",
+                |c| Box::pin(data_path(c)),
+            ),
+            ("pool capacity edit reaches the Node's allocatable", |c| {
+                Box::pin(capacity_edit(c))
+            }),
+            ("lower device down -> Degraded, up -> Ready", |c| {
+                Box::pin(lower_device_down(c))
+            }),
+            (
+                "kube-ovn IPAM: fixed IP, fixed MAC, both, default network",
+                |c| Box::pin(kube_ovn(c)),
+            ),
+            ("kubelet restart while a pod holds a device", |c| {
+                Box::pin(kubelet_restart(c))
+            }),
+            (
+                "agent pod deleted: recreated, links in use untouched, orphans cleaned",
+                |c| Box::pin(agent_recreated(c)),
+            ),
+            ("node drained: devices free again", |c| Box::pin(drain(c))),
+            ("20 pods at once on one node", |c| {
+                Box::pin(twenty_at_once(c))
+            }),
+            ("capacity used up: Pending, Unschedulable", |c| {
+                Box::pin(capacity_exhausted(c))
+            }),
+            ("upgrade from the original: its links on our slots", |c| {
+                Box::pin(upgrade_from_original(c))
+            }),
+        ];
+        // E2E_ONLY=<part of a name>[,...] runs the matching scenarios only (development); it must match one.
+        let only = std::env::var("E2E_ONLY").ok();
+        let mut ran = 0;
+        let mut failed = Vec::new();
+        for (name, scenario) in scenarios {
+            if only
+                .as_deref()
+                .is_some_and(|o| !o.split(',').any(|o| name.contains(o)))
+            {
+                continue;
+            }
+            ran += 1;
+            eprintln!("--- scenario: {name}");
+            let t = std::time::Instant::now();
+            match tokio::time::timeout(Duration::from_secs(420), scenario(&mut cluster)).await {
+                Ok(Ok(())) => eprintln!("--- ok ({:.1?}): {name}", t.elapsed()),
+                Ok(Err(e)) => {
+                    eprintln!("--- FAILED: {name}: {e:#}");
+                    for node in ["node-a", "node-b"] {
+                        if let Ok(p) = cluster.agent_pod(node).await {
+                            let logs = cluster
+                                .kubectl_out(&[
+                                    "logs",
+                                    "-n",
+                                    "macvtap-system",
+                                    &p.name_any(),
+                                    "-c",
+                                    "agent",
+                                    "--tail=25",
+                                ])
+                                .unwrap_or_else(|e| e.to_string());
+                            eprintln!("--- agent on {node}:\n{logs}");
+                        }
+                    }
+                    failed.push(format!("{name}: {e:#}"));
+                }
+                Err(_) => failed.push(format!("{name}: timed out")),
+            }
+        }
+        drop(cluster);
+        assert!(ran > 0, "E2E_ONLY={only:?} matched no scenario");
+        assert!(
+            failed.is_empty(),
+            "{} scenario(s) failed:\n{}",
+            failed.len(),
+            failed.join("\n")
+        );
+    });
+}
