@@ -115,13 +115,8 @@ pub async fn run(pool: Arc<DevicePool>, dir: DevicePluginDir, cancel: Cancellati
                     remove_socket_if(&socket, ino);
                     break 'serve;
                 }
-                // The directory watch ends only at shutdown, possibly before this task sees the cancel: the
-                // socket must go either way.
-                r = dir_state.changed() => if r.is_err() {
-                    generation.cancel();
-                    remove_socket_if(&socket, ino);
-                    break 'serve;
-                },
+                // Never closed: `dir` holds the sending side.
+                _ = dir_state.changed() => {}
                 // The server ended without being asked to: serve again on a fresh socket.
                 r = &mut server => {
                     let msg = match r {
