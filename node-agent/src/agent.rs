@@ -9,17 +9,20 @@ use std::time::Duration;
 use anyhow::Context;
 use macvtap_api::{NodeConfig, ResourceConfig};
 use macvtap_core::validate_resource_name;
+use macvtap_telemetry::admin::AdminServer;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
+use crate::allocator::{Allocator, RecentAllocations};
+use crate::cleanup::{Cleanup, CleanupReport};
 use crate::config::{ConfigSource, ConfigState};
-use crate::gc::{Cleanup, CleanupReport};
+use crate::device_plugin::{DevicePluginDir, PoolInputs, ResourceServer};
 use crate::health::Health;
+use crate::link_writer::LinkWriter;
 use crate::metrics::Metrics;
 use crate::netmon::{self, HostLink};
-use crate::plugin::ResourcePlugin;
-use crate::shared::Shared;
+use crate::resource_state::ResourceStates;
 use crate::status::StatusWriter;
 
 /// Everything `run` needs; the CLI fills it from flags.
@@ -31,8 +34,10 @@ pub struct AgentOptions {
     pub pod_resources_socket: PathBuf,
     /// `/healthz`, `/readyz`, `/metrics`; none when `None`.
     pub health_addr: Option<SocketAddr>,
-    pub gc_interval: Duration,
-    pub gc_grace: Duration,
+    /// Time between cleanup passes over orphaned host links.
+    pub cleanup_interval: Duration,
+    /// How long a host link must be unheld by any pod (and not freshly allocated) before cleanup removes it.
+    pub cleanup_grace: Duration,
     /// Link kinds discovery serves besides physical links and bonds.
     pub discovery_extra_kinds: Vec<String>,
     pub status_min_interval: Duration,
@@ -55,8 +60,8 @@ impl AgentOptions {
             device_plugin_dir: PathBuf::from(kubelet_api::deviceplugin::DEVICE_PLUGIN_PATH),
             pod_resources_socket: PathBuf::from(kubelet_api::podresources::POD_RESOURCES_SOCKET),
             health_addr: None,
-            gc_interval: Duration::from_secs(30),
-            gc_grace: Duration::from_secs(120),
+            cleanup_interval: Duration::from_secs(30),
+            cleanup_grace: Duration::from_secs(120),
             discovery_extra_kinds: Vec::new(),
             status_min_interval: Duration::from_secs(2),
             status_heartbeat: Duration::from_secs(30),
@@ -113,9 +118,9 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> anyhow::Resul
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     // Bound first: a taken port is a startup error, not a silent absence of probes.
-    let health_listener = match opts.health_addr {
+    let admin = match opts.health_addr {
         Some(addr) => Some(
-            tokio::net::TcpListener::bind(addr)
+            AdminServer::bind(addr)
                 .await
                 .with_context(|| format!("binding the health/metrics address {addr}"))?,
         ),
@@ -135,16 +140,26 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> anyhow::Resul
         .context("starting the netlink link monitor")?
     };
     let netlink = macvtap_link::Netlink::new().context("opening a netlink socket")?;
+    let writer = Arc::new(LinkWriter::new(netlink));
+    let recent = RecentAllocations::default();
+    let states = ResourceStates::default();
     let (cleanup_tx, cleanup_rx) = watch::channel(CleanupReport::default());
-    let shared = Shared::new(
-        netlink,
-        metrics.clone(),
+    let dir = DevicePluginDir::watch(
         opts.device_plugin_dir.clone(),
-        monitor.links.clone(),
-        cleanup_rx.clone(),
         opts.dir_poll,
         cancel.clone(),
     );
+    let pool_inputs = PoolInputs {
+        links: monitor.links.clone(),
+        cleanup: cleanup_rx.clone(),
+        allocator: Allocator {
+            writer: writer.clone(),
+            recent: recent.clone(),
+            metrics: metrics.clone(),
+        },
+        states: states.clone(),
+        metrics: metrics.clone(),
+    };
 
     let (config_tx, mut config_rx) = watch::channel(ConfigState {
         config: initial,
@@ -165,27 +180,29 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> anyhow::Resul
 
     let (resources_tx, resources_rx) = watch::channel(BTreeMap::new());
     let (loaded_tx, loaded_rx) = watch::channel(false);
-    if let Some(listener) = health_listener {
+    if let Some(admin) = admin {
         let health = Health {
-            shared: shared.clone(),
+            states: states.subscribe(),
             netlink_subscribed: monitor.subscribed.clone(),
             wanted: resources_rx.clone(),
             config_loaded: loaded_rx,
         };
-        tokio::spawn(crate::http::serve(
-            listener,
-            Arc::new(registry),
-            health,
-            cancel.clone(),
-        ));
+        let stop = cancel.clone();
+        tokio::spawn(async move {
+            if let Err(e) = admin.serve(registry, Arc::new(health), stop).await {
+                tracing::error!("health/metrics server: {e}");
+            }
+        });
     }
 
     tokio::spawn(
         Cleanup {
-            shared: shared.clone(),
+            writer,
+            recent,
+            metrics: metrics.clone(),
             pod_resources_socket: opts.pod_resources_socket.clone(),
-            interval: opts.gc_interval,
-            grace: opts.gc_grace,
+            interval: opts.cleanup_interval,
+            grace: opts.cleanup_grace,
             resources: resources_rx.clone(),
             report: cleanup_tx,
         }
@@ -197,7 +214,7 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> anyhow::Resul
             StatusWriter {
                 client: client.clone(),
                 node: node.clone(),
-                shared: shared.clone(),
+                states: states.subscribe(),
                 resources: resources_rx.clone(),
                 config: config_rx.clone(),
                 cleanup: cleanup_rx.clone(),
@@ -208,23 +225,23 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> anyhow::Resul
         );
     }
 
-    let mut plugins: BTreeMap<String, ResourcePlugin> = BTreeMap::new();
+    let mut servers: BTreeMap<String, ResourceServer> = BTreeMap::new();
     let mut links_rx = monitor.links.clone();
     loop {
         let state = config_rx.borrow_and_update().clone();
         if let Some(cfg) = &state.config {
             let snapshot = links_rx.borrow_and_update().clone();
             let want = effective_resources(cfg, &snapshot, &opts.discovery_extra_kinds);
-            for name in plugins.keys().cloned().collect::<Vec<_>>() {
+            for name in servers.keys().cloned().collect::<Vec<_>>() {
                 if !want.contains_key(&name) {
                     tracing::info!(resource = %name, "resource removed from the configuration; stopping");
-                    if let Some(p) = plugins.remove(&name) {
+                    if let Some(p) = servers.remove(&name) {
                         p.stop().await;
                     }
                 }
             }
             for (name, rc) in &want {
-                match plugins.get(name) {
+                match servers.get(name) {
                     Some(p) => {
                         if p.config() != *rc {
                             tracing::info!(resource = %name, capacity = rc.capacity, mode = %rc.mode, lower = %rc.lower_device, "resource changed; applying live");
@@ -233,14 +250,19 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> anyhow::Resul
                     }
                     None => {
                         tracing::info!(resource = %name, capacity = rc.capacity, mode = %rc.mode, lower = %rc.lower_device, "serving resource");
-                        plugins.insert(
+                        servers.insert(
                             name.clone(),
-                            ResourcePlugin::start(shared.clone(), rc.clone(), &cancel),
+                            ResourceServer::start(
+                                rc.clone(),
+                                pool_inputs.clone(),
+                                dir.clone(),
+                                &cancel,
+                            ),
                         );
                     }
                 }
             }
-            metrics.resources.set(plugins.len() as i64);
+            metrics.resources.set(servers.len() as i64);
             resources_tx.send_if_modified(|cur| {
                 if *cur == want {
                     false
@@ -258,7 +280,7 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> anyhow::Resul
         }
     }
     loaded_tx.send_replace(false);
-    for (_, p) in std::mem::take(&mut plugins) {
+    for (_, p) in std::mem::take(&mut servers) {
         p.stop().await;
     }
     tracing::info!("stopped: plugin sockets removed, links left as they are");

@@ -2,89 +2,139 @@
 //!
 //! Allocate (re)creates the host macvtap link of the device ID on the resource's lower device (a stale link of
 //! ours is replaced; the original macvtap-cni's link for the slot is adopted first, see [`crate::original`]) and
-//! answers the `/dev/tapN` of exactly the link it left in place: link changes are serialised with cleanup through
-//! [`Shared::link_ops`].
+//! answers the `/dev/tapN` of exactly the link it left in place: it changes links only in its turn
+//! ([`LinkWriter`]), as cleanup does. Every Allocate is noted in [`RecentAllocations`], which cleanup's grace
+//! period reads.
 
-use std::time::Instant;
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use macvtap_api::ResourceConfig;
+use tokio::sync::watch;
 use macvtap_core::device::slot_of;
 use tonic::Status;
 
-use crate::gc::CleanupReport;
+use crate::cleanup::CleanupReport;
+use crate::link_writer::{LinkWriter, WriteTurn};
+use crate::metrics::Metrics;
 use crate::netmon::{self, LinkSnapshot};
 use crate::original;
-use crate::shared::Shared;
 
-/// Allocate of one device ID: creates (or recreates) its host link; returns its `/dev/tapN`.
-pub async fn allocate_one(
-    shared: &Shared,
-    cfg: &ResourceConfig,
-    id: &str,
-    mode: macvtap_link::MacvtapMode,
-) -> Result<String, Status> {
-    match slot_of(&cfg.name, id) {
-        Some(slot) if slot < cfg.capacity => {}
-        _ => {
-            return Err(Status::invalid_argument(format!(
-                "device {id:?} is not one of resource {}'s {} devices",
-                cfg.name, cfg.capacity
-            )));
-        }
+/// Device ID -> its last Allocate (since this process started), for cleanup's grace period.
+#[derive(Clone)]
+pub struct RecentAllocations(Arc<watch::Sender<HashMap<String, Instant>>>);
+
+impl Default for RecentAllocations {
+    fn default() -> Self {
+        Self(Arc::new(watch::channel(HashMap::new()).0))
     }
-    // One link change at a time (Allocate, adoption, cleanup): the tap answered is the link left in place.
-    let _ops = shared.link_ops.lock().await;
-    // Recorded before the link exists: cleanup must not race a link that is being created.
-    shared.note_allocation(id);
-    let started = Instant::now();
-    let netlink = &shared.netlink;
-    let mut result = netlink.create_macvtap(&cfg.lower_device, id, mode).await;
-    if let Err(macvtap_link::Error::NotOurs { .. }) = &result
-        && adopt_originals_link(shared, cfg, id).await
-    {
-        // Ours now: recreated like any stale link of ours, as the original does on Allocate.
-        result = netlink.create_macvtap(&cfg.lower_device, id, mode).await;
-    }
-    let link = result.map_err(|e| match e {
-        macvtap_link::Error::LowerDeviceNotFound(_) => Status::failed_precondition(format!(
-            "resource {}: lower device {:?} does not exist on this node",
-            cfg.name, cfg.lower_device
-        )),
-        macvtap_link::Error::NotOurs { .. } => {
-            Status::already_exists(format!("resource {}, device {id}: {e}", cfg.name))
-        }
-        other => Status::internal(format!(
-            "resource {}, device {id}: creating the {mode} macvtap link on {}: {other}",
-            cfg.name, cfg.lower_device
-        )),
-    })?;
-    shared.note_allocation(id);
-    tracing::info!(resource = %cfg.name, device = %id, link = %link.name, ifindex = link.index,
-        elapsed_us = started.elapsed().as_micros() as u64, "allocated");
-    Ok(link.tap_path().display().to_string())
 }
 
-/// Adopts the host link named for `id` if it is the original's link for it (see [`crate::original`]).
-async fn adopt_originals_link(shared: &Shared, cfg: &ResourceConfig, id: &str) -> bool {
-    let handle = shared.netlink.handle();
-    let name = macvtap_link::host_link_name(id);
-    let (Ok(Some(link)), Ok(lower)) = (
-        netmon::read_link(handle, &name).await,
-        netmon::read_link(handle, &cfg.lower_device).await,
-    ) else {
-        return false;
-    };
-    if !original::is_originals_link(&link, id, lower.as_ref()) {
-        return false;
+impl RecentAllocations {
+    pub fn note(&self, device_id: &str) {
+        self.0.send_modify(|m| {
+            m.insert(device_id.to_string(), Instant::now());
+        });
     }
-    match original::adopt(&shared.netlink, &link, id).await {
-        Ok(()) => {
-            shared.metrics.links_adopted.inc();
-            true
+
+    /// When the device was last allocated.
+    pub fn last(&self, device_id: &str) -> Option<Instant> {
+        self.0.borrow().get(device_id).copied()
+    }
+
+    pub fn forget_older_than(&self, age: Duration) {
+        self.0.send_if_modified(|m| {
+            let before = m.len();
+            m.retain(|_, t| t.elapsed() < age);
+            m.len() != before
+        });
+    }
+}
+
+/// Allocate for every resource of the node: changes host links in its turn, notes each allocation.
+#[derive(Clone)]
+pub struct Allocator {
+    pub writer: Arc<LinkWriter>,
+    pub recent: RecentAllocations,
+    pub metrics: Arc<Metrics>,
+}
+
+impl Allocator {
+    /// Allocate of one device ID: creates (or recreates) its host link; returns its `/dev/tapN`.
+    pub async fn allocate(
+        &self,
+        cfg: &ResourceConfig,
+        id: &str,
+        mode: macvtap_link::MacvtapMode,
+    ) -> Result<String, Status> {
+        match slot_of(&cfg.name, id) {
+            Some(slot) if slot < cfg.capacity => {}
+            _ => {
+                return Err(Status::invalid_argument(format!(
+                    "device {id:?} is not one of resource {}'s {} devices",
+                    cfg.name, cfg.capacity
+                )));
+            }
         }
-        Err(e) => {
-            tracing::warn!(resource = %cfg.name, device = %id, "adopting the original's link: {e}");
-            false
+        // One link change at a time (Allocate, adoption, cleanup): the tap answered is the link left in place.
+        let turn = self.writer.turn().await;
+        // Recorded before the link exists: cleanup must not race a link that is being created.
+        self.recent.note(id);
+        let started = Instant::now();
+        let mut result = turn.create_macvtap(&cfg.lower_device, id, mode).await;
+        if let Err(macvtap_link::Error::NotOurs { .. }) = &result
+            && self.adopt_originals_link(&turn, cfg, id).await
+        {
+            // Ours now: recreated like any stale link of ours, as the original does on Allocate.
+            result = turn.create_macvtap(&cfg.lower_device, id, mode).await;
+        }
+        let link = result.map_err(|e| match e {
+            macvtap_link::Error::LowerDeviceNotFound(_) => Status::failed_precondition(format!(
+                "resource {}: lower device {:?} does not exist on this node",
+                cfg.name, cfg.lower_device
+            )),
+            macvtap_link::Error::NotOurs { .. } => {
+                Status::already_exists(format!("resource {}, device {id}: {e}", cfg.name))
+            }
+            other => Status::internal(format!(
+                "resource {}, device {id}: creating the {mode} macvtap link on {}: {other}",
+                cfg.name, cfg.lower_device
+            )),
+        })?;
+        self.recent.note(id);
+        tracing::info!(resource = %cfg.name, device = %id, link = %link.name, ifindex = link.index,
+            elapsed_us = started.elapsed().as_micros() as u64, "allocated");
+        Ok(link.tap_path().display().to_string())
+    }
+
+    /// Adopts the host link named for `id` if it is the original's link for it (see [`crate::original`]).
+    async fn adopt_originals_link(
+        &self,
+        turn: &WriteTurn<'_>,
+        cfg: &ResourceConfig,
+        id: &str,
+    ) -> bool {
+        let handle = turn.handle();
+        let name = macvtap_link::host_link_name(id);
+        let (Ok(Some(link)), Ok(lower)) = (
+            netmon::read_link(handle, &name).await,
+            netmon::read_link(handle, &cfg.lower_device).await,
+        ) else {
+            return false;
+        };
+        if !original::is_originals_link(&link, id, lower.as_ref()) {
+            return false;
+        }
+        match original::adopt(turn, &link, id).await {
+            Ok(()) => {
+                self.metrics.links_adopted.inc();
+                true
+            }
+            Err(e) => {
+                tracing::warn!(resource = %cfg.name, device = %id, "adopting the original's link: {e}");
+                false
+            }
         }
     }
 }
@@ -113,7 +163,7 @@ pub fn slot_rank(
     let link = links.get(&macvtap_link::host_link_name(id));
     match link {
         Some(l)
-            if crate::gc::our_device_id(l) != Some(id)
+            if crate::cleanup::our_device_id(l) != Some(id)
                 && !original::is_originals_link(l, id, links.get(&cfg.lower_device)) =>
         {
             SlotRank::Blocked
@@ -153,8 +203,8 @@ pub fn preferred(
 mod tests {
     use super::*;
     use crate::netmon::HostLink;
+    use crate::netmon::tests::link;
     use std::collections::BTreeMap;
-    use std::sync::Arc;
 
     #[test]
     fn preferred_takes_required_then_lowest() {
@@ -174,14 +224,7 @@ mod tests {
             capacity: 6,
             pool: None,
         };
-        let mut eth1 = HostLink {
-            index: 2,
-            name: "eth1".into(),
-            kind: None,
-            admin_up: true,
-            oper_up: true,
-            ..Default::default()
-        };
+        let mut eth1 = link(2, "eth1", None);
         let macvtap = |id: &str, index: u32, alias: Option<String>| HostLink {
             index,
             name: macvtap_link::host_link_name(id),

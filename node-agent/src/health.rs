@@ -8,18 +8,18 @@
 //!   kubelet. A kubelet that is down makes the agent unready, not unhealthy.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 
 use macvtap_api::ResourceConfig;
+use macvtap_telemetry::admin::{Probes, from_problems};
 use tokio::sync::watch;
 
-use crate::shared::{ResourceRuntime, Shared};
+use crate::resource_state::ResourceStateMap;
 
 /// Why the agent is not live: one line per problem; empty when it is.
 pub fn liveness_problems(
     netlink_subscribed: bool,
     wanted: &BTreeMap<String, ResourceConfig>,
-    runtime: &BTreeMap<String, ResourceRuntime>,
+    runtime: &ResourceStateMap,
 ) -> Vec<String> {
     let mut out = Vec::new();
     if !netlink_subscribed {
@@ -44,7 +44,7 @@ pub fn readiness_problems(
     config_loaded: bool,
     netlink_subscribed: bool,
     wanted: &BTreeMap<String, ResourceConfig>,
-    runtime: &BTreeMap<String, ResourceRuntime>,
+    runtime: &ResourceStateMap,
 ) -> Vec<String> {
     let mut out = liveness_problems(netlink_subscribed, wanted, runtime);
     if !config_loaded {
@@ -67,7 +67,8 @@ pub fn readiness_problems(
 /// The live inputs of the probes.
 #[derive(Clone)]
 pub struct Health {
-    pub shared: Arc<Shared>,
+    /// Every served resource's state.
+    pub states: watch::Receiver<ResourceStateMap>,
     pub netlink_subscribed: watch::Receiver<bool>,
     /// The resources the agent should serve.
     pub wanted: watch::Receiver<BTreeMap<String, ResourceConfig>>,
@@ -80,7 +81,7 @@ impl Health {
         liveness_problems(
             *self.netlink_subscribed.borrow(),
             &self.wanted.borrow(),
-            &self.shared.runtime(),
+            &self.states.borrow(),
         )
     }
 
@@ -89,14 +90,26 @@ impl Health {
             *self.config_loaded.borrow(),
             *self.netlink_subscribed.borrow(),
             &self.wanted.borrow(),
-            &self.shared.runtime(),
+            &self.states.borrow(),
         )
+    }
+}
+
+/// `/healthz` and `/readyz`: 200 "ok", or 503 with one line per problem.
+impl Probes for Health {
+    fn live(&self) -> Result<(), String> {
+        from_problems(self.liveness())
+    }
+
+    fn ready(&self) -> Result<(), String> {
+        from_problems(self.readiness())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resource_state::ResourceState;
 
     fn res(name: &str) -> (String, ResourceConfig) {
         (
@@ -111,8 +124,8 @@ mod tests {
         )
     }
 
-    fn rt(serving: bool, registered: bool, err: Option<&str>) -> ResourceRuntime {
-        ResourceRuntime {
+    fn rt(serving: bool, registered: bool, err: Option<&str>) -> ResourceState {
+        ResourceState {
             serving,
             registered,
             last_error: err.map(String::from),
@@ -123,7 +136,7 @@ mod tests {
     #[test]
     fn probes_name_every_problem() {
         let wanted: BTreeMap<_, _> = [res("a"), res("b")].into();
-        let mut runtime: BTreeMap<String, ResourceRuntime> =
+        let mut runtime: BTreeMap<String, ResourceState> =
             [("a".to_string(), rt(true, true, None))].into();
         // b has not started: not live, not ready.
         let live = liveness_problems(true, &wanted, &runtime);

@@ -1,28 +1,37 @@
 //! The macvtap node agent: one kubelet device plugin per macvtap resource, health from netlink events, macvtap
 //! links created on Allocate, cleanup of orphaned links, `MacvtapNodeState.status`, and the CNI installer.
 //!
-//! - [`agent::run`] with [`agent::AgentOptions`]: the long-running agent.
+//! - [`cli`]: the command line (`macvtap-agent`, `macvtap-agent install-cni`); `main.rs` only calls it.
+//! - [`agent::run`] with [`agent::AgentOptions`]: the long-running agent, wiring the parts below.
 //! - [`config`]: the configuration sources (legacy `DP_MACVTAP_CONF`, a watched file with the same JSON, the
 //!   node's `MacvtapNodeState`).
-//! - [`plugin`]: the device plugin gRPC service and its registration lifecycle.
+//! - [`device_plugin`]: per resource, its device pool, the kubelet device plugin gRPC service, and registration.
 //! - [`allocator`]: preferred allocation and Allocate of one device ID (the host link, the tap it answers).
+//! - [`link_writer`]: the one writer of host links (Allocate, adoption, cleanup take turns).
+//! - [`resource_state`]: what each served resource reports (serving, registered, health, last error).
 //! - [`netmon`]: host links pushed from rtnetlink multicast events; discovery rules.
-//! - [`gc`]: cleanup of host links no pod holds (asks the kubelet's PodResources).
+//! - [`cleanup`]: cleanup of host links no pod holds (asks the kubelet's PodResources).
 //! - [`original`]: the rule that adopts links the original kubevirt/macvtap-cni left for our slots.
-//! - [`status`]: the status writer. [`install`]: `install-cni`. [`health`] and [`http`]: probes and metrics.
+//! - [`status`]: the status writer. [`install`]: `install-cni`. [`health`]: the probes; [`metrics`]: the
+//!   agent's metrics (both served by `macvtap_telemetry::admin`).
+//!
+//! Every part the tasks share publishes its changes one way, on a `tokio::sync::watch` channel (links, the
+//! device plugin directory, resource states, the cleanup report, the configuration); the only lock is the
+//! link writer's turn, which is mutual exclusion, not publication.
 
 pub mod agent;
 pub mod allocator;
+pub mod cleanup;
+pub mod cli;
 pub mod config;
-pub mod gc;
+pub mod device_plugin;
 pub mod health;
-pub mod http;
 pub mod install;
+pub mod link_writer;
 pub mod metrics;
 pub mod netmon;
 pub mod original;
-pub mod plugin;
-pub mod shared;
+pub mod resource_state;
 pub mod status;
 
 /// Version reported in `MacvtapNodeState.status.agentVersion`.

@@ -3,7 +3,6 @@
 //! `heartbeat` (a fresh `lastUpdateTime`) so the operator can tell a running agent from a gone one.
 
 use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
@@ -14,16 +13,16 @@ use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::cleanup::CleanupReport;
 use crate::config::ConfigState;
-use crate::gc::CleanupReport;
-use crate::shared::{ResourceRuntime, Shared};
+use crate::resource_state::ResourceStateMap;
 
 pub const FIELD_MANAGER: &str = "macvtap-agent";
 
 /// Builds the status from what the agent serves and observes (pure, without the timestamp).
 pub fn build(
     resources: &BTreeMap<String, ResourceConfig>,
-    runtime: &BTreeMap<String, ResourceRuntime>,
+    runtime: &ResourceStateMap,
     cleanup: &CleanupReport,
     config: &ConfigState,
 ) -> MacvtapNodeStateStatus {
@@ -64,7 +63,7 @@ pub fn build(
 pub struct StatusWriter {
     pub client: kube::Client,
     pub node: String,
-    pub shared: Arc<Shared>,
+    pub states: watch::Receiver<ResourceStateMap>,
     pub resources: watch::Receiver<BTreeMap<String, ResourceConfig>>,
     pub config: watch::Receiver<ConfigState>,
     pub cleanup: watch::Receiver<CleanupReport>,
@@ -81,7 +80,7 @@ impl StatusWriter {
         loop {
             let status = build(
                 &self.resources.borrow_and_update(),
-                &self.shared.runtime(),
+                &self.states.borrow_and_update(),
                 &self.cleanup.borrow_and_update(),
                 &self.config.borrow_and_update(),
             );
@@ -125,7 +124,7 @@ impl StatusWriter {
             // Rate limit: wait for a change or the due time, then let a burst settle.
             tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = self.shared.changed.notified() => {}
+                _ = self.states.changed() => {}
                 _ = self.resources.changed() => {}
                 _ = self.config.changed() => {}
                 _ = self.cleanup.changed() => {}
@@ -142,6 +141,7 @@ impl StatusWriter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::resource_state::ResourceState;
     use macvtap_api::MacvtapMode;
 
     #[test]
@@ -163,7 +163,7 @@ mod tests {
             .collect();
         let runtime: BTreeMap<_, _> = [(
             "dp".to_string(),
-            ResourceRuntime {
+            ResourceState {
                 serving: true,
                 registered: true,
                 healthy: 4,

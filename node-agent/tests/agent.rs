@@ -23,11 +23,7 @@ async fn allocate_creates_the_link_and_health_follows_the_lower_device() {
         &[],
     );
     let res = resource("dp");
-    let devices = node
-        .kubelet
-        .wait_for_resource(&res, T, |d| healthy_count(d) == 4)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+    let devices = node.wait_for_healthy(&res, 4).await;
     let ids: Vec<_> = devices.iter().map(|d| d.id.as_str()).collect();
     assert_eq!(ids, ["dpMvp0", "dpMvp1", "dpMvp2", "dpMvp3"]);
     let opts = node.kubelet.plugin(&res).unwrap().options.unwrap();
@@ -204,10 +200,7 @@ async fn a_killed_agent_restarts_without_touching_links_in_use_and_cleans_orphan
     let cfg = r#"[{"name":"dp","lowerDevice":"lower0","capacity":8}]"#;
     node.start_agent_with_file(cfg, &[]);
     let res = resource("dp");
-    node.kubelet
-        .wait_for_resource(&res, T, |d| healthy_count(d) == 8)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+    node.wait_for_healthy(&res, 8).await;
     // vm-a holds 2 devices, vm-b 1; vm-b then goes away (its link is an orphan).
     node.kubelet
         .allocate("ns", "vm-a", "c", &res, 2)
@@ -243,10 +236,7 @@ async fn a_killed_agent_restarts_without_touching_links_in_use_and_cleans_orphan
     let orphan = macvtap_link::host_link_name("dpMvp2");
     assert!(node.link(&orphan).is_some());
     node.start_agent_with_file(cfg, &[]);
-    node.kubelet
-        .wait_for_resource(&res, T, |d| healthy_count(d) == 8)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+    node.wait_for_healthy(&res, 8).await;
     let cleaned = eventually(Duration::from_secs(15), || node.link(&orphan).is_none()).await;
     assert!(cleaned, "orphan not removed\n{}", node.log());
     for id in ["dpMvp0", "dpMvp1"] {
@@ -403,10 +393,7 @@ async fn legacy_env_config_is_served() {
     };
     node.spawn(cmd);
     // The original's default capacity.
-    node.kubelet
-        .wait_for_resource(&resource("dataplane"), T, |d| healthy_count(d) == 100)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+    node.wait_for_healthy(&resource("dataplane"), 100).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -416,10 +403,7 @@ async fn discovery_follows_links() {
     // Only veths can be made here: let discovery take them like physical links.
     node.start_agent_with_file("[]", &["--discovery-include-kind", "veth"]);
     for l in ["lower0", "peer0"] {
-        node.kubelet
-            .wait_for_resource(&resource(l), T, |d| healthy_count(d) == 100)
-            .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+        node.wait_for_healthy(&resource(l), 100).await;
     }
     assert!(
         node.kubelet.plugin(&resource("lo")).is_none(),
@@ -483,10 +467,7 @@ async fn cni_add_moves_the_allocated_link_into_the_pod() {
         &[],
     );
     let res = resource("dp");
-    node.kubelet
-        .wait_for_resource(&res, T, |d| healthy_count(d) == 2)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+    node.wait_for_healthy(&res, 2).await;
     let resp = node
         .kubelet
         .allocate("ns", "vm", "compute", &res, 1)
@@ -622,10 +603,7 @@ async fn node_state_spec_edits_reach_the_kubelet_and_status_is_written() {
     )
     .await
     .unwrap();
-    node.kubelet
-        .wait_for_resource(&res, T, |d| healthy_count(d) == 6)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+    node.wait_for_healthy(&res, 6).await;
     assert_eq!(node.kubelet.registrations(&res), registrations);
     node.kubelet
         .allocate("ns", "vm", "c", &res, 1)
@@ -760,7 +738,7 @@ fn install_cni_subcommand_copies_atomically_and_logs_json() {
     );
     let log = String::from_utf8_lossy(&out.stderr);
     let line: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
-    assert_eq!(line["fields"]["message"], "CNI binary installed");
+    assert_eq!(line["message"], "CNI binary installed");
     // A missing source is an error naming it, and nothing is installed.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_macvtap-agent"))
         .args(["install-cni", "--dest"])

@@ -49,10 +49,7 @@ async fn readyz_waits_for_every_registration_and_healthz_for_every_plugin_server
     // The kubelet accepts again: ready once both are registered (the agent retries with backoff up to 5 s).
     node.kubelet.refuse_registrations(false);
     for r in ["a", "b"] {
-        node.kubelet
-            .wait_for_resource(&resource(r), T, |d| healthy_count(d) == 2)
-            .await
-            .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+        node.wait_for_healthy(&resource(r), 2).await;
     }
     probe_until(&node, "/readyz", 200, "ok").await;
 
@@ -76,10 +73,7 @@ async fn readyz_waits_for_every_registration_and_healthz_for_every_plugin_server
     // The path is free again: b serves, registers, and both probes pass.
     std::fs::remove_dir(&sock).unwrap();
     probe_until(&node, "/healthz", 200, "ok").await;
-    node.kubelet
-        .wait_for_resource(&resource("b"), T, |d| healthy_count(d) == 2)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+    node.wait_for_healthy(&resource("b"), 2).await;
     probe_until(&node, "/readyz", 200, "ok").await;
 }
 
@@ -145,10 +139,7 @@ async fn cleanup_skipped_without_pod_resources_is_counted_and_nothing_is_removed
         &[],
     );
     let res = resource("dp");
-    node.kubelet
-        .wait_for_resource(&res, T, |d| healthy_count(d) == 2)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+    node.wait_for_healthy(&res, 2).await;
     assert!(
         eventually(T, || node.metric("macvtap_agent_cleanup_active")
             == Some(1.0))

@@ -43,10 +43,7 @@ async fn the_originals_links_are_adopted_and_unrelated_links_are_never_touched()
     // Allocate and GetPreferredAllocation meet the original's link.
     node.start_agent_with_file(cfg, &["--cleanup-interval-secs", "3600"]);
     let res = resource("dp");
-    node.kubelet
-        .wait_for_resource(&res, T, |d| healthy_count(d) == 8)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+    node.wait_for_healthy(&res, 8).await;
 
     // The original's link for dpMvp0, and links that only look similar.
     let original0 = originals_link(&node, "dpMvp0", "lower0");
@@ -175,10 +172,7 @@ async fn the_originals_links_are_adopted_and_unrelated_links_are_never_touched()
     node.kubelet
         .record_pod("ns", "vm-old", "c", &res, &["dpMvp6"]);
     node.start_agent_with_file(cfg, &[]);
-    node.kubelet
-        .wait_for_resource(&res, T, |d| healthy_count(d) == 8)
-        .await
-        .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
+    node.wait_for_healthy(&res, 8).await;
     // Unheld: adopted, then removed like a stale link of ours.
     let cleaned = eventually(Duration::from_secs(15), || {
         node.link(&host_link_name("dpMvp7")).is_none()

@@ -8,14 +8,15 @@ use std::time::Duration;
 use anyhow::{Context as _, bail};
 use kube::Client;
 use kube_lease_manager::LeaseManagerBuilder;
+use macvtap_telemetry::CancellationToken;
+use macvtap_telemetry::admin::AdminServer;
+use macvtap_telemetry::logs::LogFormat;
 use prometheus_client::registry::Registry;
-use tokio::sync::watch;
 use tracing::{error, info, warn};
 
 use crate::controller::{self, FIELD_MANAGER, Settings};
+use crate::health::Health;
 use crate::metrics::Metrics;
-use crate::server::{self, Health};
-use crate::telemetry::LogFormat;
 
 /// Reconciles MacvtapPools into per-node MacvtapNodeStates and reports pool status.
 #[derive(Debug, Clone, clap::Parser)]
@@ -81,33 +82,13 @@ impl Args {
     }
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-fn shutdown_signal() -> anyhow::Result<watch::Receiver<bool>> {
-    use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
-    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
-    let (tx, rx) = watch::channel(false);
-    tokio::spawn(async move {
-        tokio::select! {
-            _ = term.recv() => info!("SIGTERM: shutting down"),
-            _ = int.recv() => info!("SIGINT: shutting down"),
-        }
-        let _ = tx.send(true);
-    });
-    Ok(rx)
-}
-
-async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    // A dropped sender also means stop.
-    let _ = shutdown.wait_for(|stop| *stop).await;
-}
-
 /// Runs the operator until SIGTERM/SIGINT.
 pub async fn run(args: Args) -> anyhow::Result<()> {
     if args.lease_grace_seconds >= args.lease_duration_seconds {
         bail!("--lease-grace-seconds must be shorter than --lease-duration-seconds");
     }
-    let mut shutdown = shutdown_signal()?;
+    let shutdown = macvtap_telemetry::signals::shutdown_token()
+        .context("installing the SIGTERM/SIGINT handlers")?;
     let client = Client::try_default()
         .await
         .context("building a Kubernetes client (KUBECONFIG or in-cluster config)")?;
@@ -116,12 +97,18 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let mut registry = Registry::default();
     metrics.register(&mut registry);
     let health = Arc::new(Health::default());
-    let (addr, serve) = server::bind(args.metrics_addr, registry, health.clone())
+    let admin = AdminServer::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding {}", args.metrics_addr))?;
+    let addr = admin
+        .local_addr()
+        .with_context(|| format!("binding {}", args.metrics_addr))?;
     info!(%addr, "serving /metrics, /healthz, /readyz");
+    // Never cancelled: the probes answer until the process exits, through the Lease release after a signal.
+    let admin_stop = CancellationToken::new();
+    let probes = health.clone();
     tokio::spawn(async move {
-        if let Err(e) = serve.await {
+        if let Err(e) = admin.serve(registry, probes, admin_stop).await {
             error!(error = %e, "metrics server stopped");
         }
     });
@@ -135,7 +122,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
             _ = controller::run(client, settings, metrics.clone(), health.synced.clone()) => {
                 bail!("controllers stopped")
             }
-            _ = stopped(&mut shutdown) => {}
+            _ = shutdown.cancelled() => {}
         }
         info!("stopped");
         return Ok(());
@@ -158,7 +145,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 warn!(error = %e, "setting up the leader Lease; retrying in 5s");
                 tokio::select! {
                     _ = tokio::time::sleep(Duration::from_secs(5)) => {}
-                    _ = stopped(&mut shutdown) => return Ok(()),
+                    _ = shutdown.cancelled() => return Ok(()),
                 }
             }
         }
@@ -170,7 +157,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     'outer: loop {
         tokio::select! {
             r = leading.wait_for(|l| *l) => if r.is_err() { bail!("leader election task ended") },
-            _ = stopped(&mut shutdown) => break 'outer,
+            _ = shutdown.cancelled() => break 'outer,
         }
         info!(%identity, "leading: starting controllers");
         health.leading.store(true, Ordering::Release);
@@ -183,7 +170,7 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
                 warn!("controllers stopped unexpectedly");
             }
             _ = lost => warn!("lost the leader Lease: controllers stopped, back to standby"),
-            _ = stopped(&mut shutdown) => {
+            _ = shutdown.cancelled() => {
                 health.leading.store(false, Ordering::Release);
                 break 'outer;
             }

@@ -3,9 +3,8 @@
 
 pub mod cli;
 pub mod controller;
+pub mod health;
 pub mod heartbeats;
 pub mod metrics;
 pub mod pool_status;
 pub mod selection;
-pub mod server;
-pub mod telemetry;

@@ -1,10 +1,10 @@
 use clap::Parser;
 use macvtap_operator::cli::{Args, run};
-use macvtap_operator::telemetry;
+use macvtap_telemetry::logs;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
-    telemetry::init(args.log_format);
+    logs::init(args.log_format);
     run(args).await
 }

@@ -156,8 +156,8 @@ impl Node {
         opts.device_plugin_dir = self.device_plugin_dir();
         opts.pod_resources_socket = self.kubelet.pod_resources_socket().to_path_buf();
         opts.health_addr = Some(([127, 0, 0, 1], HEALTH_PORT).into());
-        opts.gc_interval = Duration::from_secs(1);
-        opts.gc_grace = Duration::from_secs(2);
+        opts.cleanup_interval = Duration::from_secs(1);
+        opts.cleanup_grace = Duration::from_secs(2);
         opts
     }
 
@@ -177,6 +177,21 @@ impl Node {
     pub fn spawn(&mut self, cmd: Command) {
         let log = self.dir.path().join("agent.log");
         self.agent = Some(Process::spawn("agent", cmd, &log).expect("spawn agent"));
+    }
+
+    /// Waits until the kubelet stand-in lists `healthy` Healthy devices of `res`; panics with the agent's log
+    /// otherwise. The devices.
+    pub async fn wait_for_healthy(
+        &self,
+        res: &str,
+        healthy: usize,
+    ) -> Vec<macvtap_e2e::kubelet::Device> {
+        self.kubelet
+            .wait_for_resource(res, Duration::from_secs(10), |d| {
+                macvtap_e2e::kubelet::healthy_count(d) == healthy
+            })
+            .await
+            .unwrap_or_else(|e| panic!("{e}\n{}", self.log()))
     }
 
     pub fn log(&self) -> String {

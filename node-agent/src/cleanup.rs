@@ -19,10 +19,11 @@ use macvtap_api::ResourceConfig;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::metrics::ReasonLabel;
+use crate::allocator::RecentAllocations;
+use crate::link_writer::LinkWriter;
+use crate::metrics::{Metrics, ReasonLabel};
 use crate::netmon::{self, HostLink};
 use crate::original;
-use crate::shared::Shared;
 
 /// Device IDs held by pods, by resource name (without the `macvtap.network.kubevirt.io/` prefix).
 pub type HeldDevices = BTreeMap<String, BTreeSet<String>>;
@@ -87,7 +88,10 @@ pub fn our_device_id(link: &HostLink) -> Option<&str> {
 }
 
 pub struct Cleanup {
-    pub shared: Arc<Shared>,
+    pub writer: Arc<LinkWriter>,
+    /// Allocations within the grace period are never undone.
+    pub recent: RecentAllocations,
+    pub metrics: Arc<Metrics>,
     pub pod_resources_socket: PathBuf,
     pub interval: Duration,
     pub grace: Duration,
@@ -109,12 +113,11 @@ impl Cleanup {
     }
 
     fn skip(&self, reason: &'static str, message: String) {
-        self.shared
-            .metrics
+        self.metrics
             .cleanup_skipped
             .get_or_create(&ReasonLabel { reason })
             .inc();
-        self.shared.metrics.cleanup_active.set(0);
+        self.metrics.cleanup_active.set(0);
         let first = self.report.borrow().skipped.is_none();
         if first {
             tracing::warn!(
@@ -136,7 +139,7 @@ impl Cleanup {
     }
 
     async fn pass(&self, unheld_since: &mut HashMap<String, Instant>) {
-        let handle = self.shared.netlink.handle().clone();
+        let handle = self.writer.read_handle().clone();
         let mut links = match netmon::dump(&handle).await {
             Ok(l) => l,
             Err(e) => {
@@ -159,7 +162,7 @@ impl Cleanup {
         if self.report.borrow().skipped.is_some() {
             tracing::info!("link cleanup runs again: PodResources answered");
         }
-        self.shared.metrics.cleanup_active.set(1);
+        self.metrics.cleanup_active.set(1);
         let held_ids: BTreeSet<&String> = held.values().flatten().collect();
         let now = Instant::now();
         let mut seen = BTreeSet::new();
@@ -177,19 +180,19 @@ impl Cleanup {
             if now.duration_since(since) < self.grace {
                 continue;
             }
-            let _ops = self.shared.link_ops.lock().await;
-            // Checked under the lock: an Allocate that just (re)created this link is never undone.
+            let turn = self.writer.turn().await;
+            // Checked in our turn: an Allocate that just (re)created this link is never undone.
             let recent_alloc = self
-                .shared
-                .last_allocation(id)
+                .recent
+                .last(id)
                 .is_some_and(|t| t.elapsed() < self.grace);
             if recent_alloc {
                 continue;
             }
-            match self.shared.netlink.delete_our_link(id).await {
+            match turn.delete_our_link(id).await {
                 Ok(true) => {
                     tracing::info!(device = %id, link = %l.name, "removed orphaned link: no pod holds it");
-                    self.shared.metrics.links_removed.inc();
+                    self.metrics.links_removed.inc();
                     unheld_since.remove(id);
                 }
                 Ok(false) => {}
@@ -197,7 +200,7 @@ impl Cleanup {
             }
         }
         unheld_since.retain(|id, _| seen.contains(id));
-        self.shared.forget_allocations_older_than(self.grace * 2);
+        self.recent.forget_older_than(self.grace * 2);
         self.report.send_if_modified(|r| {
             let new = CleanupReport {
                 held: Some(held),
@@ -224,8 +227,8 @@ impl Cleanup {
             .map(|(l, id)| (l.name.clone(), id))
             .collect();
         for (name, id) in found {
-            let _ops = self.shared.link_ops.lock().await;
-            // Read again under the lock: act only on what is there now.
+            let turn = self.writer.turn().await;
+            // Read again in our turn: act only on what is there now.
             let fresh = netmon::read_link(handle, &name).await;
             let lower = match slots.get(&name) {
                 Some(slot) => netmon::read_link(handle, &slot.lower_device).await,
@@ -237,9 +240,9 @@ impl Cleanup {
             if !original::is_originals_link(&link, &id, lower.as_ref()) {
                 continue;
             }
-            match original::adopt(&self.shared.netlink, &link, &id).await {
+            match original::adopt(&turn, &link, &id).await {
                 Ok(()) => {
-                    self.shared.metrics.links_adopted.inc();
+                    self.metrics.links_adopted.inc();
                     if let Some(l) = links.get_mut(&name) {
                         l.alias = Some(macvtap_link::ownership_alias(&id));
                     }
