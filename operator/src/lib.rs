@@ -9,3 +9,5 @@ pub mod pool_status;
 pub mod selection;
 pub mod server;
 pub mod telemetry;
+#[cfg(test)]
+mod test_objects;
