@@ -2,8 +2,8 @@
 //! conflict rule. Pure functions over API objects, shared by the node-state and pool-status reconcilers so both
 //! always agree on who won.
 //!
-//! Kept whole (~400 lines): it is one rule, plan_node and the selector and precedence helpers it is made of; half
-//! the file is its tests.
+//! Kept whole: one rule (plan_node and the selector and precedence helpers it is made of); over 400 lines only by
+//! its tests.
 
 use std::collections::{BTreeMap, BTreeSet};
 
