@@ -8,3 +8,5 @@ pub mod heartbeats;
 pub mod metrics;
 pub mod pool_status;
 pub mod selection;
+#[cfg(test)]
+mod test_objects;

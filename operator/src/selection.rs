@@ -1,6 +1,9 @@
 //! Which pools a node serves: node selectors, per-node lower device overrides, discovery, and the deterministic
 //! conflict rule. Pure functions over API objects, shared by the node-state and pool-status reconcilers so both
 //! always agree on who won.
+//!
+//! Kept whole: one rule (plan_node and the selector and precedence helpers it is made of); over 400 lines only by
+//! its tests.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -221,49 +224,17 @@ pub fn plan_node<'a>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelectorRequirement, Time};
-    use k8s_openapi::jiff::Timestamp;
+    use crate::test_objects::{at, labels, match_labels, pool, pool_spec};
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelectorRequirement;
     use macvtap_api::{LowerDeviceOverride, MacvtapPoolSpec, PoolDiscovery};
-
-    fn spec(lower: &str) -> MacvtapPoolSpec {
-        MacvtapPoolSpec {
-            lower_device: Some(lower.into()),
-            discovery: None,
-            mode: MacvtapMode::Bridge,
-            capacity: 10,
-            resource_name: None,
-            node_selector: None,
-            lower_device_overrides: None,
-        }
-    }
-
-    fn pool(name: &str, created_s: i64, spec: MacvtapPoolSpec) -> MacvtapPool {
-        let mut p = MacvtapPool::new(name, spec);
-        p.metadata.creation_timestamp = Some(Time(Timestamp::from_second(created_s).unwrap()));
-        p
-    }
-
-    fn labels(pairs: &[(&str, &str)]) -> Labels {
-        pairs
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect()
-    }
-
-    fn select(pairs: &[(&str, &str)]) -> Option<LabelSelector> {
-        Some(LabelSelector {
-            match_labels: Some(labels(pairs)),
-            match_expressions: None,
-        })
-    }
 
     #[test]
     fn selector_forms() {
         let l = labels(&[("role", "worker"), ("zone", "a")]);
         assert!(selector_matches(None, &l).unwrap());
         assert!(selector_matches(Some(&LabelSelector::default()), &l).unwrap());
-        assert!(selector_matches(select(&[("role", "worker")]).as_ref(), &l).unwrap());
-        assert!(!selector_matches(select(&[("role", "infra")]).as_ref(), &l).unwrap());
+        assert!(selector_matches(match_labels(&[("role", "worker")]).as_ref(), &l).unwrap());
+        assert!(!selector_matches(match_labels(&[("role", "infra")]).as_ref(), &l).unwrap());
         let expr = |op: &str, values: Option<Vec<&str>>| LabelSelector {
             match_labels: None,
             match_expressions: Some(vec![LabelSelectorRequirement {
@@ -279,20 +250,20 @@ mod tests {
         let bad = expr("Near", Some(vec!["a"]));
         assert!(selector_matches(Some(&bad), &l).is_err());
         // A pool with such a selector selects nothing instead of failing every reconcile.
-        let mut s = spec("eth0");
+        let mut s = pool_spec("eth0");
         s.node_selector = Some(bad);
         assert!(!pool_selects(&pool("p", 1, s), &l));
     }
 
     #[test]
     fn plan_applies_selectors_and_overrides() {
-        let mut a = spec("eth1");
-        a.node_selector = select(&[("role", "worker")]);
+        let mut a = pool_spec("eth1");
+        a.node_selector = match_labels(&[("role", "worker")]);
         a.lower_device_overrides = Some(vec![LowerDeviceOverride {
-            node_selector: select(&[("nic", "mlx")]).unwrap(),
+            node_selector: match_labels(&[("nic", "mlx")]).unwrap(),
             lower_device: "ens5f0".into(),
         }]);
-        let mut b = spec("eth2");
+        let mut b = pool_spec("eth2");
         b.resource_name = Some("storage".into());
         b.capacity = 3;
         let pools = [pool("a", 1, a), pool("b", 2, b)];
@@ -325,9 +296,9 @@ mod tests {
 
     #[test]
     fn resource_name_conflict_oldest_wins_whatever_the_input_order() {
-        let mut newer = spec("eth2");
+        let mut newer = pool_spec("eth2");
         newer.resource_name = Some("old".into());
-        let pools = [pool("young", 20, newer), pool("old", 10, spec("eth1"))];
+        let pools = [pool("young", 20, newer), pool("old", 10, pool_spec("eth1"))];
         for order in [[0, 1], [1, 0]] {
             let plan = plan_node(order.iter().map(|&i| &pools[i]), &labels(&[]));
             assert_eq!(plan.spec.resources.len(), 1);
@@ -347,9 +318,9 @@ mod tests {
 
     #[test]
     fn same_timestamp_breaks_ties_by_name() {
-        let mut b = spec("eth2");
+        let mut b = pool_spec("eth2");
         b.resource_name = Some("shared".into());
-        let mut a = spec("eth1");
+        let mut a = pool_spec("eth1");
         a.resource_name = Some("shared".into());
         let pools = [pool("b", 5, b), pool("a", 5, a)];
         let plan = plan_node(&pools, &labels(&[]));
@@ -359,11 +330,11 @@ mod tests {
 
     #[test]
     fn lower_device_modes() {
-        let mut vepa = spec("eth1");
+        let mut vepa = pool_spec("eth1");
         vepa.mode = MacvtapMode::Vepa;
         let pools = [
-            pool("bridge1", 1, spec("eth1")),
-            pool("bridge2", 2, spec("eth1")),
+            pool("bridge1", 1, pool_spec("eth1")),
+            pool("bridge2", 2, pool_spec("eth1")),
             pool("vepa", 3, vepa),
         ];
         let plan = plan_node(&pools, &labels(&[]));
@@ -386,7 +357,7 @@ mod tests {
         );
         assert!(plan.conflicts[0].kind.describe("bridge1").contains("eth1"));
 
-        let mut p1 = spec("eth3");
+        let mut p1 = pool_spec("eth3");
         p1.mode = MacvtapMode::Passthru;
         p1.capacity = 1;
         let p2 = p1.clone();
@@ -404,13 +375,13 @@ mod tests {
         let disc = || MacvtapPoolSpec {
             lower_device: None,
             discovery: Some(PoolDiscovery {}),
-            ..spec("x")
+            ..pool_spec("x")
         };
         let plan = plan_node(
             &[
                 pool("d2", 2, disc()),
                 pool("d1", 1, disc()),
-                pool("e", 3, spec("eth0")),
+                pool("e", 3, pool_spec("eth0")),
             ],
             &labels(&[]),
         );
@@ -422,9 +393,9 @@ mod tests {
 
     #[test]
     fn deleting_pools_are_left_out() {
-        let mut p = pool("gone", 1, spec("eth0"));
-        p.metadata.deletion_timestamp = Some(Time(Timestamp::from_second(9).unwrap()));
-        let mut q = spec("eth1");
+        let mut p = pool("gone", 1, pool_spec("eth0"));
+        p.metadata.deletion_timestamp = Some(at(9));
+        let mut q = pool_spec("eth1");
         q.resource_name = Some("gone".into());
         let plan = plan_node(&[p, pool("q", 2, q)], &labels(&[]));
         assert_eq!(plan.spec.resources[0].pool, "q");
