@@ -14,13 +14,12 @@ mod pod_resources;
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::process::CommandExt;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use macvtap_e2e::netns::Netns;
+use macvtap_e2e::netns::{Netns, enter_before_exec};
+use macvtap_e2e::process::wait_with_peak_rss;
 use macvtap_link::{MacvtapMode, Netlink, block_on, device_id, in_netns};
 use pod_resources::{GetMode, PodResourcesStandIn};
 use serde_json::{Value, json};
@@ -186,7 +185,7 @@ fn pct(v: &mut [Duration], p: usize) -> Duration {
         .min(v.len() - 1)]
 }
 
-/// One invocation inside the node netns (reaped with wait4 to read its rusage); returns wall time (spawn to exit) and the child's max RSS in KiB.
+/// One invocation inside the node netns (reaped with wait4 to read its own rusage); returns wall time (spawn to exit) and the child's max RSS in KiB.
 #[allow(clippy::zombie_processes)] // reaped by wait4 below, which std cannot see
 fn run(
     bin: &PathBuf,
@@ -197,7 +196,6 @@ fn run(
     env: &[(&str, &str)],
 ) -> (Duration, i64) {
     let ns = File::open(node.path()).unwrap();
-    let fd = ns.as_raw_fd();
     let mut c = Command::new(bin);
     c.env_clear()
         .env("CNI_COMMAND", cmd)
@@ -209,16 +207,7 @@ fn run(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit());
-    // SAFETY: setns is async-signal-safe; the fd outlives the spawn.
-    unsafe {
-        c.pre_exec(move || {
-            nix::sched::setns(
-                BorrowedFd::borrow_raw(fd),
-                nix::sched::CloneFlags::CLONE_NEWNET,
-            )
-            .map_err(std::io::Error::from)
-        });
-    }
+    enter_before_exec(&mut c, ns);
     let body = conf.to_string();
     let start = Instant::now();
     let mut child = c.spawn().unwrap();
@@ -230,15 +219,8 @@ fn run(
         .unwrap();
     let mut stdout = String::new();
     std::io::Read::read_to_string(&mut child.stdout.take().unwrap(), &mut stdout).unwrap();
-    let mut status = 0;
-    // SAFETY: plain wait4 on our own child; rusage is plain data.
-    let mut usage: nix::libc::rusage = unsafe { std::mem::zeroed() };
-    let pid = unsafe { nix::libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    let (status, peak_rss) = wait_with_peak_rss(&mut child).unwrap();
     let elapsed = start.elapsed();
-    assert_eq!(pid, child.id() as i32);
-    assert!(
-        nix::libc::WIFEXITED(status) && nix::libc::WEXITSTATUS(status) == 0,
-        "{cmd} failed: {stdout}"
-    );
-    (elapsed, usage.ru_maxrss)
+    assert!(status.success(), "{cmd} failed: {stdout}");
+    (elapsed, peak_rss)
 }

@@ -8,7 +8,6 @@
 //!   the ownership marker (ifalias) set on links the agent creates.
 //! - [`node_config`]: what one node serves ([`NodeConfig`]) and its validation.
 
-#![forbid(unsafe_code)]
 
 pub mod device;
 pub mod mode;

@@ -168,6 +168,19 @@ fn run_ip(args: &[&str]) -> io::Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// Makes `cmd` enter the network namespace `ns` between fork and exec, as a container runtime runs a CNI plugin.
+/// The command owns `ns` from now on, so the namespace stays open until the spawn.
+#[allow(unsafe_code)]
+pub fn enter_before_exec(cmd: &mut Command, ns: File) {
+    use std::os::unix::process::CommandExt;
+    // SAFETY: setns is async-signal-safe and touches no memory of the parent.
+    unsafe {
+        cmd.pre_exec(move || {
+            nix::sched::setns(&ns, nix::sched::CloneFlags::CLONE_NEWNET).map_err(io::Error::from)
+        });
+    }
+}
+
 /// Whether this process can create network namespaces (root with CAP_SYS_ADMIN); tests print a reason and skip
 /// when not.
 pub fn can_create_netns() -> bool {

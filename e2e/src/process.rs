@@ -104,6 +104,7 @@ pub fn spawn_owned(mut cmd: Command) -> io::Result<Child> {
         tx
     });
     // SAFETY: prctl is async-signal-safe and touches no memory of the parent.
+    #[allow(unsafe_code)]
     unsafe {
         cmd.pre_exec(|| {
             nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL)
@@ -138,6 +139,21 @@ pub fn kill_and_wait(child: &mut Child) {
     let _ = child.wait();
 }
 
+/// Waits for `child` and returns its exit status with its own peak RSS in KiB (`wait4`'s rusage: this child only,
+/// not every child the process ever reaped, as `getrusage(RUSAGE_CHILDREN)` would be).
+#[allow(unsafe_code)]
+pub fn wait_with_peak_rss(child: &mut Child) -> io::Result<(std::process::ExitStatus, i64)> {
+    use std::os::unix::process::ExitStatusExt;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 on our own child writes only into `status` and `usage`.
+    let mut usage: nix::libc::rusage = unsafe { std::mem::zeroed() };
+    let pid = unsafe { nix::libc::wait4(child.id() as i32, &mut status, 0, &mut usage) };
+    if pid != child.id() as i32 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok((std::process::ExitStatus::from_raw(status), usage.ru_maxrss))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -169,3 +185,4 @@ mod tests {
         assert!(child.try_wait().unwrap().is_some());
     }
 }
+

@@ -24,8 +24,6 @@
 //! no one else has). [`Netlink::move_to_netns_keeping_index`] moves a link with `IFLA_NEW_IFINDEX`: it keeps its
 //! ifindex, hence its `/dev/tapN`, or does not move.
 
-#![forbid(unsafe_code)]
-
 pub mod addr_route;
 pub mod error;
 pub mod info;

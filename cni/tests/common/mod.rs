@@ -9,13 +9,11 @@ pub mod pod_resources;
 
 use std::fs::File;
 use std::io::Write;
-use std::os::fd::{AsRawFd, BorrowedFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use macvtap_e2e::netns::Netns;
+use macvtap_e2e::netns::{Netns, enter_before_exec};
 use macvtap_link::{LinkInfo, MacvtapMode, Netlink, block_on, in_netns};
 use serde_json::{Value, json};
 
@@ -339,8 +337,6 @@ impl Call {
 
     /// Run the binary inside the node netns (entered between fork and exec).
     pub fn run_raw(&self, stdin: &[u8]) -> Reply {
-        let ns = File::open(&self.node).unwrap();
-        let fd = ns.as_raw_fd();
         let mut cmd = Command::new(BIN);
         cmd.env_clear().env("PATH", "/usr/sbin:/usr/bin:/sbin:/bin");
         for (k, v) in &self.env {
@@ -349,20 +345,10 @@ impl Call {
         cmd.stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        // SAFETY: setns is async-signal-safe; the fd stays open until after spawn.
-        unsafe {
-            cmd.pre_exec(move || {
-                nix::sched::setns(
-                    BorrowedFd::borrow_raw(fd),
-                    nix::sched::CloneFlags::CLONE_NEWNET,
-                )
-                .map_err(std::io::Error::from)
-            });
-        }
+        enter_before_exec(&mut cmd, File::open(&self.node).unwrap());
         let mut child = cmd.spawn().unwrap();
         child.stdin.take().unwrap().write_all(stdin).unwrap();
         let out = child.wait_with_output().unwrap();
-        drop(ns);
         Reply {
             code: out.status.code().unwrap_or(-1),
             stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
