@@ -8,7 +8,6 @@
 //!   the ownership marker (ifalias) set on links the agent creates.
 //! - [`node_config`]: what one node serves ([`NodeConfig`]) and its validation.
 
-
 pub mod device;
 pub mod mode;
 pub mod names;

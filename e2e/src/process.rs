@@ -185,4 +185,3 @@ mod tests {
         assert!(child.try_wait().unwrap().is_some());
     }
 }
-

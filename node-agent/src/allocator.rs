@@ -11,8 +11,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use macvtap_api::ResourceConfig;
-use tokio::sync::watch;
 use macvtap_core::device::slot_of;
+use tokio::sync::watch;
 use tonic::Status;
 
 use crate::cleanup::CleanupReport;

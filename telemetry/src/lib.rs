@@ -7,7 +7,6 @@
 //!
 //! Each binary keeps its own metric definitions and probe logic; this crate holds only the mechanics.
 
-
 pub mod admin;
 pub mod logs;
 pub mod signals;
