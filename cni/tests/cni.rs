@@ -1,4 +1,5 @@
 //! The built `macvtap` binary run like a runtime, as root, in throwaway netns with a veth lower device.
+//! A list of cases (every verb × every spec version, bad input) over the shared fixture, hence over 400 lines.
 
 mod common;
 

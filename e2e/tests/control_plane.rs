@@ -1,5 +1,6 @@
 //! The control plane fixture against the real etcd + kube-apiserver: admin access, ServiceAccount tokens under
 //! RBAC, kubeconfigs usable by the built kubectl, and teardown (drop, panic, process exit, abort).
+//! A list of independent cases over one control plane, hence just over 400 lines.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;

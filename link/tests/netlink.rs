@@ -1,4 +1,5 @@
 //! Root functional tests: real netlink in a throwaway netns with a veth as the lower device.
+//! A list of independent cases over one netns fixture, hence over 400 lines.
 
 use std::os::unix::fs::MetadataExt;
 use std::process::Command;

@@ -1,4 +1,6 @@
 //! Functional tests of the agent binary in a network namespace (root), against the kubelet stand-in.
+//! One test binary on purpose (each extra one is a link of the whole agent): a list of independent cases over the
+//! shared `common` fixture, hence over 400 lines.
 
 mod common;
 
