@@ -177,14 +177,16 @@ guest_kernel() {
 }
 
 # copy_with_libs ROOTFS FILE...: FILE at its own path under ROOTFS, and every shared library ldd names for it at the
-# path ldd names (symlinks resolved: the image holds plain files).
+# path ldd names (symlinks resolved: the image holds plain files), each with its own mode (the dynamic loader must
+# stay executable).
 copy_with_libs() {
-  local r=$1 f lib
+  local r=$1 f lib real
   shift
   for f in "$@"; do
     install -D -m 0755 "$f" "$r$f"
     for lib in $(ldd "$f" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
-      [[ -e $r$lib ]] || install -D -m 0644 "$(readlink -f "$lib")" "$r$lib"
+      real=$(readlink -f "$lib")
+      [[ -e $r$lib ]] || install -D -m "$(stat -c %a "$real")" "$real" "$r$lib"
     done
   done
 }

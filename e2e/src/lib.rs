@@ -1,6 +1,7 @@
 //! Test harness shared by every crate's tests: a local control plane (real etcd + kube-apiserver), a real
 //! multi-node cluster on this machine (kubelet + containerd + runc per node, see [`cluster`]), network namespaces,
-//! a local OCI registry, a kubelet stand-in for the agent's protocol tests, and a kube-ovn daemon stand-in.
+//! a local OCI registry, a kubelet stand-in for the agent's protocol tests, a kube-ovn daemon stand-in, and VM pods
+//! (QEMU guests on the pod's tap, see [`vm_pod`]).
 
 pub mod apply;
 pub mod cluster;
@@ -13,4 +14,5 @@ pub mod process;
 pub mod registry;
 pub mod tap;
 pub mod tools;
+pub mod vm_pod;
 pub mod workspace;
