@@ -1,8 +1,8 @@
 //! A VM pod on the real cluster, create → the guest's first ping reply, one VM at a time on node-a (its peer on
 //! node-b), p50 over `RUNS` VMs (default 5; `RUNS=n`), split into our part and the rest:
 //!
-//! - **ours**: the agent's Allocate (its own `allocated … elapsed_us` log line) + our CNI's ADD (Multus's verbose
-//!   log on the node: from the line where it hands the macvtap delegate its config to the line with its result);
+//! - **ours**: the agent's Allocate (its own `allocated … elapsed_us` log line) + our CNI's ADD (timed by a
+//!   wrapper around the `macvtap` binary on node-a, see [`wrap_cni`]);
 //! - **the rest**, from the pod's log timestamps (containerd's, `kubectl logs --timestamps`; the bench's clock for
 //!   the create, same machine): create → launcher running (scheduling, sandbox, CNI, container start), launcher
 //!   running → QEMU exec'd (waiting for the network status to reach the downward API file), QEMU → the guest's
@@ -12,12 +12,12 @@
 
 use std::time::{Duration, SystemTime};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use macvtap_e2e::cluster::resources::pool_ready;
 use macvtap_e2e::cluster::{Cluster, ClusterOptions};
-use macvtap_e2e::vm_pod::{VmPod, pod_log, push_vm_image, wait_log_line};
+use macvtap_e2e::vm_pod::{VmPod, dataplane_ips, peer_pod, pod_log, push_vm_image, wait_log_line};
 use macvtap_e2e::workspace::config_file;
 
 const PEER_IP: &str = "10.200.0.20";
@@ -79,20 +79,42 @@ async fn allocate_ms(c: &Cluster) -> Result<f64> {
     Ok(us.parse::<f64>().context("elapsed_us")? / 1000.0)
 }
 
-/// Our CNI's ADD for `pod`, from Multus's verbose log on node-a: the first line naming the pod and the macvtap
-/// network (Multus about to call the delegate) to the `Add: ` line with the delegate's result.
-fn cni_add_ms(c: &Cluster, pod: &str) -> Result<f64> {
-    let log = std::fs::read_to_string(c.dir.join("node-a/pod-logs/multus.log"))?;
-    let ours: Vec<&str> = log
+/// Times every call of our CNI on node-a: its `macvtap` (installed by the agent's init container) is wrapped by a
+/// script that notes nanosecond clock readings before and after the real binary (the wrapper's own cost, a shell
+/// and two `date`, is a few ms on top). Multus's own log has whole seconds only. The log goes to the node's
+/// `/var/lib/cni`: the kubelet's log GC removes what it does not know in `/var/log/pods`.
+fn wrap_cni(c: &Cluster) -> Result<std::path::PathBuf> {
+    let bin = c.dir.join("node-a/cni-bin");
+    let times = c.dir.join("node-a/cni-state/macvtap-cni-times.log");
+    std::fs::rename(bin.join("macvtap"), bin.join("macvtap.real"))
+        .context("node-a's /opt/cni/bin/macvtap (agent's install-cni)")?;
+    let script = "#!/bin/sh\n\
+                  s=$(date +%s%N)\n\
+                  /opt/cni/bin/macvtap.real \"$@\"\n\
+                  rc=$?\n\
+                  e=$(date +%s%N)\n\
+                  echo \"$CNI_COMMAND $s $e $CNI_ARGS\" >>/var/lib/cni/macvtap-cni-times.log\n\
+                  exit $rc\n";
+    std::fs::write(bin.join("macvtap"), script)?;
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(bin.join("macvtap"), std::fs::Permissions::from_mode(0o755))?;
+    Ok(times)
+}
+
+/// Our CNI's ADD for `pod`, from the wrapper's log.
+fn cni_add_ms(times: &std::path::Path, pod: &str) -> Result<f64> {
+    let log = std::fs::read_to_string(times)?;
+    let line = log
         .lines()
-        .filter(|l| l.contains(pod) && l.contains("dataplane-ips"))
+        .find(|l| l.starts_with("ADD ") && l.contains(&format!("K8S_POD_NAME={pod};")))
+        .with_context(|| format!("no ADD of {pod} in {}", times.display()))?;
+    let f: Vec<f64> = line
+        .split_whitespace()
+        .skip(1)
+        .take(2)
+        .map(|x| x.parse().unwrap_or(0.0))
         .collect();
-    let (Some(first), Some(done)) = (ours.first(), ours.iter().find(|l| l.contains("] Add: ")))
-    else {
-        bail!("Multus's log has no ADD of {pod} on dataplane-ips");
-    };
-    let t = |l: &str| secs(l.split_whitespace().next().unwrap_or_default());
-    Ok((t(done)? - t(first)?) * 1000.0)
+    Ok((f[1] - f[0]) / 1e6)
 }
 
 struct Run {
@@ -104,13 +126,11 @@ struct Run {
     to_ping: f64,
 }
 
-async fn one(c: &Cluster, image: &str, name: &str) -> Result<Run> {
+async fn one(c: &Cluster, image: &str, name: &str, times: &std::path::Path) -> Result<Run> {
     let spec = VmPod {
         name,
         image,
-        networks: format!(
-            r#"[{{"name": "dataplane-ips", "mac": "02:00:0a:c8:00:0a", "ips": ["10.200.0.10/24"]}}]"#
-        ),
+        networks: dataplane_ips("02:00:0a:c8:00:0a", "10.200.0.10"),
         queues: 1,
         ping: Some(PEER_IP),
         node: Some("node-a"),
@@ -132,7 +152,7 @@ async fn one(c: &Cluster, image: &str, name: &str) -> Result<Run> {
     let run = Run {
         total: ping - t0,
         allocate_ms: allocate_ms(c).await?,
-        cni_add_ms: cni_add_ms(c, name)?,
+        cni_add_ms: cni_add_ms(times, name)?,
         to_launcher: launcher - t0,
         to_qemu: qemu - launcher,
         to_ping: ping - qemu,
@@ -152,25 +172,19 @@ fn main() -> Result<()> {
         let c = Cluster::start(ClusterOptions::default()).await?;
         c.install_chart(&[]).await?;
         let image = push_vm_image(&c)?;
+        let times = wrap_cni(&c)?;
         c.apply_file(&config_file("pools/dataplane.yaml")).await?;
         c.wait_pool("dataplane", Duration::from_secs(120), pool_ready)
             .await?;
         c.apply_file(&config_file("vm/nad-dataplane-ips.yaml"))
             .await?;
-        let mut peer: k8s_openapi::api::core::v1::Pod = serde_saphyr::from_str(
-            &std::fs::read_to_string(config_file("vm/pod-peer.yaml"))?,
-        )?;
-        peer.spec.as_mut().unwrap().node_selector = Some(
-            [("kubernetes.io/hostname".to_string(), "node-b".to_string())]
-                .into_iter()
-                .collect(),
-        );
-        c.run_pod(peer, Duration::from_secs(120)).await?;
+        c.run_pod(peer_pod("node-b")?, Duration::from_secs(120))
+            .await?;
         // Warm-up, not counted: the image is pulled onto node-a once.
-        one(&c, &image, "vm-warmup").await?;
+        one(&c, &image, "vm-warmup", &times).await?;
         let mut runs = Vec::new();
         for i in 0..n {
-            let r = one(&c, &image, &format!("vm-bench-{i}")).await?;
+            let r = one(&c, &image, &format!("vm-bench-{i}"), &times).await?;
             println!(
                 "run {i}: {:.2} s (Allocate {:.2} ms, CNI ADD {:.0} ms; create -> launcher {:.2} s, -> QEMU {:.2} s, \
                  -> guest's ping reply {:.2} s)",

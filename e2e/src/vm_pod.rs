@@ -49,6 +49,12 @@ pub fn push_vm_image(c: &Cluster) -> Result<String> {
     Ok(image.reference)
 }
 
+/// The network selection of `config/vm/`: the `dataplane-ips` NAD with a fixed MAC and address (`ip` without
+/// prefix: /24).
+pub fn dataplane_ips(mac: &str, ip: &str) -> String {
+    format!(r#"[{{"name": "dataplane-ips", "mac": "{mac}", "ips": ["{ip}/24"]}}]"#)
+}
+
 /// A VM pod: `config/vm/pod-vm.yaml` with another name, network selection, queues, ping target and node.
 #[derive(Debug, Clone)]
 pub struct VmPod<'a> {
@@ -81,6 +87,21 @@ impl VmPod<'_> {
         }
         Ok(serde_json::from_value(pod)?)
     }
+}
+
+/// The VMs' peer, `config/vm/pod-peer.yaml`, kept to `node`.
+pub fn peer_pod(node: &str) -> Result<Pod> {
+    let mut peer: Pod =
+        serde_saphyr::from_str(&std::fs::read_to_string(config_file("vm/pod-peer.yaml"))?)?;
+    peer.spec
+        .as_mut()
+        .context("pod-peer.yaml has no spec")?
+        .node_selector = Some(
+        [("kubernetes.io/hostname".to_string(), node.to_string())]
+            .into_iter()
+            .collect(),
+    );
+    Ok(peer)
 }
 
 /// A pod's log (`kubectl logs`), with containerd's timestamps when `timestamps`.

@@ -14,13 +14,14 @@ use std::pin::Pin;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail, ensure};
-use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, Patch, PatchParams};
 use macvtap_api::MacvtapPool;
 use macvtap_e2e::cluster::pods::RunningPod;
 use macvtap_e2e::cluster::resources::{pool_ready, resource_name};
 use macvtap_e2e::cluster::{Cluster, ClusterOptions};
-use macvtap_e2e::vm_pod::{VmPod, ping_from, pod_log, push_vm_image, vm_image, wait_log_line};
+use macvtap_e2e::vm_pod::{
+    VmPod, dataplane_ips, peer_pod, ping_from, pod_log, push_vm_image, vm_image, wait_log_line,
+};
 use macvtap_e2e::workspace::config_file;
 
 type Scenario =
@@ -74,10 +75,6 @@ fn net1(pod: &RunningPod) -> Result<serde_json::Value> {
         .with_context(|| format!("pod {} has no net1: {:?}", pod.name, pod.link_names()))
 }
 
-fn dataplane(mac: &str, ip: &str) -> String {
-    format!(r#"[{{"name": "dataplane-ips", "mac": "{mac}", "ips": ["{ip}/24"]}}]"#)
-}
-
 /// QEMU's open files on the pod's tap: QEMU is the pod's process named `qemu-system-x86` (comm is cut at 15).
 fn qemu_tap_fds(pod: &RunningPod, tap: &str) -> Result<usize> {
     let qemu = pod
@@ -110,7 +107,7 @@ async fn vm_pings_and_is_pinged(
     let spec = VmPod {
         name,
         image,
-        networks: dataplane(mac, ip),
+        networks: dataplane_ips(mac, ip),
         queues,
         ping: Some(PEER_IP),
         node: Some("node-a"),
@@ -168,22 +165,24 @@ async fn vm_on_dataplane(c: &mut Cluster, image: &str) -> Result<()> {
     Ok(())
 }
 
-/// vm-1 deleted: CNI DEL and the agent remove its link from node-a, the pool counts only the peer. The pool has one
-/// device per node, so the next scenario's VM can only start on the device vm-1 freed.
+/// vm-1 deleted: CNI DEL removes its link (with it the machine's `/dev/tapN`), nothing is left on node-a, the
+/// pool counts only the peer. The pool has one device per node, so the next scenario's VM can only start on the
+/// device vm-1 freed.
 async fn vm_deleted(c: &mut Cluster, _image: &str) -> Result<()> {
-    let pods = Api::<Pod>::namespaced(c.client(), "default");
+    let vm = c
+        .wait_running("default", "vm-1", Duration::from_secs(5))
+        .await
+        .context("vm-1 (the first scenario's VM)")?;
+    let tap = format!("tap{}", net1(&vm)?["ifindex"]);
+    let dev = std::path::Path::new("/dev").join(&tap);
     ensure!(
-        pods.get_opt("vm-1").await?.is_some(),
-        "no vm-1 to delete (the first scenario failed)"
-    );
-    ensure!(
-        node_macvtaps(c, "node-a")?.len() == 1,
-        "vm-1's link on node-a: {:?}",
-        node_macvtaps(c, "node-a")?
+        dev.exists(),
+        "vm-1's {} is not on the machine",
+        dev.display()
     );
     c.delete_pod("default", "vm-1", GONE).await?;
-    wait_until("vm-1's link gone from node-a", GONE, || async {
-        Ok(node_macvtaps(c, "node-a")?.is_empty())
+    wait_until("vm-1's link and tap gone", GONE, || async {
+        Ok(!dev.exists() && node_macvtaps(c, "node-a")?.is_empty())
     })
     .await?;
     c.wait_pool("dataplane", Duration::from_secs(60), |p| {
@@ -197,7 +196,7 @@ async fn vm_two_queues(c: &mut Cluster, image: &str) -> Result<()> {
     let vm =
         vm_pings_and_is_pinged(c, image, "vm-2", "02:00:0a:c8:00:0b", "10.200.0.11", 2).await?;
     c.delete_pod(&vm.namespace, &vm.name, GONE).await?;
-    wait_until("vm-2's link gone from node-a", GONE, || async {
+    wait_until("vm-2's link gone from node-a (CNI DEL)", GONE, || async {
         Ok(node_macvtaps(c, "node-a")?.is_empty())
     })
     .await
@@ -240,12 +239,10 @@ async fn vm_kube_ovn(c: &mut Cluster, image: &str) -> Result<()> {
             }
         }
     }
-    let mut peer: serde_json::Value =
-        serde_saphyr::from_str(&std::fs::read_to_string(config_file("vm/pod-peer.yaml"))?)?;
+    let mut peer = serde_json::to_value(peer_pod("node-b")?)?;
     peer["metadata"]["name"] = "ovn-peer".into();
     peer["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] = "default/p4p1".into();
     peer["spec"]["containers"][0]["resources"]["limits"] = p4p1_limit();
-    peer["spec"]["nodeSelector"] = serde_json::json!({"kubernetes.io/hostname": "node-b"});
     let peer = c.run_pod(serde_json::from_value(peer)?, RUN).await?;
     let spec = VmPod {
         name: "vm-ovn",
@@ -363,14 +360,7 @@ async fn setup_dataplane(c: &Cluster) -> Result<()> {
     }
     c.apply_file(&config_file("vm/nad-dataplane-ips.yaml"))
         .await?;
-    let mut peer: Pod =
-        serde_saphyr::from_str(&std::fs::read_to_string(config_file("vm/pod-peer.yaml"))?)?;
-    peer.spec.as_mut().unwrap().node_selector = Some(
-        [("kubernetes.io/hostname".to_string(), "node-b".to_string())]
-            .into_iter()
-            .collect(),
-    );
-    let peer = c.run_pod(peer, RUN).await?;
+    let peer = c.run_pod(peer_pod("node-b")?, RUN).await?;
     let addrs = peer.ip(&["-o", "-4", "addr", "show", "dev", "net1"])?;
     ensure!(
         addrs.contains(&format!("{PEER_IP}/24")),

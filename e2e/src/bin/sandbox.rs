@@ -17,7 +17,7 @@ use macvtap_e2e::cluster::pods::RunningPod;
 use macvtap_e2e::cluster::resources::{pool_ready, resource_name};
 use macvtap_e2e::cluster::{Cluster, ClusterOptions};
 use macvtap_e2e::tap::{Tap, parse_mac};
-use macvtap_e2e::vm_pod::{VmPod, ping_from, push_vm_image, wait_log_line};
+use macvtap_e2e::vm_pod::{VmPod, dataplane_ips, ping_from, push_vm_image, wait_log_line};
 use macvtap_e2e::workspace::config_file;
 
 fn main() -> Result<()> {
@@ -180,9 +180,7 @@ async fn run_vm(cluster: &Cluster) -> Result<Vec<RunningPod>> {
     let spec = VmPod {
         name: "vm",
         image: &image,
-        networks:
-            r#"[{"name": "dataplane-ips", "mac": "02:00:0a:c8:00:0a", "ips": ["10.200.0.10/24"]}]"#
-                .into(),
+        networks: dataplane_ips("02:00:0a:c8:00:0a", "10.200.0.10"),
         queues: 1,
         ping: Some("10.200.0.20"),
         node: None,
