@@ -10,9 +10,10 @@ test: tools images
 	# The image checks (static musl release binaries + buildah) are slow, so they are #[ignore]d in the plain run.
 	$(CARGO) test --locked -p macvtap-e2e --test images -- --include-ignored
 
-## Bring up the sandbox cluster and attach a pod through the CNI (KEEP=1 leaves it running, NODES=3 for more).
+## Bring up the sandbox cluster and attach a pod through the CNI (KEEP=1 leaves it running, NODES=3 for more, VM=1
+## also starts a VM pod: a QEMU guest on the pod's tap).
 sandbox: tools images
-	$(CARGO) run --locked -p macvtap-e2e --bin sandbox -- $(if $(KEEP),--keep,) $(if $(NODES),--nodes $(NODES),)
+	$(CARGO) run --locked -p macvtap-e2e --bin sandbox -- $(if $(KEEP),--keep,) $(if $(NODES),--nodes $(NODES),) $(if $(VM),--vm,)
 
 ## Install missing Debian packages (containerd, runc, ...) and Rust parts, then build the Kubernetes programs, etcd,
 ## helm, Multus, kube-ovn's CNI and the registry from the Go module proxy (cached).
@@ -24,9 +25,11 @@ tools:
 crds:
 	$(CARGO) run -p macvtap-api --bin crdgen
 
-## Container images as OCI archives (buildah, FROM scratch): operator, agent, and the cluster's pause and busybox.
+## Container images as OCI archives (buildah, FROM scratch): operator, agent, the cluster's pause and busybox, and
+## the VM pod image (QEMU + a guest on the pod's tap; e2e/tests/vm.rs, `sandbox --vm`).
 images:
 	images/build.sh
+	images/build.sh vm
 
 fmt:
 	$(CARGO) fmt --all

@@ -2,9 +2,11 @@
 # Builds the container images of this project into OCI archives, without a daemon or a registry:
 # `buildah build` of images/<name>/Containerfile (FROM scratch) with static binaries in the build context.
 #
-#   images/build.sh                 # build all four images
-#   images/build.sh pause busybox   # only these (operator | agent | pause | busybox); pause and busybox need no cargo
-#   images/build.sh --print-refs    # print "<name> <image ref> <archive path>" for all four and exit (builds nothing)
+#   images/build.sh                 # build all four images of the cluster
+#   images/build.sh pause busybox   # only these (operator | agent | pause | busybox | vm); pause and busybox need no cargo
+#   images/build.sh vm              # the VM pod image (not built by default: `make images` builds it as well)
+#   images/build.sh --print-refs    # print "<name> <image ref> <archive path>" for all four and exit (builds nothing);
+#                                   # with names (`--print-refs vm`) for those only
 #
 # The images:
 #   operator  ghcr.io/macvtap-operator/macvtap-operator:<chart appVersion>  static musl release build (cargo)
@@ -14,6 +16,11 @@
 #                                             default is pause:3.6)
 #   busybox   docker.io/library/busybox:latest  Debian busybox-static + /bin/<applet> links: what test pods'
 #                                             `image: busybox` resolves to
+#   vm        ghcr.io/macvtap-operator/macvtap-vm:<chart appVersion>  a VM pod as KubeVirt runs one: our
+#                                             vm-launcher (static musl), Debian's qemu-system-x86_64 with the shared
+#                                             libraries ldd names and the firmware a -kernel boot loads, a Debian cloud
+#                                             kernel (apt-get download into the cache, dpkg-deb -x, never installed)
+#                                             and a busybox initramfs with its virtio-net modules (images/vm/init)
 #
 # Output: $MACVTAP_IMAGES_DIR (default <repo>/target/images)/<name>.oci.tar, each an OCI image layout archive whose
 # index names the image ref: exactly what the chart's default values (or a pod spec) point at. Load into a node's
@@ -22,8 +29,10 @@
 # Reproducible: layers and config carry timestamp 0, so the same inputs give the same digests.
 #
 # Needs (installs nothing; fails naming what is missing): buildah; musl-gcc (Debian musl-tools: ring's C code, and
-# pause.c); for operator/agent cargo with the x86_64-unknown-linux-musl target; for busybox Debian busybox-static.
-# IMAGE_REGISTRY overrides ghcr.io/macvtap-operator (operator and agent only).
+# pause.c); for operator/agent/vm cargo with the x86_64-unknown-linux-musl target; for busybox and vm Debian
+# busybox-static; for vm Debian qemu-system-x86 and apt-get/dpkg-deb (the guest kernel is fetched once into
+# ${XDG_CACHE_HOME:-~/.cache}/macvtap-operator/vm).
+# IMAGE_REGISTRY overrides ghcr.io/macvtap-operator (operator, agent and vm).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
@@ -38,6 +47,8 @@ VERSION=$(sed -n 's/^appVersion:[[:space:]]*"\{0,1\}\([^"[:space:]]*\)"\{0,1\}[[
 PAUSE_REF=registry.k8s.io/pause:3.10
 BUSYBOX_REF=docker.io/library/busybox:latest
 ALL=(operator agent pause busybox)
+# Built on request only: the cluster does not need it and it is the largest (QEMU, a kernel).
+OPTIONAL=(vm)
 
 ref() {
   case $1 in
@@ -48,31 +59,40 @@ ref() {
 }
 
 images=()
+print_refs=false
 for a in "$@"; do
   case $a in
-    --print-refs)
-      for n in "${ALL[@]}"; do echo "$n $(ref "$n") $OUT/$n.oci.tar"; done
-      exit 0 ;;
-    operator|agent|pause|busybox) images+=("$a") ;;
-    -h|--help) sed -n '2,26p' "$0"; exit 0 ;;
-    *) echo "images/build.sh: unknown argument $a (expected ${ALL[*]}, --print-refs)" >&2; exit 2 ;;
+    --print-refs) print_refs=true ;;
+    operator|agent|pause|busybox|vm) images+=("$a") ;;
+    -h|--help) sed -n '2,35p' "$0"; exit 0 ;;
+    *) echo "images/build.sh: unknown argument $a (expected ${ALL[*]} ${OPTIONAL[*]}, --print-refs)" >&2; exit 2 ;;
   esac
 done
 ((${#images[@]})) || images=("${ALL[@]}")
+if $print_refs; then
+  for n in "${images[@]}"; do echo "$n $(ref "$n") $OUT/$n.oci.tar"; done
+  exit 0
+fi
 wants() { [[ " ${images[*]} " == *" $1 "* ]]; }
 
 BUSYBOX=/bin/busybox
 missing=()
 command -v buildah >/dev/null || missing+=("buildah (Debian: apt-get install buildah)")
 command -v musl-gcc >/dev/null || missing+=("musl-gcc (Debian: apt-get install musl-tools)")
-if wants operator || wants agent; then
+if wants operator || wants agent || wants vm; then
   command -v cargo >/dev/null || missing+=("cargo (rustup)")
   if command -v rustup >/dev/null && ! (cd "$ROOT" && rustup target list --installed) | grep -qx "$TARGET"; then
     missing+=("the $TARGET Rust target (rustup target add $TARGET)")
   fi
 fi
-if wants busybox && ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed"; then
+if (wants busybox || wants vm) && ! dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q "install ok installed"; then
   missing+=("$BUSYBOX from Debian busybox-static (apt-get install busybox-static)")
+fi
+QEMU=/usr/bin/qemu-system-x86_64
+if wants vm; then
+  dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install ok installed" ||
+    missing+=("$QEMU from Debian qemu-system-x86 (apt-get install --no-install-recommends qemu-system-x86)")
+  for t in apt-get apt-cache dpkg-deb ldd gzip; do command -v $t >/dev/null || missing+=("$t"); done
 fi
 if ((${#missing[@]})); then
   printf 'images/build.sh: missing: %s\n' "${missing[@]}" >&2
@@ -105,6 +125,10 @@ for img in "${images[@]}"; do
       cargo_build --profile release-cni -p macvtap-cni --bin macvtap
       bin_path[macvtap-agent]=$TARGET_DIR/$TARGET/release/macvtap-agent
       bin_path[macvtap]=$TARGET_DIR/$TARGET/release-cni/macvtap ;;
+    vm)
+      log "cargo build vm-launcher (release, $TARGET)"
+      cargo_build --release -p vm-launcher --bin vm-launcher
+      bin_path[vm-launcher]=$TARGET_DIR/$TARGET/release/vm-launcher ;;
   esac
 done
 
@@ -130,6 +154,90 @@ busybox_rootfs() {
   chown -R 0:0 "$r"
 }
 
+# guest_kernel DIR: the Debian cloud kernel package linux-image-cloud-amd64 resolves to (the name moves with point
+# releases), downloaded once into the cache and unpacked there with dpkg-deb -x (not installed). Prints the
+# unpacked root.
+guest_kernel() {
+  local cache=${XDG_CACHE_HOME:-$HOME/.cache}/macvtap-operator/vm pkg deb
+  pkg=$(apt-cache depends linux-image-cloud-amd64 2>/dev/null | sed -n 's/^ *Depends: \(linux-image-[^ ]*\)$/\1/p' | head -1)
+  [[ -n $pkg ]] || { echo "images/build.sh: apt-cache resolves no linux-image-cloud-amd64 (apt-get update?)" >&2; return 1; }
+  mkdir -p "$cache"
+  deb=$(ls "$cache/${pkg}"_*.deb 2>/dev/null | head -1 || true)
+  if [[ -z $deb ]]; then
+    log "apt-get download $pkg -> $cache"
+    # apt's _apt sandbox user cannot write a root-owned cache: it warns and downloads as root.
+    (cd "$cache" && apt-get download -q "$pkg" 2>&1 | grep -v 'unsandboxed' >&2 || true)
+    deb=$(ls "$cache/${pkg}"_*.deb 2>/dev/null | head -1 || true)
+    [[ -n $deb ]] || { echo "images/build.sh: apt-get download $pkg failed" >&2; return 1; }
+  fi
+  if [[ ! -d $cache/$pkg/boot ]]; then
+    rm -rf "$cache/$pkg.tmp" && dpkg-deb -x "$deb" "$cache/$pkg.tmp" && mv "$cache/$pkg.tmp" "$cache/$pkg"
+  fi
+  echo "$cache/$pkg"
+}
+
+# copy_with_libs ROOTFS FILE...: FILE at its own path under ROOTFS, and every shared library ldd names for it at the
+# path ldd names (symlinks resolved: the image holds plain files), each with its own mode (the dynamic loader must
+# stay executable).
+copy_with_libs() {
+  local r=$1 f lib real
+  shift
+  for f in "$@"; do
+    install -D -m 0755 "$f" "$r$f"
+    for lib in $(ldd "$f" | awk '$2 == "=>" && $3 ~ /^\// {print $3} $1 ~ /^\// {print $1}'); do
+      real=$(readlink -f "$lib")
+      [[ -e $r$lib ]] || install -D -m "$(stat -c %a "$real")" "$real" "$r$lib"
+    done
+  done
+}
+
+# vm_rootfs CTX: the VM pod image's root under CTX/rootfs (see the Containerfile for what runs there).
+vm_rootfs() {
+  local r=$1/rootfs kernel modules m version init_dir
+  rm -rf "$r" && mkdir -p "$r/usr/bin" "$r/vm" "$r/tmp"
+  install -m 0755 "$1/vm-launcher" "$r/usr/bin/vm-launcher" && rm "$1/vm-launcher"
+  # QEMU, the TCG accelerator (Debian builds it as a loadable module) and the firmware a -nodefaults -kernel boot
+  # opens (strace): SeaBIOS, the linuxboot option ROM, and kvmvapic.bin. The NIC's iPXE ROM is not needed: the
+  # launcher passes romfile= (empty).
+  copy_with_libs "$r" "$QEMU" /usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so
+  chmod 0644 "$r/usr/lib/x86_64-linux-gnu/qemu/accel-tcg-x86_64.so"
+  for f in /usr/share/seabios/bios-256k.bin /usr/share/qemu/linuxboot_dma.bin /usr/share/qemu/kvmvapic.bin; do
+    install -D -m 0644 "$(readlink -f "$f")" "$r$f"
+  done
+  # The guest: the cloud kernel, and an initramfs of busybox, the virtio-net modules and our /init.
+  kernel=$(guest_kernel)
+  version=$(ls "$kernel/lib/modules")
+  install -m 0644 "$kernel/boot/vmlinuz-$version" "$r/vm/vmlinuz"
+  init_dir=$1/initramfs
+  rm -rf "$init_dir" && mkdir -p "$init_dir/bin" "$init_dir/lib/modules" "$init_dir/proc" "$init_dir/sys" "$init_dir/dev"
+  install -m 0755 "$BUSYBOX" "$init_dir/bin/busybox"
+  install -m 0755 "$ROOT/images/vm/init" "$init_dir/init"
+  modules=(virtio_ring virtio virtio_pci_modern_dev virtio_pci_legacy_dev virtio_pci failover net_failover virtio_net)
+  for m in "${modules[@]}"; do
+    local ko
+    ko=$(find "$kernel/lib/modules/$version" -name "$m.ko*" | head -1)
+    [[ -n $ko ]] || { echo "images/build.sh: the guest kernel has no $m module" >&2; return 1; }
+    # Debian 12 ships them uncompressed; a later kernel's .ko.xz is unpacked here (busybox insmod reads plain .ko).
+    case $ko in
+      *.ko) install -m 0644 "$ko" "$init_dir/lib/modules/$m.ko" ;;
+      *.ko.xz) xz -dc "$ko" >"$init_dir/lib/modules/$m.ko" ;;
+      *.ko.zst) zstd -dc "$ko" >"$init_dir/lib/modules/$m.ko" ;;
+      *) echo "images/build.sh: $ko: unknown module compression" >&2; return 1 ;;
+    esac
+  done
+  # Reproducible: sorted names, owner root, mtime 0, gzip without a name or time.
+  find "$init_dir" -exec touch -h -d @0 {} +
+  (cd "$init_dir" && find . | LC_ALL=C sort | "$BUSYBOX" cpio -o -H newc -R 0:0 2>/dev/null | gzip -9n) \
+    >"$r/vm/initramfs.cpio.gz"
+  chmod 0644 "$r/vm/initramfs.cpio.gz"
+  echo "$version" >"$r/vm/kernel-version"
+  chmod 1777 "$r/tmp"
+  chown -R 0:0 "$r"
+  # The collected QEMU must start on its own in that root (a missing library would only show in the pod).
+  chroot "$r" /usr/bin/qemu-system-x86_64 --version >/dev/null ||
+    { echo "images/build.sh: qemu-system-x86_64 does not start in the VM image's root" >&2; return 1; }
+}
+
 for img in "${images[@]}"; do
   ctx=$OUT/context/$img
   rm -rf "$ctx" && mkdir -p "$ctx"
@@ -138,6 +246,7 @@ for img in "${images[@]}"; do
     agent) bins=(macvtap-agent macvtap) ;;
     pause) bins=(pause) ;;
     busybox) bins=(busybox) ;;
+    vm) bins=(vm-launcher) ;;
   esac
   for b in "${bins[@]}"; do
     p=${bin_path[$b]}
@@ -154,6 +263,7 @@ for img in "${images[@]}"; do
     busybox)
       label_version=$(dpkg-query -W -f='${Version}' busybox-static)
       busybox_rootfs "$ctx" ;;
+    vm) vm_rootfs "$ctx" ;;
   esac
   archive=$OUT/$img.oci.tar
   log "buildah build $(ref "$img") -> $archive"

@@ -1,6 +1,7 @@
 //! Test harness shared by every crate's tests: a local control plane (real etcd + kube-apiserver), a real
 //! multi-node cluster on this machine (kubelet + containerd + runc per node, see [`cluster`]), network namespaces,
-//! a local OCI registry, a kubelet stand-in for the agent's protocol tests, and a kube-ovn daemon stand-in.
+//! a local OCI registry, a kubelet stand-in for the agent's protocol tests, a kube-ovn daemon stand-in, and VM pods
+//! (QEMU guests on the pod's tap, see [`vm_pod`]).
 //!
 //! And the one copy of what every crate's tests do again and again: polling until something holds ([`wait`]),
 //! owning child processes ([`process`]), the node agent's command line on a test node ([`agent`]), ServiceAccount
@@ -18,5 +19,6 @@ pub mod process;
 pub mod registry;
 pub mod tap;
 pub mod tools;
+pub mod vm_pod;
 pub mod wait;
 pub mod workspace;

@@ -1,6 +1,6 @@
 //! Waiting for something to become true by asking again: the one polling loop of every crate's tests
 //! ([`poll`]), and the shapes the tests call it in ([`eventually`] panics with the last answer, [`until_true`]
-//! answers a bool, [`poll_blocking`] for code outside a runtime).
+//! answers a bool, [`until`] for checks that can fail for good, [`poll_blocking`] for code outside a runtime).
 //!
 //! Waits that can be told of a change (the kubelet stand-in's watch channel) do not poll; everything read from
 //! the API server, a netns or `/metrics` does.
@@ -67,6 +67,30 @@ pub async fn until_true(timeout: Duration, mut cond: impl FnMut() -> bool) -> bo
     })
     .await
     .is_ok()
+}
+
+/// Asks `check` every 250 ms until it answers `true`: an error of `check` ends the wait at once (a scenario's
+/// check that cannot come true any more), `false` after `timeout` is an error naming `what`.
+pub async fn until<F: Future<Output = anyhow::Result<bool>>>(
+    what: &str,
+    timeout: Duration,
+    mut check: impl FnMut() -> F,
+) -> anyhow::Result<()> {
+    let waited = poll(timeout, Duration::from_millis(250), || {
+        let asked = check();
+        async move {
+            match asked.await {
+                Ok(true) => Ok(Ok(())),
+                Ok(false) => Err(()),
+                Err(e) => Ok(Err(e)),
+            }
+        }
+    })
+    .await;
+    match waited {
+        Ok(done) => done,
+        Err(()) => anyhow::bail!("{what}: not within {timeout:?}"),
+    }
 }
 
 #[cfg(test)]

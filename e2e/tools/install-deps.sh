@@ -20,6 +20,14 @@ if ((${#missing[@]})); then
   DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
 fi
 
+# The VM pod image (images/build.sh vm) copies Debian's QEMU and its firmware (SeaBIOS comes with it) into a FROM
+# scratch image. Without recommends: they would add ~150 packages of GUI, audio and GPU libraries it never loads.
+if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install ok installed"; then
+  echo "installing Debian packages: qemu-system-x86 (no recommends)" >&2
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null
+fi
+
 toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
 if ! rustup target list --installed --toolchain "$toolchain" 2>/dev/null | grep -q x86_64-unknown-linux-musl; then
   rustup toolchain install "$toolchain" --profile minimal --component rustfmt,clippy >/dev/null

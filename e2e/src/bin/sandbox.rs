@@ -1,12 +1,14 @@
 //! The README's main job: a real Kubernetes cluster on this machine that attaches a macvtap interface to a pod.
 //!
-//!   cargo run -p macvtap-e2e --bin sandbox [-- --keep] [--nodes N]
+//!   cargo run -p macvtap-e2e --bin sandbox [-- --keep] [--nodes N] [--vm]
 //!
 //! Brings up the cluster (control plane with scheduler and controller-manager, an image registry, N nodes with
 //! containerd + runc + kubelet + kube-proxy), installs the chart with helm (operator Deployment and agent
 //! DaemonSet run as pods from our images), creates the `dataplane` pool, the original README's
 //! NetworkAttachmentDefinition and pod (unchanged), shows what a user wants to see, sends a frame through the
 //! pods' taps, and tears everything down (or, with --keep, stays up until Ctrl-C and prints a kubeconfig).
+//! With --vm it also starts a VM pod (config/vm/: QEMU guest on the pod's tap, `images/build.sh vm`) and a peer
+//! pod, and shows the guest coming up on the macvtap network, pinging and pinged.
 
 use std::time::Duration;
 
@@ -15,15 +17,17 @@ use macvtap_e2e::cluster::pods::RunningPod;
 use macvtap_e2e::cluster::resources::{pool_ready, resource_name};
 use macvtap_e2e::cluster::{Cluster, ClusterOptions};
 use macvtap_e2e::tap::{Tap, parse_mac};
+use macvtap_e2e::vm_pod::{VmPod, dataplane_ips, ping_from, push_vm_image, wait_log_line};
 use macvtap_e2e::workspace::config_file;
 
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
-        println!("usage: sandbox [--keep] [--nodes N]   (run as root; see README.md)");
+        println!("usage: sandbox [--keep] [--nodes N] [--vm]   (run as root; see README.md)");
         return Ok(());
     }
     let keep = args.iter().any(|a| a == "--keep");
+    let vm = args.iter().any(|a| a == "--vm");
     let nodes = match args.iter().position(|a| a == "--nodes") {
         Some(i) => args
             .get(i + 1)
@@ -42,10 +46,10 @@ fn main() -> Result<()> {
         bail!("the sandbox runs kubelets, containerd and network namespaces: run it as root");
     }
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(run(keep, nodes))
+    rt.block_on(run(keep, nodes, vm))
 }
 
-async fn run(keep: bool, nodes: usize) -> Result<()> {
+async fn run(keep: bool, nodes: usize, vm: bool) -> Result<()> {
     let t0 = std::time::Instant::now();
     step(&format!(
         "starting the cluster: control plane, image registry, {nodes} nodes (containerd + runc + kubelet + kube-proxy)"
@@ -120,6 +124,7 @@ async fn run(keep: bool, nodes: usize) -> Result<()> {
         ),
         other => bail!("frame not received through the taps (got {other:?})"),
     }
+    let vm_pods = if vm { run_vm(&cluster).await? } else { vec![] };
     println!("   ready in {:.0?}", t0.elapsed());
 
     if keep {
@@ -140,10 +145,15 @@ async fn run(keep: bool, nodes: usize) -> Result<()> {
             cluster.nodes[0].mount_ns.display(),
             cluster.nodes[0].netns.path().display()
         );
+        if vm {
+            println!(
+                "   the guest's console: kubectl logs -f vm; kubectl exec vm-peer -- ping 10.200.0.10"
+            );
+        }
         tokio::signal::ctrl_c().await?;
     }
     step("tearing down (pods deleted through the kubelet, then everything else)");
-    for p in [&pod, &peer] {
+    for p in [&pod, &peer].into_iter().chain(&vm_pods) {
         cluster
             .delete_pod(&p.namespace, &p.name, Duration::from_secs(60))
             .await?;
@@ -151,6 +161,67 @@ async fn run(keep: bool, nodes: usize) -> Result<()> {
     cluster.stop();
     println!("   done");
     Ok(())
+}
+
+/// A VM pod and its peer (config/vm/), the guest's report from the pod's log, and a ping back from the peer.
+async fn run_vm(cluster: &Cluster) -> Result<Vec<RunningPod>> {
+    step(
+        "a VM on the tap: QEMU in a pod (images/vm), its virtio-net NIC on the pod's /dev/tapN (config/vm/)",
+    );
+    let image = push_vm_image(cluster)?;
+    cluster
+        .apply_file(&config_file("vm/nad-dataplane-ips.yaml"))
+        .await?;
+    let peer_yaml = std::fs::read_to_string(config_file("vm/pod-peer.yaml"))?;
+    let peer = cluster
+        .run_pod_yaml(&peer_yaml, Duration::from_secs(120))
+        .await?;
+    println!("   pod {} on {}: net1 10.200.0.20/24", peer.name, peer.node);
+    let spec = VmPod {
+        name: "vm",
+        image: &image,
+        networks: dataplane_ips("02:00:0a:c8:00:0a", "10.200.0.10"),
+        queues: 1,
+        ping: Some("10.200.0.20"),
+        node: None,
+    };
+    let t = std::time::Instant::now();
+    let vm = cluster
+        .run_pod(spec.pod()?, Duration::from_secs(300))
+        .await?;
+    println!(
+        "   pod vm Running on {} after {:.1?}; the guest boots (TCG: no usable KVM here)",
+        vm.node,
+        t.elapsed()
+    );
+    let log = wait_log_line(
+        cluster,
+        "default",
+        "vm",
+        "GUEST: ping 10.200.0.20 ok",
+        Duration::from_secs(420),
+    )
+    .await?;
+    println!(
+        "   kubectl logs vm (the launcher, then the guest's serial console), {:.1?} after create:",
+        t.elapsed()
+    );
+    for l in log
+        .lines()
+        .filter(|l| l.starts_with("vm-launcher: ") || l.starts_with("GUEST: "))
+    {
+        println!("     {l}");
+    }
+    ping_from(
+        cluster,
+        "default",
+        "vm-peer",
+        "10.200.0.10",
+        Duration::from_secs(60),
+    )
+    .await?;
+    println!("   kubectl exec vm-peer -- ping 10.200.0.10: the guest answers");
+    Ok(vec![vm, peer])
 }
 
 fn show_pod(cluster: &Cluster, pod: &RunningPod) -> Result<()> {

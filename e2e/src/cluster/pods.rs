@@ -71,6 +71,12 @@ impl RunningPod {
             .cloned())
     }
 
+    /// The pod's `net1` (where the NADs of these tests attach it); an error names the links it has instead.
+    pub fn net1(&self) -> Result<serde_json::Value> {
+        self.link("net1")?
+            .with_context(|| format!("pod {} has no net1: {:?}", self.name, self.link_names()))
+    }
+
     /// Names of the pod's links.
     pub fn link_names(&self) -> Result<Vec<String>> {
         let all: serde_json::Value = serde_json::from_str(&self.ip(&["-j", "link", "show"])?)?;

@@ -45,6 +45,20 @@ pub fn node_resource(node: &NodeObject, resource: &str) -> (i64, i64) {
 }
 
 impl Cluster {
+    /// Our macvtap links in a node's network namespace (host side: not in any pod).
+    pub fn node_macvtaps(&self, node: &str) -> Result<Vec<String>> {
+        let out = self
+            .node(node)
+            .netns
+            .ip(&["-d", "-j", "link", "show", "type", "macvtap"])?;
+        let v: serde_json::Value = serde_json::from_str(&out)?;
+        Ok(v.as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(|l| l["ifname"].as_str().map(String::from))
+            .collect())
+    }
+
     /// Waits until `pred` holds for the pool; the error shows the pool as last seen.
     pub async fn wait_pool(
         &self,

@@ -21,7 +21,7 @@ pub async fn dataplane(c: &mut Cluster) -> Result<()> {
     let pod = c
         .run_pod(example("original/pod.yaml", None, None)?, RUN)
         .await?;
-    let l = net1(&pod)?;
+    let l = pod.net1()?;
     ensure!(
         l["linkinfo"]["info_kind"] == "macvtap",
         "net1 is not a macvtap: {l}"
@@ -43,8 +43,8 @@ pub async fn dataplane(c: &mut Cluster) -> Result<()> {
     // Deletion: CNI DEL removes the link, the slot is free, a new pod gets a device.
     let node = pod.node.clone();
     c.delete_pod(&pod.namespace, &pod.name, GONE).await?;
-    wait_until("the pod's link gone from its node", GONE, || async {
-        Ok(node_macvtaps(c, &node)?.is_empty())
+    wait::until("the pod's link gone from its node", GONE, || async {
+        Ok(c.node_macvtaps(&node)?.is_empty())
     })
     .await?;
     c.wait_pool("dataplane", Duration::from_secs(60), |p| {
@@ -62,7 +62,7 @@ pub async fn pod_with_mac(c: &mut Cluster) -> Result<()> {
     let pod = c
         .run_pod(example("original/pod-with-mac.yaml", None, None)?, RUN)
         .await?;
-    let l = net1(&pod)?;
+    let l = pod.net1()?;
     ensure!(
         l["address"] == "02:23:45:67:89:01",
         "MAC from the selection annotation: {l}"
@@ -108,7 +108,7 @@ pub async fn data_path(c: &mut Cluster) -> Result<()> {
     let b = original_pod(c, "dp-b", "node-a").await?;
     let d = original_pod(c, "dp-c", "node-b").await?;
     let mac = |p: &RunningPod| -> Result<[u8; 6]> {
-        parse_mac(net1(p)?["address"].as_str().unwrap_or_default()).context("MAC")
+        parse_mac(p.net1()?["address"].as_str().unwrap_or_default()).context("MAC")
     };
     let (ma, mb, md) = (mac(&a)?, mac(&b)?, mac(&d)?);
     let mut ta = Tap::open(&check_tap(&a)?)?;
@@ -165,7 +165,12 @@ pub async fn twenty_at_once(c: &mut Cluster) -> Result<()> {
         let rdev = std::os::unix::fs::MetadataExt::rdev(&std::fs::metadata(&tap)?);
         taps.insert(tap);
         devices.insert(rdev);
-        aliases.insert(net1(p)?["ifalias"].as_str().unwrap_or_default().to_string());
+        aliases.insert(
+            p.net1()?["ifalias"]
+                .as_str()
+                .unwrap_or_default()
+                .to_string(),
+        );
     }
     ensure!(taps.len() == 20 && devices.len() == 20, "taps {taps:?}");
     ensure!(

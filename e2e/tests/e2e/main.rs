@@ -19,7 +19,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use anyhow::{Context, Result, bail, ensure};
+use anyhow::{Context, Result, ensure};
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
@@ -29,6 +29,7 @@ use macvtap_e2e::cluster::pods::RunningPod;
 use macvtap_e2e::cluster::resources::{pool_ready, resource_name};
 use macvtap_e2e::cluster::{Cluster, ClusterOptions};
 use macvtap_e2e::tap::{Tap, parse_mac};
+use macvtap_e2e::wait;
 use macvtap_e2e::workspace::config_file;
 
 type Scenario = for<'a> fn(&'a mut Cluster) -> Pin<Box<dyn Future<Output = Result<()>> + 'a>>;

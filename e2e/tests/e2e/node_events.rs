@@ -6,7 +6,7 @@ use super::*;
 /// Node's allocatable comes back, and new pods still attach.
 pub async fn kubelet_restart(c: &mut Cluster) -> Result<()> {
     let holder = original_pod(c, "holder", "node-a").await?;
-    let before = net1(&holder)?;
+    let before = holder.net1()?;
     let kubeconfig = c.dir.join("node-a/kubelet.kubeconfig");
     let ca = c.control_plane.ca_path().to_path_buf();
     c.node_mut("node-a").stop_kubelet();
@@ -18,7 +18,7 @@ pub async fn kubelet_restart(c: &mut Cluster) -> Result<()> {
     })
     .await
     .context("allocatable back after the kubelet restart")?;
-    let after = net1(&holder)?;
+    let after = holder.net1()?;
     ensure!(
         before["ifindex"] == after["ifindex"],
         "net1 changed: {before} -> {after}"
@@ -46,7 +46,7 @@ pub async fn agent_recreated(c: &mut Cluster) -> Result<()> {
         )
         .await?;
     let orphan_if = orphan_pod.tap_devices()[0].ifindex().context("tap")?;
-    let before = net1(&user)?;
+    let before = user.net1()?;
     let agent = c.agent_pod("node-a").await?;
     let pods = Api::<Pod>::namespaced(c.client(), &c.chart.namespace);
     // Stop the DaemonSet from replacing the agent until the orphan exists: delete the agent and the pod at once.
@@ -54,7 +54,7 @@ pub async fn agent_recreated(c: &mut Cluster) -> Result<()> {
         .await?;
     c.delete_pod(&orphan_pod.namespace, &orphan_pod.name, GONE)
         .await?;
-    wait_until(
+    wait::until(
         "a new agent pod on node-a",
         Duration::from_secs(120),
         || async {
@@ -68,7 +68,7 @@ pub async fn agent_recreated(c: &mut Cluster) -> Result<()> {
         },
     )
     .await?;
-    wait_until(
+    wait::until(
         "the orphan's link cleaned up",
         Duration::from_secs(120),
         || async {
@@ -85,7 +85,7 @@ pub async fn agent_recreated(c: &mut Cluster) -> Result<()> {
         },
     )
     .await?;
-    let after = net1(&user)?;
+    let after = user.net1()?;
     ensure!(
         before == after,
         "the running pod's net1 changed: {before} -> {after}"
@@ -120,11 +120,11 @@ pub async fn drain(c: &mut Cluster) -> Result<()> {
         "--timeout=120s",
     ])?;
     let result = async {
-        wait_until("node-b's links gone", GONE, || async {
-            Ok(node_macvtaps(c, "node-b")?.is_empty())
+        wait::until("node-b's links gone", GONE, || async {
+            Ok(c.node_macvtaps("node-b")?.is_empty())
         })
         .await?;
-        wait_until("nothing allocated", GONE, || async {
+        wait::until("nothing allocated", GONE, || async {
             Ok(allocated(c, "dataplane").await? == 0)
         })
         .await

@@ -79,7 +79,7 @@ pub async fn capacity_exhausted(c: &mut Cluster) -> Result<()> {
         &busybox("scarce-2", None, Some("scarce"), None),
     )
     .await?;
-    wait_until(
+    wait::until(
         "scarce-2 Unschedulable",
         Duration::from_secs(60),
         || async {

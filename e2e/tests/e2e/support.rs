@@ -1,7 +1,6 @@
 //! Pods, links and pools as the scenarios look at them.
 
 use super::*;
-use macvtap_e2e::wait;
 
 pub const RUN: Duration = Duration::from_secs(120);
 pub const GONE: Duration = Duration::from_secs(90);
@@ -62,14 +61,9 @@ pub async fn original_pod(c: &Cluster, name: &str, node: &str) -> Result<Running
         .await
 }
 
-pub fn net1(pod: &RunningPod) -> Result<serde_json::Value> {
-    pod.link("net1")?
-        .with_context(|| format!("pod {} has no net1: {:?}", pod.name, pod.link_names()))
-}
-
 /// The pod's tap must be the device of its net1: same ifindex in the name, same device number as the machine's.
 pub fn check_tap(pod: &RunningPod) -> Result<std::path::PathBuf> {
-    let l = net1(pod)?;
+    let l = pod.net1()?;
     let ifindex = l["ifindex"].as_u64().context("ifindex")? as u32;
     let taps = pod.tap_devices();
     ensure!(taps.len() == 1, "pod {}: taps {taps:?}", pod.name);
@@ -89,43 +83,6 @@ pub fn check_tap(pod: &RunningPod) -> Result<std::path::PathBuf> {
         tap.name
     );
     Ok(tap.host_path())
-}
-
-/// Our macvtap links in a node's network namespace (host side: not in any pod).
-pub fn node_macvtaps(c: &Cluster, node: &str) -> Result<Vec<String>> {
-    let out = c
-        .node(node)
-        .netns
-        .ip(&["-d", "-j", "link", "show", "type", "macvtap"])?;
-    let v: serde_json::Value = serde_json::from_str(&out)?;
-    Ok(v.as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|l| l["ifname"].as_str().map(String::from))
-        .collect())
-}
-
-pub async fn wait_until<F: Future<Output = Result<bool>>>(
-    what: &str,
-    timeout: Duration,
-    mut f: impl FnMut() -> F,
-) -> Result<()> {
-    // An error of `f` ends the wait at once (Ok(Err)); `false` asks again (Err).
-    let waited = wait::poll(timeout, Duration::from_millis(250), || {
-        let check = f();
-        async move {
-            match check.await {
-                Ok(true) => Ok(Ok(())),
-                Ok(false) => Err(()),
-                Err(e) => Ok(Err(e)),
-            }
-        }
-    })
-    .await;
-    match waited {
-        Ok(done) => done,
-        Err(()) => bail!("{what}: not within {timeout:?}"),
-    }
 }
 
 /// Edits a pool's capacity, as a user would with `kubectl patch`.

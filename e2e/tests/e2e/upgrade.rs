@@ -44,16 +44,16 @@ pub async fn upgrade_from_original(c: &mut Cluster) -> Result<()> {
         check_tap(p)?;
     }
     // The two slots no pod holds: their original links go (fast cleanup in this cluster); the stranger stays.
-    wait_until(
+    wait::until(
         "unheld original links cleaned up",
         Duration::from_secs(90),
-        || async { Ok(node_macvtaps(c, "node-b")? == ["mvt0123456789ab"]) },
+        || async { Ok(c.node_macvtaps("node-b")? == ["mvt0123456789ab"]) },
     )
     .await?;
     for p in pods {
         c.delete_pod(&p.namespace, &p.name, GONE).await?;
     }
-    let left = node_macvtaps(c, "node-b")?;
+    let left = c.node_macvtaps("node-b")?;
     c.node("node-b")
         .netns
         .ip(&["link", "del", "mvt0123456789ab"])?;
