@@ -150,6 +150,10 @@ impl Netns {
 impl Drop for Netns {
     fn drop(&mut self) {
         // Links inside go with the namespace (a macvtap returns to nothing: it is destroyed with its netns).
+        // A cluster's teardown script may have deleted it already: nothing left to do then.
+        if !self.path.exists() {
+            return;
+        }
         if let Err(e) = run_ip(&["netns", "del", &self.name]) {
             eprintln!("netns {}: cleanup failed: {e}", self.name);
         }
