@@ -16,9 +16,9 @@ use std::time::Duration;
 use anyhow::{Context, Result, ensure};
 use kube::api::{Api, Patch, PatchParams};
 use macvtap_api::MacvtapPool;
+use macvtap_e2e::cluster::Cluster;
 use macvtap_e2e::cluster::pods::RunningPod;
 use macvtap_e2e::cluster::resources::{pool_ready, resource_name};
-use macvtap_e2e::cluster::{Cluster, ClusterOptions};
 use macvtap_e2e::vm_pod::{
     VmPod, dataplane_ips, peer_pod, ping_from, pod_log, push_vm_image, vm_image, wait_log_line,
 };
@@ -245,18 +245,9 @@ fn vm_on_the_tap() {
     vm_image().expect("the VM image (images/build.sh vm)");
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut cluster = Cluster::start(ClusterOptions::default())
+        let mut cluster = Cluster::start_with_chart()
             .await
-            .expect("the cluster starts");
-        let fast_cleanup = [
-            "agent.extraArgs[0]=--cleanup-grace-secs=10",
-            "agent.extraArgs[1]=--cleanup-interval-secs=3",
-        ]
-        .map(String::from);
-        cluster
-            .install_chart(&fast_cleanup)
-            .await
-            .expect("the chart installs and its pods run");
+            .expect("the cluster with the chart");
         let image = push_vm_image(&cluster).expect("the VM image in the registry");
         setup_dataplane(&cluster)
             .await

@@ -25,9 +25,9 @@ use k8s_openapi::api::core::v1::Pod;
 use kube::ResourceExt;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams, PostParams};
 use macvtap_api::MacvtapPool;
+use macvtap_e2e::cluster::Cluster;
 use macvtap_e2e::cluster::pods::RunningPod;
 use macvtap_e2e::cluster::resources::{pool_ready, resource_name};
-use macvtap_e2e::cluster::{Cluster, ClusterOptions};
 use macvtap_e2e::tap::{Tap, parse_mac};
 use macvtap_e2e::wait;
 use macvtap_e2e::workspace::config_file;
@@ -46,19 +46,9 @@ use upgrade::*;
 fn end_to_end() {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        let mut cluster = Cluster::start(ClusterOptions::default())
+        let mut cluster = Cluster::start_with_chart()
             .await
-            .expect("the cluster starts");
-        // Orphaned links are cleaned within seconds instead of the default two minutes.
-        let fast_cleanup = [
-            "agent.extraArgs[0]=--cleanup-grace-secs=10",
-            "agent.extraArgs[1]=--cleanup-interval-secs=3",
-        ]
-        .map(String::from);
-        cluster
-            .install_chart(&fast_cleanup)
-            .await
-            .expect("the chart installs and its pods run");
+            .expect("the cluster with the chart");
         let scenarios: Vec<(&str, Scenario)> = vec![
             (
                 "operator and agents run as pods, logs, leader election",
