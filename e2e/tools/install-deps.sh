@@ -10,23 +10,26 @@ pkgs=(protobuf-compiler containernetworking-plugins iproute2 openssl buildah jq 
 # call (iptables, nftables, conntrack), the test images' busybox (busybox-static) and skopeo, which copies the OCI
 # archives of images/build.sh into the local registry the nodes pull from. file: images/build.sh checks binaries.
 pkgs+=(containerd runc iptables nftables conntrack busybox-static skopeo file)
-missing=()
-for p in "${pkgs[@]}"; do
-  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
-done
-if ((${#missing[@]})); then
-  echo "installing Debian packages: ${missing[*]}" >&2
+# install_missing [apt-get options --] PACKAGE...: installs those not installed yet (one apt-get update if any).
+install_missing() {
+  local opts=() missing=() p
+  if [[ $1 == -* ]]; then
+    while [[ $1 != -- ]]; do opts+=("$1"); shift; done
+    shift
+  fi
+  for p in "$@"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+  done
+  ((${#missing[@]})) || return 0
+  echo "installing Debian packages: ${missing[*]} ${opts[*]}" >&2
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
-fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${opts[@]}" "${missing[@]}" >/dev/null
+}
+install_missing "${pkgs[@]}"
 
 # The VM pod image (images/build.sh vm) copies Debian's QEMU and its firmware (SeaBIOS comes with it) into a FROM
 # scratch image. Without recommends: they would add ~150 packages of GUI, audio and GPU libraries it never loads.
-if ! dpkg-query -W -f='${Status}' qemu-system-x86 2>/dev/null | grep -q "install ok installed"; then
-  echo "installing Debian packages: qemu-system-x86 (no recommends)" >&2
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends qemu-system-x86 >/dev/null
-fi
+install_missing --no-install-recommends -- qemu-system-x86
 
 toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
 if ! rustup target list --installed --toolchain "$toolchain" 2>/dev/null | grep -q x86_64-unknown-linux-musl; then

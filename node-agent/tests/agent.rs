@@ -239,7 +239,7 @@ async fn a_killed_agent_restarts_without_touching_links_in_use_and_cleans_orphan
     assert!(node.link(&orphan).is_some());
     node.start_agent_with_file(cfg, &[]);
     node.wait_for_healthy(&res, 8).await;
-    let cleaned = eventually(Duration::from_secs(15), || node.link(&orphan).is_none()).await;
+    let cleaned = node.link_removed(&orphan).await;
     assert!(cleaned, "orphan not removed\n{}", node.log());
     for id in ["dpMvp0", "dpMvp1"] {
         assert!(
@@ -272,7 +272,7 @@ async fn a_killed_agent_restarts_without_touching_links_in_use_and_cleans_orphan
         node.link(&fresh).is_some(),
         "removed within the grace period"
     );
-    assert!(eventually(Duration::from_secs(15), || node.link(&fresh).is_none()).await);
+    assert!(node.link_removed(&fresh).await);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -174,10 +174,6 @@ async fn cleanup_skipped_without_pod_resources_is_counted_and_nothing_is_removed
     );
 
     node.kubelet.start_pod_resources().await.unwrap();
-    assert!(
-        eventually(Duration::from_secs(15), || node.link(&orphan).is_none()).await,
-        "{}",
-        node.log()
-    );
+    assert!(node.link_removed(&orphan).await, "{}", node.log());
     assert_eq!(node.metric("macvtap_agent_cleanup_active"), Some(1.0));
 }

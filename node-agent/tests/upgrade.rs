@@ -174,10 +174,7 @@ async fn the_originals_links_are_adopted_and_unrelated_links_are_never_touched()
     node.start_agent_with_file(cfg, &[]);
     node.wait_for_healthy(&res, 8).await;
     // Unheld: adopted, then removed like a stale link of ours.
-    let cleaned = eventually(Duration::from_secs(15), || {
-        node.link(&host_link_name("dpMvp7")).is_none()
-    })
-    .await;
+    let cleaned = node.link_removed(&host_link_name("dpMvp7")).await;
     assert!(
         cleaned,
         "the original's unheld link not cleaned\n{}",
@@ -197,10 +194,7 @@ async fn the_originals_links_are_adopted_and_unrelated_links_are_never_touched()
     assert_eq!(after, before, "unrelated links changed by cleanup");
     // The pod of the original goes away: its (now adopted) link is cleaned like ours.
     node.kubelet.release_pod("ns", "vm-old").await;
-    let cleaned = eventually(Duration::from_secs(15), || {
-        node.link(&host_link_name("dpMvp6")).is_none()
-    })
-    .await;
+    let cleaned = node.link_removed(&host_link_name("dpMvp6")).await;
     assert!(
         cleaned,
         "adopted link not cleaned after release\n{}",

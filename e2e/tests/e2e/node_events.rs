@@ -98,17 +98,7 @@ pub async fn agent_recreated(c: &mut Cluster) -> Result<()> {
 pub async fn drain(c: &mut Cluster) -> Result<()> {
     let mut pods = Vec::new();
     for i in 0..3 {
-        pods.push(
-            c.run_pod(
-                example(
-                    "original/pod.yaml",
-                    Some(&format!("drained-{i}")),
-                    Some("node-b"),
-                )?,
-                RUN,
-            )
-            .await?,
-        );
+        pods.push(original_pod(c, &format!("drained-{i}"), "node-b").await?);
     }
     c.kubectl_out(&[
         "drain",

@@ -28,16 +28,9 @@ pub async fn upgrade_from_original(c: &mut Cluster) -> Result<()> {
     let mut pods = Vec::new();
     for i in 0..3 {
         pods.push(
-            c.run_pod(
-                example(
-                    "original/pod.yaml",
-                    Some(&format!("upgraded-{i}")),
-                    Some("node-b"),
-                )?,
-                RUN,
-            )
-            .await
-            .context("a pod on a slot the original's link occupied")?,
+            original_pod(c, &format!("upgraded-{i}"), "node-b")
+                .await
+                .context("a pod on a slot the original's link occupied")?,
         );
     }
     for p in &pods {

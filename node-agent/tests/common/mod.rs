@@ -231,6 +231,11 @@ impl Node {
         self.netns.link_json(name).unwrap()
     }
 
+    /// Whether the link `name` is gone within 15 s (a few of the tests' cleanup passes).
+    pub async fn link_removed(&self, name: &str) -> bool {
+        eventually(Duration::from_secs(15), || self.link(name).is_none()).await
+    }
+
     pub fn ip(&self, args: &[&str]) {
         self.netns.ip(args).unwrap();
     }
