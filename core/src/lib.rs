@@ -7,12 +7,16 @@
 //! - [`device`]: the device-ID scheme `<resource>Mvp<slot>`, the host link name `mvt` + 12 hex digits of XXH64, and
 //!   the ownership marker (ifalias) set on links the agent creates.
 //! - [`node_config`]: what one node serves ([`NodeConfig`]) and its validation.
+//! - [`allocation`]: what `Allocate` tells the CNI about a device ([`AllocationRecord`]), where it is kept, and the
+//!   kernel-wide tap-index reservations ([`TapReservations`]).
 
+pub mod allocation;
 pub mod device;
 pub mod mode;
 pub mod names;
 pub mod node_config;
 
+pub use allocation::{AllocationError, AllocationRecord, TapReservations, is_tap_index};
 pub use mode::{MacvtapMode, UnknownMode};
 pub use names::{
     MAX_IFNAME_LEN, MAX_RESOURCE_NAME_LEN, NameError, validate_ifname, validate_resource_name,

@@ -10,9 +10,10 @@
 //! | [`info`] | [`LinkInfo`], the one parser of link messages (the agent's link monitor publishes it too) |
 //! | [`ownership`] | which links are ours: [`LinkInfo::is_ours`], [`LinkInfo::marker_device_id`], [`LinkInfo::is_unmarked_original`] |
 //! | [`links`] | [`Netlink`]: find, list, create the host macvtap of a device ID, delete, move to a netns, [`LinkChange`] |
+//! | [`in_place`] | [`Netlink::create_macvtap_in`]: a macvtap created inside a pod netns in one request ([`PodMacvtap`]) |
 //! | [`addr_route`] | addresses and routes of a link |
 //! | [`netns`] | [`block_on`] (a fresh current-thread runtime), [`in_netns`] (a thread inside another netns) |
-//! | [`mac`] | MAC text: [`format_mac`], [`parse_mac`] |
+//! | [`mac`] | MAC text: [`format_mac`], [`parse_mac`]; [`random_local_mac`] |
 //! | [`tap`] | tap nodes: [`tap::TapNode::verify`] proves `/dev/tap<ifindex>` is that link's, [`tap::TapNode::chown`] |
 //! | [`error`] | [`Error`], with the kernel's errno |
 //!
@@ -26,6 +27,7 @@
 
 pub mod addr_route;
 pub mod error;
+pub mod in_place;
 pub mod info;
 pub mod links;
 pub mod mac;
@@ -36,9 +38,10 @@ pub mod tap;
 
 pub use addr_route::{LinkAddress, Route};
 pub use error::{Error, Result};
+pub use in_place::PodMacvtap;
 pub use info::{LinkInfo, LowerDeviceState};
 pub use links::{LinkChange, Netlink};
-pub use mac::{format_mac, parse_mac};
+pub use mac::{format_mac, parse_mac, random_local_mac};
 pub use macvtap_core::device::{
     ALIAS_PREFIX, device_id, device_id_from_alias, host_link_name, ownership_alias,
 };

@@ -1,5 +1,21 @@
 //! MAC addresses as text: the CNI reads them from its config and args and writes them into its result.
 
+/// A random unicast, locally administered MAC (what the kernel would pick for a new macvtap), chosen by the caller
+/// so that it is known without reading the link back. Randomness: std's per-process random hash keys (seeded from
+/// the OS), mixed with the time.
+pub fn random_local_mac() -> [u8; 6] {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    let b = h.finish().to_le_bytes();
+    // Locally administered (bit 1), unicast (bit 0 clear).
+    [(b[0] & 0xfe) | 0x02, b[1], b[2], b[3], b[4], b[5]]
+}
+
 /// Format a MAC as lowercase colon-separated hex.
 pub fn format_mac(mac: &[u8]) -> String {
     mac.iter()
@@ -27,6 +43,15 @@ pub fn parse_mac(s: &str) -> Option<[u8; 6]> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn random_macs_are_local_unicast_and_differ() {
+        let macs: std::collections::HashSet<_> = (0..100).map(|_| random_local_mac()).collect();
+        assert!(macs.len() > 95);
+        for m in macs {
+            assert_eq!(m[0] & 0x03, 0x02, "{m:02x?}");
+        }
+    }
 
     #[test]
     fn macs_parse_and_format() {

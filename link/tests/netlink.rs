@@ -495,3 +495,83 @@ fn tap_of_a_colliding_index_is_refused_and_the_right_one_chowned() {
         Err(TapError::Missing { .. })
     ));
 }
+
+/// An index of the in-place range no other test process uses.
+fn unique_tap_index() -> u32 {
+    static N: AtomicU32 = AtomicU32::new(0);
+    macvtap_core::allocation::TAP_INDEX_FIRST
+        + (std::process::id() % 16_000) * 1000
+        + N.fetch_add(1, Ordering::Relaxed) % 1000
+}
+
+/// In-place attach: one request creates the macvtap inside the pod's netns with its name, index, MAC, MTU, promisc
+/// and up state; its tap is `/dev/tap<index>`; the node netns never sees it; a taken name or index is refused with
+/// nothing created.
+#[test]
+fn create_in_another_netns_in_one_request() {
+    let node = node_with_lower();
+    let pod = Ns::new();
+    let at = unique_tap_index();
+    let mac = [0x02, 0x11, 0x22, 0x33, 0x44, 0x55];
+    let pod_fd = std::fs::File::open(pod.path()).unwrap();
+    let create = |name: &'static str, index: u32, mtu: Option<u32>| {
+        let fd = pod_fd.try_clone().unwrap();
+        node.nl(move |nl| async move {
+            let lower = nl.find_link("lower0").await.unwrap().unwrap();
+            let spec = PodMacvtap {
+                name,
+                index,
+                lower: &lower,
+                mode: MacvtapMode::Vepa,
+                mac,
+                mtu,
+                promisc: true,
+                up: true,
+            };
+            nl.create_macvtap_in(&spec, &fd).await
+        })
+    };
+    create("net1", at, Some(1400)).unwrap();
+    let link = pod.nl(|nl| async move { nl.find_link("net1").await.unwrap().unwrap() });
+    assert_eq!(link.index, at);
+    assert!(link.is_macvtap());
+    assert_eq!(link.macvtap_mode, Some(MacvtapMode::Vepa));
+    assert_eq!(link.mac.as_deref(), Some(&mac[..]));
+    assert_eq!(link.mtu, 1400);
+    assert_eq!(link.txqlen, 1234, "txqlen of the lower device");
+    assert!(link.promisc && link.admin_up);
+    assert!(link.alias.is_none(), "the kernel sets no alias on creation");
+    assert!(
+        node.nl(|nl| async move { nl.link_by_index(at).await.unwrap() })
+            .is_none(),
+        "created in the pod only"
+    );
+    let tap = TapNode::verify("net1", at).unwrap();
+    assert_eq!(tap.device(), sysfs_tap_dev(&pod, "net1", at));
+
+    // Taken index, taken name, MTU above the lower device's: refused, nothing created.
+    let e = create("net2", at, None).unwrap_err();
+    assert!(e.is_exists(), "{e}");
+    let e = create("net1", unique_tap_index(), None).unwrap_err();
+    assert!(e.is_exists(), "{e}");
+    let e = create("net3", unique_tap_index(), Some(9000)).unwrap_err();
+    assert_eq!(e.errno(), Some(nix::libc::EINVAL), "{e}");
+    let e = create("net4", 0, None).unwrap_err();
+    assert!(matches!(e, Error::InvalidIndex(0)), "{e}");
+    let names: Vec<String> = pod.nl(|nl| async move {
+        nl.list_links()
+            .await
+            .unwrap()
+            .into_iter()
+            .map(|l| l.name)
+            .collect()
+    });
+    assert_eq!(names, ["lo", "net1"]);
+
+    // The tap goes with the link.
+    pod.ip(&["link", "del", "net1"]);
+    assert!(matches!(
+        TapNode::verify("net1", at),
+        Err(TapError::Missing { .. })
+    ));
+}
