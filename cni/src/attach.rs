@@ -10,7 +10,6 @@
 //! stranded in the pod.
 
 use std::fs::File;
-use std::io;
 use std::net::IpAddr;
 
 use macvtap_link::tap::TapNode;
@@ -155,20 +154,7 @@ async fn configure(nl: &Netlink, p: &AttachPlan<'_>, index: u32) -> Result<PodIn
         .await
         .map_err(sys("setting MTU/MAC/promisc"))?;
     // Announce the (possibly new) MAC as soon as the link comes up.
-    write_sysctl(
-        &format!("/proc/sys/net/ipv4/conf/{}/arp_notify", p.ifname),
-        "1",
-    )
-    .map_err(|e| CniError::system("setting arp_notify", e))?;
-    match write_sysctl(
-        &format!("/proc/sys/net/ipv6/conf/{}/ndisc_notify", p.ifname),
-        "1",
-    ) {
-        Err(e) if e.kind() != io::ErrorKind::NotFound => {
-            return Err(CniError::system("setting ndisc_notify", e));
-        }
-        _ => {}
-    }
+    crate::in_place::notify_sysctls(p.ifname)?;
     nl.set_link(
         index,
         &LinkChange {
@@ -179,32 +165,7 @@ async fn configure(nl: &Netlink, p: &AttachPlan<'_>, index: u32) -> Result<PodIn
     .await
     .map_err(sys("bringing the link up"))?;
     if let Some(ipam) = p.ipam {
-        for ip in &ipam.ips {
-            match nl.add_address(index, ip.ip, ip.prefix_len).await {
-                Err(e) if !e.is_exists() => {
-                    return Err(CniError::system(
-                        format!("adding address {}/{}", ip.ip, ip.prefix_len),
-                        e,
-                    ));
-                }
-                _ => {}
-            }
-        }
-        let gw_of = |v4: bool| {
-            ipam.ips
-                .iter()
-                .find(|i| i.ip.is_ipv4() == v4)
-                .and_then(|i| i.gateway)
-        };
-        for r in &ipam.routes {
-            let gw: Option<IpAddr> = r.gw.or_else(|| gw_of(r.dst.is_ipv4()));
-            nl.add_route(r.dst, r.dst_len, gw, index)
-                .await
-                .map_err(sys(format!(
-                    "adding route {}/{} via {gw:?}",
-                    r.dst, r.dst_len
-                )))?;
-        }
+        add_addresses_and_routes(nl, index, ipam).await?;
     }
     let link = nl
         .link_by_index(index)
@@ -261,6 +222,38 @@ async fn send_back(
     }
 }
 
-fn write_sysctl(path: &str, value: &str) -> io::Result<()> {
-    std::fs::write(path, value)
+/// The IPAM result's addresses and routes on link `index` (a route without a gateway takes the first address's of
+/// its family). Shared by both attach paths.
+pub(crate) async fn add_addresses_and_routes(
+    nl: &Netlink,
+    index: u32,
+    ipam: &ParsedResult,
+) -> Result<(), CniError> {
+    for ip in &ipam.ips {
+        match nl.add_address(index, ip.ip, ip.prefix_len).await {
+            Err(e) if !e.is_exists() => {
+                return Err(CniError::system(
+                    format!("adding address {}/{}", ip.ip, ip.prefix_len),
+                    e,
+                ));
+            }
+            _ => {}
+        }
+    }
+    let gw_of = |v4: bool| {
+        ipam.ips
+            .iter()
+            .find(|i| i.ip.is_ipv4() == v4)
+            .and_then(|i| i.gateway)
+    };
+    for r in &ipam.routes {
+        let gw: Option<IpAddr> = r.gw.or_else(|| gw_of(r.dst.is_ipv4()));
+        nl.add_route(r.dst, r.dst_len, gw, index)
+            .await
+            .map_err(sys(format!(
+                "adding route {}/{} via {gw:?}",
+                r.dst, r.dst_len
+            )))?;
+    }
+    Ok(())
 }

@@ -4,13 +4,23 @@
 //! ADD: validate env and config → the node's settings ([`node_config`]) → whose device: for a Kubernetes pod
 //! (`K8S_POD_*` in `CNI_ARGS`) the kubelet's PodResources must show the pod holding `deviceID`
 //! ([`pod_resources`]; 107 if not, 11 if the kubelet cannot be asked); outside Kubernetes the node config decides →
-//! the host link for `deviceID` (`macvtap_link::host_link_name`): a macvtap carrying the agent's marker, or an
-//! unmarked one of the original for a pod the kubelet vouches for; anything else refused → `mtu` against the lower
-//! device → IPAM ADD (config without `deviceID`/`pciBusID`) → move into `CNI_NETNS` keeping the ifindex the device
-//! plugin announced as `/dev/tap<ifindex>` → in the pod netns (on a thread that entered it): check the index,
-//! prove `/dev/tap<ifindex>` is this link's tap and chown it, rename to `CNI_IFNAME`, MTU, MAC, promisc,
-//! `arp_notify`/`ndisc_notify`, up, addresses, routes → print the result. Any failure after the move returns the
-//! link to the host as it was; any failure after IPAM ADD calls IPAM DEL.
+//! then one of two paths:
+//! - **in place** (the agent's Allocate wrote an allocation record for `deviceID` in the node config's
+//!   `allocationDir`): the lower device by name (index, MTU) → `mtu` check → IPAM ADD → ONE `RTM_NEWLINK` creating
+//!   the macvtap inside `CNI_NETNS`, named `CNI_IFNAME`, with the record's tap index (the `/dev/tapN` Allocate
+//!   answered), MAC, MTU, promisc, up → prove `/dev/tapN` is its tap and chown it (else delete it: 106) → in the
+//!   pod: `arp_notify`/`ndisc_notify`, addresses, routes. No link crosses a namespace.
+//! - **moved** (no record: a device allocated before in-place attach, the agent's host link or the original's):
+//!   the host link for `deviceID` (`macvtap_link::host_link_name`): a macvtap carrying the agent's marker, or an
+//!   unmarked one of the original for a pod the kubelet vouches for; anything else refused → `mtu` against the
+//!   lower device → IPAM ADD (config without `deviceID`/`pciBusID`) → move into `CNI_NETNS` keeping the ifindex the
+//!   device plugin announced as `/dev/tap<ifindex>` → in the pod netns (on a thread that entered it): check the
+//!   index, prove `/dev/tap<ifindex>` is this link's tap and chown it, rename to `CNI_IFNAME`, MTU, MAC, promisc,
+//!   `arp_notify`/`ndisc_notify`, up, addresses, routes. Any failure after the move returns the link to the host as
+//!   it was.
+//!
+//! Either way, any failure after IPAM ADD calls IPAM DEL, and the result is printed. DEL deletes `CNI_IFNAME` only
+//! when it is ours: a macvtap with our marker, or one with an index of the in-place tap range.
 //!
 //! Public API: [`run`] (env + stdin → [`Outcome`]), the pure parsers [`config::parse_config`] and
 //! [`config::parse_cni_args`] (fuzzed), [`version::SUPPORTED`], [`error::Code`], [`node_config`],
@@ -21,6 +31,7 @@ pub mod config;
 pub mod env;
 pub mod error;
 mod host_link;
+mod in_place;
 pub mod ipam;
 pub mod keys;
 mod netns;

@@ -12,7 +12,9 @@
 //! - else the defaults: the kubelet's standard socket, calls from outside Kubernetes refused.
 //!
 //! The file is JSON: `{"podResourcesSocket": "/var/lib/kubelet/pod-resources/kubelet.sock", "outsideKubernetes":
-//! "refuse" | "allow"}`, both optional, unknown keys refused (a typo must not silently keep a default).
+//! "refuse" | "allow", "allocationDir": "/var/lib/macvtap-operator/nodes/<node>"}`, all optional, unknown keys
+//! refused (a typo must not silently keep a default). `allocationDir` is where the agent's `Allocate` writes this
+//! node's allocation records (in-place attach); the agent writes the file with it.
 
 use std::path::{Path, PathBuf};
 
@@ -46,6 +48,10 @@ pub enum OutsideKubernetes {
 pub struct NodeConfig {
     pub pod_resources_socket: PathBuf,
     pub outside_kubernetes: OutsideKubernetes,
+    /// This node's allocation records (`<state>/nodes/<node>`, written by the agent's `Allocate`): a device with a
+    /// record is attached in place. `None` (an agent that writes no records): every device is moved in from its host
+    /// link.
+    pub allocation_dir: Option<PathBuf>,
     /// The file these came from, if any (for messages).
     pub source: Option<PathBuf>,
 }
@@ -56,6 +62,7 @@ struct File {
     pod_resources_socket: Option<PathBuf>,
     #[serde(default)]
     outside_kubernetes: OutsideKubernetes,
+    allocation_dir: Option<PathBuf>,
 }
 
 impl Default for NodeConfig {
@@ -63,6 +70,7 @@ impl Default for NodeConfig {
         Self {
             pod_resources_socket: PathBuf::from(DEFAULT_POD_RESOURCES_SOCKET),
             outside_kubernetes: OutsideKubernetes::Refuse,
+            allocation_dir: None,
             source: None,
         }
     }
@@ -80,9 +88,18 @@ pub fn parse(bytes: &[u8]) -> Result<NodeConfig, String> {
             socket.display()
         ));
     }
+    if let Some(d) = &f.allocation_dir
+        && !d.is_absolute()
+    {
+        return Err(format!(
+            "allocationDir {} is not an absolute path",
+            d.display()
+        ));
+    }
     Ok(NodeConfig {
         pod_resources_socket: socket,
         outside_kubernetes: f.outside_kubernetes,
+        allocation_dir: f.allocation_dir,
         source: None,
     })
 }
@@ -139,10 +156,17 @@ mod tests {
             Path::new("/var/lib/k0s/kubelet/pod-resources/kubelet.sock")
         );
         assert_eq!(c.outside_kubernetes, OutsideKubernetes::Allow);
+        assert_eq!(c.allocation_dir, None);
+        let c = parse(br#"{"allocationDir":"/var/lib/macvtap-operator/nodes/n1"}"#).unwrap();
+        assert_eq!(
+            c.allocation_dir.as_deref(),
+            Some(Path::new("/var/lib/macvtap-operator/nodes/n1"))
+        );
         for bad in [
             &br#"{"outsideKubernets":"allow"}"#[..],
             br#"{"outsideKubernetes":"yes"}"#,
             br#"{"podResourcesSocket":"relative.sock"}"#,
+            br#"{"allocationDir":"relative/dir"}"#,
             b"not json",
         ] {
             assert!(parse(bad).is_err(), "{}", String::from_utf8_lossy(bad));

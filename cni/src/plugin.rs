@@ -3,6 +3,7 @@
 
 use std::fs::File;
 
+use macvtap_core::{AllocationError, AllocationRecord};
 use serde_json::Value;
 
 use crate::attach::{AttachPlan, attach};
@@ -10,6 +11,7 @@ use crate::config::{NetConf, ipam_stdin, parse_cni_args, requested_mac};
 use crate::env::{Env, Request};
 use crate::error::{CniError, Code};
 use crate::host_link::{self, Proof};
+use crate::in_place::{self, InPlace};
 use crate::ipam;
 use crate::netns::{netlink, netlink_in, open_netns, sys};
 use crate::node_config::{self, OutsideKubernetes};
@@ -28,8 +30,6 @@ pub fn add(req: &Request, conf: &NetConf, env: &Env) -> Result<Value, CniError> 
     let netns_path = req.netns.clone().expect("validated");
     let ifname = req.ifname.clone().expect("validated");
     let netns = open_netns(&netns_path)?;
-    let host_ns = File::open("/proc/self/ns/net")
-        .map_err(|e| CniError::system("opening the host netns", e))?;
 
     // Whose device is it? Asked before anything about the link is looked at or touched.
     let proof = match (&pod, node.outside_kubernetes) {
@@ -51,6 +51,24 @@ pub fn add(req: &Request, conf: &NetConf, env: &Env) -> Result<Value, CniError> 
             ));
         }
     };
+    // Allocated in place (the agent's record): the pod's link is created in the pod. Else a host link the agent made
+    // before in-place attach existed (or the original's): moved in.
+    if let Some(record) = read_record(&node, &device_id)? {
+        let plan = InPlace {
+            conf,
+            device_id: &device_id,
+            record: &record,
+            netns: &netns,
+            netns_path: &netns_path,
+            ifname: &ifname,
+            requested_mac: requested,
+        };
+        let (iface, ipam_result) =
+            in_place::attach(&plan, || ipam_add(conf, env), || ipam_release(conf, env))?;
+        return Ok(render(conf.cni_version, &iface, ipam_result.as_ref()));
+    }
+    let host_ns = File::open("/proc/self/ns/net")
+        .map_err(|e| CniError::system("opening the host netns", e))?;
     let host = netlink(async |nl| host_link::find(nl, &device_id, &proof).await)?;
     if let Some(mtu) = conf.mtu
         && mtu > host.lower_mtu
@@ -60,40 +78,7 @@ pub fn add(req: &Request, conf: &NetConf, env: &Env) -> Result<Value, CniError> 
             host.lower_mtu
         )));
     }
-
-    let ipam_result = match &conf.ipam_type {
-        None => None,
-        Some(t) => {
-            let out = ipam::exec(t, "ADD", env, &ipam_stdin(conf))?;
-            let parsed = serde_json::from_slice::<Value>(&out)
-                .map_err(|e| {
-                    CniError::new(
-                        Code::IpamResult,
-                        format!("ipam {t}: result is not JSON"),
-                        e.to_string(),
-                    )
-                })
-                .and_then(|v| parse_result(&v))
-                .and_then(|r| {
-                    if r.ips.is_empty() {
-                        Err(CniError::new(
-                            Code::IpamResult,
-                            format!("ipam {t}: returned no IPs"),
-                            "",
-                        ))
-                    } else {
-                        Ok(r)
-                    }
-                });
-            match parsed {
-                Ok(r) => Some(r),
-                Err(e) => {
-                    ipam_release(conf, env);
-                    return Err(e);
-                }
-            }
-        }
-    };
+    let ipam_result = ipam_add(conf, env)?;
     let mac = ipam_result
         .as_ref()
         .and_then(ParsedResult::ipam_mac)
@@ -121,6 +106,61 @@ pub fn add(req: &Request, conf: &NetConf, env: &Env) -> Result<Value, CniError> 
     }
 }
 
+/// IPAM ADD with the config minus `deviceID`/`pciBusID`; `None` without IPAM. An unusable result is released.
+fn ipam_add(conf: &NetConf, env: &Env) -> Result<Option<ParsedResult>, CniError> {
+    match &conf.ipam_type {
+        None => Ok(None),
+        Some(t) => {
+            let out = ipam::exec(t, "ADD", env, &ipam_stdin(conf))?;
+            let parsed = serde_json::from_slice::<Value>(&out)
+                .map_err(|e| {
+                    CniError::new(
+                        Code::IpamResult,
+                        format!("ipam {t}: result is not JSON"),
+                        e.to_string(),
+                    )
+                })
+                .and_then(|v| parse_result(&v))
+                .and_then(|r| {
+                    if r.ips.is_empty() {
+                        Err(CniError::new(
+                            Code::IpamResult,
+                            format!("ipam {t}: returned no IPs"),
+                            "",
+                        ))
+                    } else {
+                        Ok(r)
+                    }
+                });
+            match parsed {
+                Ok(r) => Ok(Some(r)),
+                Err(e) => {
+                    ipam_release(conf, env);
+                    Err(e)
+                }
+            }
+        }
+    }
+}
+
+/// The agent's allocation record of `device_id`, when the node config names the directory and there is one.
+fn read_record(
+    node: &node_config::NodeConfig,
+    device_id: &str,
+) -> Result<Option<AllocationRecord>, CniError> {
+    let Some(dir) = &node.allocation_dir else {
+        return Ok(None);
+    };
+    AllocationRecord::read(dir, device_id).map_err(|e| match e {
+        AllocationError::BadName(_) => CniError::new(
+            Code::NotOurs,
+            format!("deviceID {device_id:?} is not a device ID of macvtap-operator"),
+            e.to_string(),
+        ),
+        _ => CniError::system(format!("reading the allocation record of {device_id:?}"), e),
+    })
+}
+
 /// Best-effort IPAM DEL after a failed ADD, so no IP leaks.
 fn ipam_release(conf: &NetConf, env: &Env) {
     if let Some(t) = &conf.ipam_type
@@ -130,7 +170,8 @@ fn ipam_release(conf: &NetConf, env: &Env) {
     }
 }
 
-/// DEL: delete the pod-side link (only a macvtap carrying our marker), then IPAM DEL. Succeeds when the netns or
+/// DEL: delete the pod-side link (only a macvtap carrying our marker, or one created in place: an index of the
+/// reserved tap range), then IPAM DEL. Succeeds when the netns or
 /// the link is already gone.
 pub fn del(req: &Request, conf: &NetConf, env: &Env) -> Result<(), CniError> {
     let ifname = req.ifname.clone().expect("validated");
@@ -148,7 +189,7 @@ pub fn del(req: &Request, conf: &NetConf, env: &Env) -> Result<(), CniError> {
                     else {
                         return Ok(());
                     };
-                    if link.marker_device_id().is_none() {
+                    if !link.is_ours_in_pod() {
                         eprintln!(
                             "macvtap: DEL: {ifname} is not a macvtap of ours; leaving it alone"
                         );
@@ -208,6 +249,7 @@ pub fn check(req: &Request, conf: &NetConf, env: &Env) -> Result<(), CniError> {
         ipam::exec(t, "CHECK", env, &ipam_stdin(conf))?;
     }
     open_netns(&netns_path)?;
+    let node = node_config::load(env)?;
     let want_mac = want.mac.clone();
     netlink_in(&netns_path, async |nl| {
         let link = nl
@@ -215,16 +257,21 @@ pub fn check(req: &Request, conf: &NetConf, env: &Env) -> Result<(), CniError> {
             .await
             .map_err(sys("looking up CNI_IFNAME"))?
             .ok_or_else(|| failed(format!("interface {ifname} not found in CNI_NETNS")))?;
-        if link.marker_device_id().is_none() {
+        if !link.is_ours_in_pod() {
             return Err(failed(format!(
                 "interface {ifname} is not a macvtap created by macvtap-operator"
             )));
         }
-        if let Some(d) = &conf.device_id
-            && link.marker_device_id() != Some(d.as_str())
-        {
+        // Moved in: the marker names the device. In place: the device's record names the index.
+        let belongs = match (&conf.device_id, link.marker_device_id()) {
+            (None, _) => true,
+            (Some(d), Some(m)) => m == d,
+            (Some(d), None) => read_record(&node, d)?.is_some_and(|r| r.tap_index == link.index),
+        };
+        if !belongs {
             return Err(failed(format!(
-                "interface {ifname} belongs to another deviceID, not {d:?}"
+                "interface {ifname} belongs to another deviceID, not {:?}",
+                conf.device_id.as_deref().unwrap_or_default()
             )));
         }
         let have_mac = link.mac_string().unwrap_or_default();

@@ -4,9 +4,13 @@
 //! - once the CNI has moved and renamed a link into a pod, only kind + alias still hold:
 //!   [`LinkInfo::marker_device_id`];
 //! - a link the original (kubevirt/macvtap-cni) created has the same kind and name but no alias at all:
-//!   [`LinkInfo::is_unmarked_original`]; it needs another proof before anyone may use it.
+//!   [`LinkInfo::is_unmarked_original`]; it needs another proof before anyone may use it;
+//! - a link created in place in a pod (no alias: the kernel ignores one on creation) has an ifindex of the reserved
+//!   tap-index range, which no other link gets: [`LinkInfo::is_in_place`]. In a pod, ours is either
+//!   ([`LinkInfo::is_ours_in_pod`]).
 
 use macvtap_core::device::{device_id_from_alias, host_link_name};
+use macvtap_core::is_tap_index;
 
 use crate::LinkInfo;
 
@@ -24,6 +28,17 @@ impl LinkInfo {
             return None;
         }
         device_id_from_alias(self.alias.as_deref()?)
+    }
+
+    /// A macvtap created in place by the CNI (or on the host by the agent for a device-plugin-only pod): its ifindex is
+    /// in the reserved tap-index range.
+    pub fn is_in_place(&self) -> bool {
+        self.is_macvtap() && is_tap_index(self.index)
+    }
+
+    /// Pod-side check (DEL, CHECK): a macvtap carrying our marker (moved in), or one created in place.
+    pub fn is_ours_in_pod(&self) -> bool {
+        self.marker_device_id().is_some() || self.is_in_place()
     }
 
     /// Strict host-side check: macvtap, named after `device_id`, with our marker for `device_id`.
@@ -103,11 +118,28 @@ mod tests {
         assert!(!original.is_ours(id));
         assert!(!macvtap(&name, Some("someone-else")).is_unmarked_original(id));
 
+        assert!(in_pod.is_ours_in_pod() && !in_pod.is_in_place());
+        let in_place = LinkInfo {
+            index: macvtap_core::allocation::TAP_INDEX_FIRST + 3,
+            ..macvtap("net1", None)
+        };
+        assert!(in_place.is_in_place() && in_place.is_ours_in_pod());
+        assert!(
+            !macvtap("net1", None).is_ours_in_pod(),
+            "low index, no marker"
+        );
+
         let veth = LinkInfo {
             kind: Some("veth".into()),
             ..ours.clone()
         };
         assert_eq!(veth.marker_device_id(), None);
+        let veth_high = LinkInfo {
+            index: macvtap_core::allocation::TAP_INDEX_FIRST,
+            alias: None,
+            ..veth.clone()
+        };
+        assert!(!veth_high.is_ours_in_pod(), "only a macvtap");
         assert_eq!(
             veth.not_ours_reason(id).as_deref(),
             Some("kind is veth, not macvtap")

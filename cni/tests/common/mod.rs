@@ -35,6 +35,14 @@ pub fn unique_index() -> u32 {
     10_000_000 + (std::process::id() % 1_000_000) * 1000 + N.fetch_add(1, Ordering::Relaxed) % 1000
 }
 
+/// An index of the in-place tap range no other process on this machine uses.
+pub fn unique_tap_index() -> u32 {
+    static N: AtomicU32 = AtomicU32::new(0);
+    macvtap_core::allocation::TAP_INDEX_FIRST
+        + (std::process::id() % 16_000) * 1000
+        + N.fetch_add(1, Ordering::Relaxed) % 1000
+}
+
 pub struct Fixture {
     pub node: Netns,
     pub pod: Netns,
@@ -43,6 +51,9 @@ pub struct Fixture {
     pub kubelet: PodResourcesStandIn,
     /// The node config file the plugin reads (`MACVTAP_CNI_NODE_CONFIG`).
     pub node_config: PathBuf,
+    /// This node's allocation records (the node config's `allocationDir`), where [`Fixture::alloc_in_place`]
+    /// writes as the agent's Allocate does.
+    pub alloc_dir: PathBuf,
     pub dir: tempfile::TempDir,
 }
 
@@ -55,9 +66,10 @@ impl Fixture {
         let dir = tempfile::tempdir().unwrap();
         let kubelet = PodResourcesStandIn::start(&dir.path().join("kubelet.sock"));
         let node_config = dir.path().join("macvtap-node.json");
+        let alloc_dir = dir.path().join("state/nodes/node1");
         write_node_config(
             &node_config,
-            &json!({"podResourcesSocket": kubelet.socket()}),
+            &json!({"podResourcesSocket": kubelet.socket(), "allocationDir": alloc_dir}),
         );
         Self {
             node,
@@ -69,8 +81,31 @@ impl Fixture {
             ),
             kubelet,
             node_config,
+            alloc_dir,
             dir,
         }
+    }
+
+    /// The agent's in-place Allocate (a record with a tap index no one else has, no link) and the kubelet's grant to
+    /// the fixture's pod. Returns the tap index.
+    pub fn alloc_in_place(&self, device_id: &str) -> u32 {
+        let index = self.record(device_id);
+        self.grant(&self.pod_name.clone(), device_id);
+        index
+    }
+
+    /// Only the agent's in-place part: the record of `device_id` on `lower0`, bridge mode.
+    pub fn record(&self, device_id: &str) -> u32 {
+        let index = unique_tap_index();
+        macvtap_core::AllocationRecord {
+            resource: "dataplane".into(),
+            lower_device: "lower0".into(),
+            mode: MacvtapMode::Bridge,
+            tap_index: index,
+        }
+        .write(&self.alloc_dir, device_id)
+        .unwrap();
+        index
     }
 
     /// What the kubelet and the agent do when the fixture's pod is admitted: the agent creates the link (at an
