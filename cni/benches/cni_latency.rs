@@ -2,8 +2,11 @@
 //! lower device, into a pod netns) and prints ADD and DEL latency (p50, p99), the binary size and the peak RSS of
 //! one invocation, for: no pod check (a call from outside Kubernetes on a node that allows it), the PodResources
 //! check by `Get`, the check falling back to `List` (a kubelet without `Get`; 110 pods listed, the kubelet's
-//! default maximum), and host-local IPAM with the `Get` check. The kubelet is a PodResources stand-in (the tests'
-//! own) on a unix socket. Needs root: fails, never skips, without it.
+//! default maximum), and host-local IPAM with the `Get` check; each for a device moved in from its host link (the
+//! path of devices without an allocation record) and for one attached in place (the agent's record, the link created
+//! inside the pod). Side by side, the kernel's floor of each path measured in-process (one move of an up macvtap into
+//! the pod keeping its index; one creation inside the pod), and 50 ADDs started at once (50 pods) per path. The
+//! kubelet is a PodResources stand-in (the tests' own) on a unix socket. Needs root: fails, never skips, without it.
 //!
 //! `cargo bench -p macvtap-cni --bench cni_latency` (ITERATIONS env var, default 200). Set MACVTAP_CNI_BIN to
 //! measure another binary instead of building `--profile release-cni`.
@@ -18,9 +21,11 @@ use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use macvtap_core::AllocationRecord;
+use macvtap_core::allocation::TAP_INDEX_FIRST;
 use macvtap_e2e::netns::{Netns, enter_before_exec};
 use macvtap_e2e::process::wait_with_peak_rss;
-use macvtap_link::{MacvtapMode, Netlink, block_on, device_id, in_netns};
+use macvtap_link::{MacvtapMode, Netlink, PodMacvtap, block_on, device_id, in_netns};
 use pod_resources::{GetMode, PodResourcesStandIn};
 use serde_json::{Value, json};
 
@@ -32,6 +37,7 @@ struct Case {
     name: &'static str,
     get: Option<GetMode>,
     ipam: Value,
+    in_place: bool,
 }
 
 fn main() {
@@ -71,35 +77,41 @@ fn main() {
         );
     }
     let node_config = data.path().join("macvtap-node.json");
+    let alloc_dir = data.path().join("state/nodes/bench");
     std::fs::write(
         &node_config,
-        json!({"podResourcesSocket": kubelet.socket(), "outsideKubernetes": "allow"}).to_string(),
+        json!({"podResourcesSocket": kubelet.socket(), "outsideKubernetes": "allow",
+               "allocationDir": alloc_dir})
+        .to_string(),
     )
     .unwrap();
     let host_local =
         json!({"type": "host-local", "subnet": "10.90.0.0/16", "dataDir": data.path()});
-    let cases = [
-        Case {
-            name: "no IPAM, no pod check",
-            get: None,
-            ipam: Value::Null,
-        },
-        Case {
-            name: "no IPAM, check by Get",
-            get: Some(GetMode::Answer),
-            ipam: Value::Null,
-        },
-        Case {
-            name: "no IPAM, check by List",
-            get: Some(GetMode::Unimplemented),
-            ipam: Value::Null,
-        },
-        Case {
-            name: "host-local, check by Get",
-            get: Some(GetMode::Answer),
-            ipam: host_local,
-        },
-    ];
+    let mut cases = Vec::new();
+    for in_place in [false, true] {
+        for (name, get, ipam) in [
+            ("no IPAM, no pod check", None, Value::Null),
+            ("no IPAM, check by Get", Some(GetMode::Answer), Value::Null),
+            (
+                "no IPAM, check by List",
+                Some(GetMode::Unimplemented),
+                Value::Null,
+            ),
+            (
+                "host-local, check by Get",
+                Some(GetMode::Answer),
+                host_local.clone(),
+            ),
+        ] {
+            cases.push(Case {
+                name,
+                get,
+                ipam,
+                in_place,
+            });
+        }
+    }
+    floors(&node, &pod, iterations);
     let mut peak_rss_kib = 0i64;
     // Device IDs and ifindexes unique across cases: /dev/tap<ifindex> is one node for the whole machine, and the
     // plugin proves it is the link's before chowning it (the indices stay far above what the kernel picks).
@@ -113,17 +125,8 @@ fn main() {
         for _ in 0..iterations {
             n += 1;
             let id = device_id("bench", n);
-            let at = 20_000_000 + (std::process::id() % 100_000) * 10_000 + n;
-            in_netns(node.path(), || {
-                block_on(async {
-                    let nl = Netlink::new().unwrap();
-                    nl.create_macvtap_at("lower0", &id, MacvtapMode::Bridge, Some(at))
-                        .await
-                        .unwrap()
-                })
-                .unwrap()
-            })
-            .unwrap();
+            let at = unique_index(n, case.in_place);
+            allocate(&node, &alloc_dir, &id, at, case.in_place);
             kubelet.grant("default", "vm", RESOURCE, &id);
             let mut conf =
                 json!({"cniVersion": "1.0.0", "name": "bench", "type": "macvtap", "deviceID": id});
@@ -141,9 +144,17 @@ fn main() {
             del.push(d);
             peak_rss_kib = peak_rss_kib.max(rss);
         }
-        let name = case.name;
+        let name = format!(
+            "{} {}",
+            if case.in_place {
+                "in place:"
+            } else {
+                "moved:   "
+            },
+            case.name
+        );
         println!(
-            "{name:>26}: ADD p50 {:>8.2?} p99 {:>8.2?} | DEL p50 {:>8.2?} p99 {:>8.2?} ({iterations} runs)",
+            "{name:>36}: ADD p50 {:>8.2?} p99 {:>8.2?} | DEL p50 {:>8.2?} p99 {:>8.2?} ({iterations} runs)",
             pct(&mut add, 50),
             pct(&mut add, 99),
             pct(&mut del, 50),
@@ -151,6 +162,139 @@ fn main() {
         );
     }
     println!("peak RSS of one invocation: {peak_rss_kib} KiB");
+    for in_place in [false, true] {
+        n += 1000;
+        let pods: Vec<Netns> = (0..50).map(|_| Netns::new("bench-pod").unwrap()).collect();
+        let ids: Vec<String> = (0..50).map(|i| device_id("burst", n + i)).collect();
+        for (i, id) in ids.iter().enumerate() {
+            allocate(
+                &node,
+                &alloc_dir,
+                id,
+                unique_index(n + i as u32, in_place),
+                in_place,
+            );
+        }
+        let env = [("MACVTAP_CNI_NODE_CONFIG", node_config.to_str().unwrap())];
+        let start = Instant::now();
+        std::thread::scope(|s| {
+            for (p, id) in pods.iter().zip(&ids) {
+                let (bin, node, env) = (&bin, &node, &env);
+                s.spawn(move || {
+                    let conf = json!({"cniVersion": "1.0.0", "name": "bench", "type": "macvtap", "deviceID": id});
+                    run(bin, node, p, "ADD", &conf, env)
+                });
+            }
+        });
+        println!(
+            "50 ADDs at once (50 pods, no IPAM, no pod check), {}: all done in {:.2?}",
+            if in_place { "in place" } else { "moved" },
+            start.elapsed()
+        );
+    }
+}
+
+/// An ifindex for bench device `n` no other process uses: the in-place range for records, far below it for host links.
+fn unique_index(n: u32, in_place: bool) -> u32 {
+    let base = if in_place {
+        TAP_INDEX_FIRST
+    } else {
+        20_000_000
+    };
+    base + (std::process::id() % 1_000) * 10_000 + n
+}
+
+/// What the agent's Allocate leaves for the CNI: a record (in place) or a host link (before in-place attach).
+fn allocate(node: &Netns, alloc_dir: &std::path::Path, id: &str, at: u32, in_place: bool) {
+    if in_place {
+        AllocationRecord {
+            resource: "bench".into(),
+            lower_device: "lower0".into(),
+            mode: MacvtapMode::Bridge,
+            tap_index: at,
+        }
+        .write(alloc_dir, id)
+        .unwrap();
+        return;
+    }
+    in_netns(node.path(), || {
+        block_on(async {
+            let nl = Netlink::new().unwrap();
+            nl.create_macvtap_at("lower0", id, MacvtapMode::Bridge, Some(at))
+                .await
+                .unwrap()
+        })
+        .unwrap()
+    })
+    .unwrap();
+}
+
+/// The kernel's floor of each path, in-process on one socket in the node netns: moving an up macvtap into the pod
+/// keeping its index (the moved path's one unavoidable request), and creating one inside the pod (in place).
+fn floors(node: &Netns, pod: &Netns, iterations: usize) {
+    let pod_fd = File::open(pod.path()).unwrap();
+    let (moves, creates) = in_netns(node.path(), || {
+        block_on(async {
+            let nl = Netlink::new().unwrap();
+            let lower = nl.find_link("lower0").await.unwrap().unwrap();
+            let (mut moves, mut creates) = (Vec::new(), Vec::new());
+            for i in 0..iterations as u32 {
+                let at = unique_index(500_000 + i, false);
+                let l = nl
+                    .create_macvtap_at(
+                        "lower0",
+                        &device_id("floor", i),
+                        MacvtapMode::Bridge,
+                        Some(at),
+                    )
+                    .await
+                    .unwrap();
+                let t = Instant::now();
+                nl.move_to_netns_keeping_index(l.index, &pod_fd)
+                    .await
+                    .unwrap();
+                moves.push(t.elapsed());
+                let at = unique_index(500_000 + i, true);
+                let spec = PodMacvtap {
+                    name: "floor1",
+                    index: at,
+                    lower: &lower,
+                    mode: MacvtapMode::Bridge,
+                    mac: [2, 0, 0, 0, 0, 1],
+                    mtu: None,
+                    promisc: false,
+                    up: true,
+                };
+                let t = Instant::now();
+                nl.create_macvtap_in(&spec, &pod_fd).await.unwrap();
+                creates.push(t.elapsed());
+                // Both leave the pod: the next round starts from the same state.
+                in_netns(pod.path(), || {
+                    block_on(async {
+                        let p = Netlink::new().unwrap();
+                        p.delete_link(l.index).await.unwrap();
+                        p.delete_link(at).await.unwrap();
+                    })
+                    .unwrap()
+                })
+                .unwrap();
+            }
+            (moves, creates)
+        })
+        .unwrap()
+    })
+    .unwrap();
+    let (mut moves, mut creates) = (moves, creates);
+    println!(
+        "kernel floor, moved:    one move of an up macvtap into the pod p50 {:>8.2?} p99 {:>8.2?}",
+        pct(&mut moves, 50),
+        pct(&mut moves, 99)
+    );
+    println!(
+        "kernel floor, in place: one creation inside the pod          p50 {:>8.2?} p99 {:>8.2?}",
+        pct(&mut creates, 50),
+        pct(&mut creates, 99)
+    );
 }
 
 /// The binary to measure: MACVTAP_CNI_BIN, else a fresh `--profile release-cni` build.
