@@ -249,7 +249,6 @@ pub fn check(req: &Request, conf: &NetConf, env: &Env) -> Result<(), CniError> {
         ipam::exec(t, "CHECK", env, &ipam_stdin(conf))?;
     }
     open_netns(&netns_path)?;
-    let node = node_config::load(env)?;
     let want_mac = want.mac.clone();
     netlink_in(&netns_path, async |nl| {
         let link = nl
@@ -266,7 +265,9 @@ pub fn check(req: &Request, conf: &NetConf, env: &Env) -> Result<(), CniError> {
         let belongs = match (&conf.device_id, link.marker_device_id()) {
             (None, _) => true,
             (Some(d), Some(m)) => m == d,
-            (Some(d), None) => read_record(&node, d)?.is_some_and(|r| r.tap_index == link.index),
+            (Some(d), None) => {
+                read_record(&node_config::load(env)?, d)?.is_some_and(|r| r.tap_index == link.index)
+            }
         };
         if !belongs {
             return Err(failed(format!(
