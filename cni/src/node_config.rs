@@ -157,10 +157,15 @@ mod tests {
         );
         assert_eq!(c.outside_kubernetes, OutsideKubernetes::Allow);
         assert_eq!(c.allocation_dir, None);
-        let c = parse(br#"{"allocationDir":"/var/lib/macvtap-operator/nodes/n1"}"#).unwrap();
+        // Exactly what the agent's install-cni writes (its test pins the same string).
+        let c = parse(br#"{"podResourcesSocket":"/var/lib/kubelet/pod-resources/kubelet.sock","allocationDir":"/var/lib/macvtap-operator/nodes/node-a"}"#).unwrap();
         assert_eq!(
             c.allocation_dir.as_deref(),
-            Some(Path::new("/var/lib/macvtap-operator/nodes/n1"))
+            Some(Path::new("/var/lib/macvtap-operator/nodes/node-a"))
+        );
+        assert_eq!(
+            c.pod_resources_socket,
+            Path::new(DEFAULT_POD_RESOURCES_SOCKET)
         );
         for bad in [
             &br#"{"outsideKubernets":"allow"}"#[..],

@@ -197,8 +197,28 @@ impl TapReservations {
         }
     }
 
+    /// Reservations kept in `dir` instead of `<state>/taps` (a test or a machine whose agents do not share one
+    /// state directory but share one kernel).
+    pub fn in_dir(dir: PathBuf) -> Self {
+        Self { dir }
+    }
+
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// [`TapReservations::reserve`] seeded by the owner's name, so a device tends to get the index it had before.
+    pub fn reserve_for(
+        &self,
+        owner: &str,
+        in_use: impl FnMut(u32) -> bool,
+    ) -> Result<u32, AllocationError> {
+        self.reserve(owner, Self::seed(owner), in_use)
+    }
+
+    /// The seed [`TapReservations::reserve_for`] uses for `owner`.
+    pub fn seed(owner: &str) -> u64 {
+        xxhash_rust::xxh64::xxh64(owner.as_bytes(), 0)
     }
 
     /// The indices to try for `seed`, in order: a start in the range picked by the seed, then the following ones,

@@ -155,6 +155,42 @@ fn owner_suffix(name: &str, index: u32) -> String {
     format!("/net/{name}/macvtap/tap{index}")
 }
 
+/// A macvtap's tap as `/sys/dev/char` shows it: the link's name and ifindex in its own netns.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct TapDevice {
+    pub ifname: String,
+    pub index: u32,
+}
+
+/// Every macvtap tap on this machine, in any netns, from one read of `<sys>/dev/char` (not per-netns, unlike
+/// `/sys/class/macvtap`). What the agent asks before it hands out or creates a tap index: whether some link,
+/// wherever it is, already has it.
+pub fn tap_devices(sys: &Path) -> std::io::Result<Vec<TapDevice>> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(sys.join("dev/char"))? {
+        // A device that went away while we looked has no tap any more.
+        let Ok(target) = std::fs::read_link(entry?.path()) else {
+            continue;
+        };
+        if let Some(tap) = parse_tap_target(&target.to_string_lossy()) {
+            out.push(tap);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// `../../devices/virtual/net/<ifname>/macvtap/tap<index>` → its name and index.
+fn parse_tap_target(target: &str) -> Option<TapDevice> {
+    let (rest, tap) = target.rsplit_once("/macvtap/tap")?;
+    let index = tap.parse().ok()?;
+    let (_, ifname) = rest.rsplit_once("/net/")?;
+    (!ifname.contains('/')).then(|| TapDevice {
+        ifname: ifname.to_string(),
+        index,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -214,6 +250,27 @@ mod tests {
         tap.chown(None, Some(4343)).unwrap();
         let md = std::fs::metadata(r.dev().join("tap7")).unwrap();
         assert_eq!((md.uid(), md.gid()), (4242, 4343));
+    }
+
+    #[test]
+    fn tap_devices_lists_every_macvtap_tap_once() {
+        let r = Roots::new();
+        r.sysfs(246, 3, "mvt0123456789ab", 7);
+        r.sysfs(246, 4, "net1", 1_900_000_001);
+        symlink(
+            "../../devices/virtual/misc/tun",
+            r.sys().join("dev/char/10:200"),
+        )
+        .unwrap();
+        std::fs::write(r.sys().join("dev/char/not-a-link"), "").unwrap();
+        let taps = tap_devices(&r.sys()).unwrap();
+        let got: Vec<(&str, u32)> = taps.iter().map(|t| (t.ifname.as_str(), t.index)).collect();
+        assert_eq!(got, [("mvt0123456789ab", 7), ("net1", 1_900_000_001)]);
+        assert_eq!(
+            parse_tap_target("../../devices/virtual/net/a/macvtap/tapx"),
+            None
+        );
+        assert!(tap_devices(Path::new("/nonexistent")).is_err());
     }
 
     #[test]

@@ -22,6 +22,7 @@ use crate::health::Health;
 use crate::link_writer::LinkWriter;
 use crate::metrics::Metrics;
 use crate::netmon::{self, HostLink};
+use crate::records::{NodeRecords, StateDirs};
 use crate::resource_state::ResourceStates;
 use crate::status::StatusWriter;
 
@@ -44,6 +45,8 @@ pub struct AgentOptions {
     /// The status is written at least this often (`lastUpdateTime`), so the operator can tell a live agent from a
     /// gone one; keep it well below the operator's `--agent-stale-after-seconds`.
     pub status_heartbeat: Duration,
+    /// Where allocation records and tap-index reservations are kept (in-place attach).
+    pub state: StateDirs,
     /// How often the device plugin directory is re-read for kubelet restarts.
     pub dir_poll: Duration,
     /// Test hook: while this reads true the netlink link monitor drops its subscription and does not subscribe
@@ -65,6 +68,7 @@ impl AgentOptions {
             discovery_extra_kinds: Vec::new(),
             status_min_interval: Duration::from_secs(2),
             status_heartbeat: Duration::from_secs(30),
+            state: StateDirs::default(),
             dir_poll: Duration::from_millis(100),
             netlink_fault: None,
         }
@@ -139,6 +143,13 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> anyhow::Resul
         .await
         .context("starting the netlink link monitor")?
     };
+    let records = Arc::new(
+        NodeRecords::new(
+            &opts.state,
+            &crate::records::node_or_hostname(&opts.node_name),
+        )
+        .context("the allocation record directory of this node")?,
+    );
     let netlink = macvtap_link::Netlink::new().context("opening a netlink socket")?;
     let writer = Arc::new(LinkWriter::new(netlink));
     let recent = RecentAllocations::default();
@@ -156,6 +167,7 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> anyhow::Resul
             writer: writer.clone(),
             recent: recent.clone(),
             metrics: metrics.clone(),
+            records: records.clone(),
         },
         states: states.clone(),
         metrics: metrics.clone(),
@@ -199,6 +211,7 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> anyhow::Resul
         Cleanup {
             writer,
             recent,
+            records,
             metrics: metrics.clone(),
             pod_resources_socket: opts.pod_resources_socket.clone(),
             interval: opts.cleanup_interval,

@@ -1,10 +1,14 @@
-//! Allocation: which slots GetPreferredAllocation offers first, and what Allocate does for one device ID.
+//! Allocation: which slots GetPreferredAllocation offers first, what Allocate does for one device ID, and what
+//! PreStartContainer does for a pod that has no network of ours.
 //!
-//! Allocate (re)creates the host macvtap link of the device ID on the resource's lower device (a stale link of
-//! ours is replaced; the original macvtap-cni's link for the slot is adopted first, see [`crate::original`]) and
-//! answers the `/dev/tapN` of exactly the link it left in place: it changes links only in its turn
-//! ([`LinkWriter`]), as cleanup does. Every Allocate is noted in [`RecentAllocations`], which cleanup's grace
-//! period reads.
+//! In-place attach (who does what): Allocate creates no link. It removes a stale host link of the device (a
+//! device-plugin-only pod's, or the original macvtap-cni's, adopted first, see [`crate::original`]), assigns the
+//! device its tap index `N` and writes the allocation record ([`crate::records`]), and answers `/dev/tapN`. The
+//! CNI's ADD, in the pod's sandbox, creates the macvtap right inside the pod's netns with index `N`. The kubelet
+//! calls PreStartContainer after the sandbox exists, before each container starts: if no link has tap `N` by then
+//! (the pod has no network of ours), the agent creates the host link at index `N` so `/dev/tapN` is there when the
+//! runtime makes the container's device node. Host links change only in the writer's turn ([`LinkWriter`]), as
+//! cleanup's do. Every Allocate is noted in [`RecentAllocations`], which cleanup's grace period reads.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -20,6 +24,7 @@ use crate::link_writer::{LinkWriter, WriteTurn};
 use crate::metrics::Metrics;
 use crate::netmon::{self, LinkSnapshot};
 use crate::original;
+use crate::records::NodeRecords;
 
 /// Device ID -> its last Allocate (since this process started), for cleanup's grace period.
 #[derive(Clone)]
@@ -52,60 +57,164 @@ impl RecentAllocations {
     }
 }
 
-/// Allocate for every resource of the node: changes host links in its turn, notes each allocation.
+/// Allocate and PreStartContainer for every resource of the node: changes host links in its turn, notes each
+/// allocation.
 #[derive(Clone)]
 pub struct Allocator {
     pub writer: Arc<LinkWriter>,
     pub recent: RecentAllocations,
     pub metrics: Arc<Metrics>,
+    pub records: Arc<NodeRecords>,
+}
+
+fn refuse_unknown(cfg: &ResourceConfig, id: &str) -> Result<(), Status> {
+    match slot_of(&cfg.name, id) {
+        Some(slot) if slot < cfg.capacity => Ok(()),
+        _ => Err(Status::invalid_argument(format!(
+            "device {id:?} is not one of resource {}'s {} devices",
+            cfg.name, cfg.capacity
+        ))),
+    }
+}
+
+fn lower_missing(cfg: &ResourceConfig) -> Status {
+    Status::failed_precondition(format!(
+        "resource {}: lower device {:?} does not exist on this node",
+        cfg.name, cfg.lower_device
+    ))
 }
 
 impl Allocator {
-    /// Allocate of one device ID: creates (or recreates) its host link; returns its `/dev/tapN`.
+    /// Allocate of one device ID: its tap index assigned and recorded for the CNI; returns its `/dev/tapN`.
     pub async fn allocate(
         &self,
         cfg: &ResourceConfig,
         id: &str,
         mode: macvtap_link::MacvtapMode,
     ) -> Result<String, Status> {
-        match slot_of(&cfg.name, id) {
-            Some(slot) if slot < cfg.capacity => {}
-            _ => {
-                return Err(Status::invalid_argument(format!(
-                    "device {id:?} is not one of resource {}'s {} devices",
-                    cfg.name, cfg.capacity
+        refuse_unknown(cfg, id)?;
+        // One link change at a time (Allocate, PreStart, adoption, cleanup).
+        let turn = self.writer.turn().await;
+        // Noted before anything changes: cleanup must not drop what is being allocated.
+        self.recent.note(id);
+        let started = Instant::now();
+        self.remove_stale_host_link(&turn, cfg, id).await?;
+        match turn.find_link(&cfg.lower_device).await {
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(lower_missing(cfg)),
+            Err(e) => {
+                return Err(Status::internal(format!(
+                    "resource {}: reading lower device {}: {e}",
+                    cfg.name, cfg.lower_device
                 )));
             }
         }
-        // One link change at a time (Allocate, adoption, cleanup): the tap answered is the link left in place.
-        let turn = self.writer.turn().await;
-        // Recorded before the link exists: cleanup must not race a link that is being created.
-        self.recent.note(id);
-        let started = Instant::now();
-        let mut result = turn.create_macvtap(&cfg.lower_device, id, mode).await;
-        if let Err(macvtap_link::Error::NotOurs { .. }) = &result
-            && self.adopt_originals_link(&turn, cfg, id).await
-        {
-            // Ours now: recreated like any stale link of ours, as the original does on Allocate.
-            result = turn.create_macvtap(&cfg.lower_device, id, mode).await;
-        }
-        let link = result.map_err(|e| match e {
-            macvtap_link::Error::LowerDeviceNotFound(_) => Status::failed_precondition(format!(
-                "resource {}: lower device {:?} does not exist on this node",
-                cfg.name, cfg.lower_device
-            )),
-            macvtap_link::Error::NotOurs { .. } => {
-                Status::already_exists(format!("resource {}, device {id}: {e}", cfg.name))
-            }
-            other => Status::internal(format!(
-                "resource {}, device {id}: creating the {mode} macvtap link on {}: {other}",
-                cfg.name, cfg.lower_device
-            )),
+        let index = self.records.assign(cfg, id, mode).map_err(|e| {
+            Status::internal(format!(
+                "resource {}, device {id}: recording the allocation: {e}",
+                cfg.name
+            ))
         })?;
-        self.recent.note(id);
-        tracing::info!(resource = %cfg.name, device = %id, link = %link.name, ifindex = link.index,
+        tracing::info!(resource = %cfg.name, device = %id, tap_index = index,
             elapsed_us = started.elapsed().as_micros() as u64, "allocated");
-        Ok(link.tap_path().display().to_string())
+        Ok(format!("/dev/tap{index}"))
+    }
+
+    /// A host link of `id` left from an earlier holder goes: the kubelet allocates only devices no pod holds. The
+    /// original's link for the slot is adopted first; a link with our name that is not ours blocks the slot.
+    async fn remove_stale_host_link(
+        &self,
+        turn: &WriteTurn<'_>,
+        cfg: &ResourceConfig,
+        id: &str,
+    ) -> Result<(), Status> {
+        let mut removed = turn.delete_our_link(id).await;
+        if let Err(macvtap_link::Error::NotOurs { .. }) = &removed
+            && self.adopt_originals_link(turn, cfg, id).await
+        {
+            removed = turn.delete_our_link(id).await;
+        }
+        match removed {
+            Ok(_) => Ok(()),
+            Err(e @ macvtap_link::Error::NotOurs { .. }) => Err(Status::already_exists(format!(
+                "resource {}, device {id}: {e}",
+                cfg.name
+            ))),
+            Err(e) => Err(Status::internal(format!(
+                "resource {}, device {id}: removing its stale host link: {e}",
+                cfg.name
+            ))),
+        }
+    }
+
+    /// PreStartContainer of one device ID: when no link has its tap index yet (no CNI ADD made one in the pod),
+    /// the host link is created at that index, so the pod's `/dev/tapN` exists. Devices without a record (allocated
+    /// by an agent before in-place attach) already have their host link.
+    pub async fn pre_start(
+        &self,
+        cfg: &ResourceConfig,
+        id: &str,
+        mode: macvtap_link::MacvtapMode,
+    ) -> Result<(), Status> {
+        refuse_unknown(cfg, id)?;
+        let internal = |what: &str, e: &dyn std::fmt::Display| {
+            Status::internal(format!("resource {}, device {id}: {what}: {e}", cfg.name))
+        };
+        let Some(record) = self
+            .records
+            .record(id)
+            .map_err(|e| internal("reading its allocation record", &e))?
+        else {
+            return Ok(());
+        };
+        let index = record.tap_index;
+        let has_tap = |taps: &[macvtap_link::tap::TapDevice]| taps.iter().any(|t| t.index == index);
+        let taps = self
+            .records
+            .taps()
+            .map_err(|e| internal("listing taps", &e))?;
+        if has_tap(&taps) {
+            return Ok(());
+        }
+        let turn = self.writer.turn().await;
+        self.recent.note(id);
+        // Looked at again in our turn: another PreStart of this pod may have just made it.
+        let taps = self
+            .records
+            .taps()
+            .map_err(|e| internal("listing taps", &e))?;
+        if has_tap(&taps) {
+            return Ok(());
+        }
+        let link = turn
+            .create_macvtap_at(&record.lower_device, id, record.mode, Some(index))
+            .await
+            .map_err(|e| match e {
+                macvtap_link::Error::LowerDeviceNotFound(_) => lower_missing(cfg),
+                other => internal(
+                    &format!(
+                        "creating the {mode} host link at index {index} on {}",
+                        record.lower_device
+                    ),
+                    &other,
+                ),
+            })?;
+        // The kernel gives the new link no /dev/tapN if another link (in another netns) took the index meanwhile.
+        let taps = self
+            .records
+            .taps()
+            .map_err(|e| internal("listing taps", &e))?;
+        let owners: Vec<_> = taps.iter().filter(|t| t.index == index).collect();
+        if owners.len() != 1 || owners[0].ifname != link.name {
+            let _ = turn.delete_link(link.index).await;
+            return Err(Status::unavailable(format!(
+                "resource {}, device {id}: tap index {index} is taken by another link; retry",
+                cfg.name
+            )));
+        }
+        tracing::info!(resource = %cfg.name, device = %id, link = %link.name, tap_index = index,
+            "host link created for a pod without a network of ours");
+        Ok(())
     }
 
     /// Adopts the host link named for `id` if it is the original's link for it (see [`crate::original`]).

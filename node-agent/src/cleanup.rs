@@ -24,6 +24,7 @@ use crate::link_writer::LinkWriter;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::netmon::{self, HostLink};
 use crate::original;
+use crate::records::NodeRecords;
 
 /// Device IDs held by pods, by resource name (without the `macvtap.network.kubevirt.io/` prefix).
 pub type HeldDevices = BTreeMap<String, BTreeSet<String>>;
@@ -91,6 +92,8 @@ pub struct Cleanup {
     pub writer: Arc<LinkWriter>,
     /// Allocations within the grace period are never undone.
     pub recent: RecentAllocations,
+    /// Allocation records and tap-index reservations, dropped like links once no pod holds their device.
+    pub records: Arc<NodeRecords>,
     pub metrics: Arc<Metrics>,
     pub pod_resources_socket: PathBuf,
     pub interval: Duration,
@@ -103,8 +106,11 @@ pub struct Cleanup {
 impl Cleanup {
     pub async fn run(self, cancel: CancellationToken) {
         let mut unheld_since: HashMap<String, Instant> = HashMap::new();
+        let mut unrecorded_since: HashMap<String, Instant> = HashMap::new();
         loop {
-            self.pass(&mut unheld_since).await;
+            if self.pass(&mut unheld_since).await {
+                self.records_pass(&mut unrecorded_since).await;
+            }
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(self.interval) => {}
@@ -138,13 +144,14 @@ impl Cleanup {
         });
     }
 
-    async fn pass(&self, unheld_since: &mut HashMap<String, Instant>) {
+    /// One pass over the host links; false when it was skipped (nothing known about which devices pods hold).
+    async fn pass(&self, unheld_since: &mut HashMap<String, Instant>) -> bool {
         let handle = self.writer.read_handle().clone();
         let mut links = match netmon::dump(&handle).await {
             Ok(l) => l,
             Err(e) => {
                 self.skip("links_unreadable", format!("reading the link table: {e}"));
-                return;
+                return false;
             }
         };
         self.adopt_originals(&handle, &mut links).await;
@@ -156,7 +163,7 @@ impl Cleanup {
                     "pod_resources_unreachable",
                     format!("cannot ask the kubelet's PodResources which devices pods hold: {e}"),
                 );
-                return;
+                return false;
             }
         };
         if self.report.borrow().skipped.is_some() {
@@ -213,6 +220,69 @@ impl Cleanup {
                 true
             }
         });
+        true
+    }
+
+    /// Drops the records and reservations of devices no pod holds: a superseded reservation as soon as no link has
+    /// its tap; a device's current one (and its record) once it has been unheld, unallocated and without a link
+    /// for the grace period. Runs only after a pass that asked PodResources.
+    async fn records_pass(&self, unheld_since: &mut HashMap<String, Instant>) {
+        let reservations = match self.records.reservations() {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::warn!("cleanup: reading the allocation records: {e}");
+                return;
+            }
+        };
+        let now = Instant::now();
+        let mut seen = BTreeSet::new();
+        for r in reservations {
+            let held = self
+                .report
+                .borrow()
+                .held
+                .as_ref()
+                .is_some_and(|h| h.values().any(|ids| ids.contains(&r.device_id)));
+            if r.current {
+                seen.insert(r.device_id.clone());
+                if held {
+                    unheld_since.remove(&r.device_id);
+                    continue;
+                }
+                let since = *unheld_since.entry(r.device_id.clone()).or_insert(now);
+                if now.duration_since(since) < self.grace {
+                    continue;
+                }
+            }
+            let turn = self.writer.turn().await;
+            // In our turn: an Allocate that just assigned this device is never undone, and a link that has the tap
+            // (a pod being torn down, a host link cleanup has not removed yet) keeps its reservation.
+            let recent = self
+                .recent
+                .last(&r.device_id)
+                .is_some_and(|t| t.elapsed() < self.grace);
+            let tapped = match self.records.taps_in_use() {
+                Ok(taps) => taps.contains(&r.index),
+                Err(e) => {
+                    tracing::warn!("cleanup: listing taps: {e}");
+                    return;
+                }
+            };
+            if (r.current && recent) || tapped {
+                continue;
+            }
+            match self.records.forget(&r) {
+                Ok(()) => {
+                    tracing::info!(device = %r.device_id, tap_index = r.index, current = r.current,
+                        "released a tap index no pod holds");
+                    self.metrics.tap_indices_released.inc();
+                    unheld_since.remove(&r.device_id);
+                }
+                Err(e) => tracing::warn!(device = %r.device_id, "cleanup: {e}"),
+            }
+            drop(turn);
+        }
+        unheld_since.retain(|id, _| seen.contains(id));
     }
 
     /// Adopts the original's links for served slots; `links` is updated to show them as ours.

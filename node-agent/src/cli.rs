@@ -11,6 +11,7 @@ use macvtap_telemetry::logs::LogFormat;
 
 use crate::agent::AgentOptions;
 use crate::config::ConfigSource;
+use crate::records::StateDirs;
 
 #[derive(Parser, Debug)]
 #[command(
@@ -35,7 +36,23 @@ pub enum Command {
         /// The binary to install; default: `macvtap` next to this executable.
         #[arg(long)]
         source: Option<PathBuf>,
+        #[command(flatten)]
+        node: NodeFileArgs,
     },
+}
+
+/// What `install-cni` writes into the plugin's node file next to the binary (see [`crate::install`]).
+#[derive(clap::Args, Debug)]
+pub struct NodeFileArgs {
+    /// This node's name: its allocation records are under `<state-dir>/nodes/<node>`.
+    #[arg(long, env = "NODE_NAME")]
+    pub node_name: Option<String>,
+    /// The agent's state directory (as the host sees it: the CNI runs on the host).
+    #[arg(long, default_value = macvtap_core::allocation::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The kubelet's PodResources socket as the host sees it (the CNI asks it whether a pod holds a device).
+    #[arg(long, default_value = kubelet_api::podresources::POD_RESOURCES_SOCKET)]
+    pub pod_resources_socket: PathBuf,
 }
 
 #[derive(clap::Args, Debug)]
@@ -67,6 +84,14 @@ pub struct RunArgs {
     /// Link kinds that discovery (`[]`) serves besides physical links and bonds (repeatable, e.g. `team`).
     #[arg(long = "discovery-include-kind")]
     pub discovery_include_kinds: Vec<String>,
+    /// Where allocation records (read by the CNI) and tap-index reservations are kept; a hostPath, on disk (the
+    /// records must outlive a node reboot).
+    #[arg(long, default_value = macvtap_core::allocation::DEFAULT_STATE_DIR)]
+    pub state_dir: PathBuf,
+    /// The tap-index reservations of every agent on this kernel; default `<state-dir>/taps`. Only for several
+    /// agents on one kernel with different state directories (tests).
+    #[arg(long, hide = true)]
+    pub tap_reservation_dir: Option<PathBuf>,
     /// Seconds between MacvtapNodeState status writes when nothing changes (the heartbeat the operator's
     /// --agent-stale-after-seconds measures; keep it well below that).
     #[arg(long, default_value_t = 30, value_parser = clap::value_parser!(u64).range(1..))]
@@ -76,13 +101,17 @@ pub struct RunArgs {
 impl Cli {
     /// Does what the command line says. Logging is set up by the caller (it needs `--log-format` first).
     pub fn run(self) -> anyhow::Result<()> {
-        if let Some(Command::InstallCni { dest, source }) = self.command {
+        if let Some(Command::InstallCni { dest, source, node }) = self.command {
             let source = match source {
                 Some(s) => s,
                 None => crate::install::default_source()?,
             };
             let installed = crate::install::install_cni(&source, &dest)?;
             tracing::info!(source = %source.display(), installed = %installed.display(), "CNI binary installed");
+            let file = node.node_file()?;
+            let written = crate::install::write_node_file(&file, &dest)?;
+            tracing::info!(path = %written.display(), allocation_dir = %file.allocation_dir.display(),
+                "CNI node file written");
             return Ok(());
         }
         let rt = tokio::runtime::Builder::new_multi_thread()
@@ -91,6 +120,18 @@ impl Cli {
             .build()
             .context("building the tokio runtime")?;
         rt.block_on(agent(self.run))
+    }
+}
+
+impl NodeFileArgs {
+    pub fn node_file(&self) -> anyhow::Result<crate::install::NodeFile> {
+        let node = crate::records::node_or_hostname(self.node_name.as_deref().unwrap_or_default());
+        let allocation_dir = macvtap_core::allocation::node_dir(&self.state_dir, &node)
+            .with_context(|| format!("node name {node:?}"))?;
+        Ok(crate::install::NodeFile {
+            pod_resources_socket: self.pod_resources_socket.clone(),
+            allocation_dir,
+        })
     }
 }
 
@@ -105,6 +146,10 @@ impl RunArgs {
         opts.cleanup_grace = Duration::from_secs(self.cleanup_grace_secs);
         opts.discovery_extra_kinds = self.discovery_include_kinds;
         opts.status_heartbeat = Duration::from_secs(self.status_heartbeat_secs);
+        opts.state = StateDirs {
+            state_dir: self.state_dir,
+            taps_dir: self.tap_reservation_dir,
+        };
         opts
     }
 
@@ -170,6 +215,7 @@ mod tests {
         "--config-file=/etc/macvtap/dp-macvtap-conf.json",
         "--cleanup-grace-secs=10",
         "--cleanup-interval-secs=3",
+        "--state-dir=/var/lib/macvtap-operator",
     ];
 
     #[test]
@@ -197,12 +243,20 @@ mod tests {
             "install-cni",
             "--dest",
             "/host/opt/cni/bin",
+            "--node-name=node-a",
+            "--state-dir=/var/lib/macvtap-operator",
+            "--pod-resources-socket=/var/lib/kubelet/pod-resources/kubelet.sock",
         ])
         .unwrap();
         match cli.command {
-            Some(Command::InstallCni { dest, source }) => {
+            Some(Command::InstallCni { dest, source, node }) => {
                 assert_eq!(dest, PathBuf::from("/host/opt/cni/bin"));
                 assert!(source.is_none());
+                let file = node.node_file().unwrap();
+                assert_eq!(
+                    file.allocation_dir,
+                    PathBuf::from("/var/lib/macvtap-operator/nodes/node-a")
+                );
             }
             other => panic!("{other:?}"),
         }
@@ -238,7 +292,7 @@ mod tests {
             .iter()
             .filter_map(|a| a.strip_prefix("--"))
             .map(|a| a.split('=').next().unwrap().to_string())
-            .chain(["dest".to_string()])
+            .chain(["dest", "node-name", "pod-resources-socket"].map(String::from))
             .collect();
         for flag in &in_chart {
             assert!(

@@ -1,6 +1,7 @@
 //! `macvtap-agent install-cni`: puts the `macvtap` CNI binary into the host's CNI bin directory atomically (a
 //! temporary file in the destination directory, synced, then renamed over the old one), so a runtime never executes
-//! a half-written binary.
+//! a half-written binary, and writes the plugin's node file next to it (`macvtap-node.json`: where this node's
+//! allocation records and the kubelet's PodResources socket are; the CNI reads it there).
 
 use std::fs;
 use std::io::Write;
@@ -34,16 +35,38 @@ pub fn default_source() -> Result<PathBuf, InstallError> {
     Ok(exe.with_file_name(CNI_BINARY))
 }
 
+/// The plugin's node file's name (the CNI looks for it next to its binary).
+pub const NODE_FILE: &str = "macvtap-node.json";
+
+/// What the plugin's node file says (the CNI's `node_config` reads exactly these keys).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeFile {
+    pub pod_resources_socket: PathBuf,
+    pub allocation_dir: PathBuf,
+}
+
 /// Copies `source` to `<dest_dir>/macvtap` atomically, mode 0755. Returns the installed path.
 pub fn install_cni(source: &Path, dest_dir: &Path) -> Result<PathBuf, InstallError> {
     let data = fs::read(source).map_err(io("reading", source))?;
-    fs::create_dir_all(dest_dir).map_err(io("creating", dest_dir))?;
-    let target = dest_dir.join(CNI_BINARY);
-    let tmp = dest_dir.join(format!(".{CNI_BINARY}.tmp-{}", std::process::id()));
+    replace_file(dest_dir, CNI_BINARY, &data, 0o755)
+}
+
+/// Writes `<dest_dir>/macvtap-node.json` atomically, mode 0644. Returns its path.
+pub fn write_node_file(file: &NodeFile, dest_dir: &Path) -> Result<PathBuf, InstallError> {
+    let json = serde_json::to_vec(file).expect("plain data serialises");
+    replace_file(dest_dir, NODE_FILE, &json, 0o644)
+}
+
+/// `<dir>/<name>` replaced by `data` with `mode`: a temporary file, synced, renamed over the old one.
+fn replace_file(dir: &Path, name: &str, data: &[u8], mode: u32) -> Result<PathBuf, InstallError> {
+    fs::create_dir_all(dir).map_err(io("creating", dir))?;
+    let target = dir.join(name);
+    let tmp = dir.join(format!(".{name}.tmp-{}", std::process::id()));
     let result = (|| {
         let mut f = fs::File::create(&tmp).map_err(io("creating", &tmp))?;
-        f.write_all(&data).map_err(io("writing", &tmp))?;
-        f.set_permissions(fs::Permissions::from_mode(0o755))
+        f.write_all(data).map_err(io("writing", &tmp))?;
+        f.set_permissions(fs::Permissions::from_mode(mode))
             .map_err(io("setting the mode of", &tmp))?;
         f.sync_all().map_err(io("syncing", &tmp))?;
         fs::rename(&tmp, &target).map_err(io("renaming into place", &target))
@@ -79,5 +102,23 @@ mod tests {
         assert_eq!(fs::read_dir(&dest).unwrap().count(), 1);
         let err = install_cni(&dir.path().join("missing"), &dest).unwrap_err();
         assert!(err.to_string().contains("reading"), "{err}");
+    }
+
+    #[test]
+    fn node_file_has_the_keys_the_cni_reads() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = NodeFile {
+            pod_resources_socket: "/var/lib/kubelet/pod-resources/kubelet.sock".into(),
+            allocation_dir: "/var/lib/macvtap-operator/nodes/node-a".into(),
+        };
+        let path = write_node_file(&file, dir.path()).unwrap();
+        assert_eq!(
+            fs::read_to_string(&path).unwrap(),
+            r#"{"podResourcesSocket":"/var/lib/kubelet/pod-resources/kubelet.sock","allocationDir":"/var/lib/macvtap-operator/nodes/node-a"}"#
+        );
+        assert_eq!(
+            fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o644
+        );
     }
 }

@@ -31,6 +31,7 @@ pub mod link_writer;
 pub mod metrics;
 pub mod netmon;
 pub mod original;
+pub mod records;
 pub mod resource_state;
 pub mod status;
 

@@ -42,6 +42,8 @@ pub struct Metrics {
     pub list_and_watch_streams: Family<ResourceLabel, Gauge>,
     /// Orphaned host links removed by cleanup.
     pub links_removed: Counter,
+    /// Tap indices (and their allocation records) released by cleanup once no pod holds the device.
+    pub tap_indices_released: Counter,
     /// Links of the original macvtap-cni adopted (marker set) for one of our slots.
     pub links_adopted: Counter,
     /// Cleanup passes that removed nothing on purpose, by reason (`pod_resources_unreachable`,
@@ -94,6 +96,11 @@ impl Metrics {
             "links_removed",
             "Orphaned host macvtap links removed by cleanup",
             self.links_removed.clone(),
+        );
+        r.register(
+            "tap_indices_released",
+            "Tap indices and allocation records released by cleanup",
+            self.tap_indices_released.clone(),
         );
         r.register(
             "links_adopted",

@@ -16,7 +16,7 @@ fn all_unhealthy(d: &[macvtap_e2e::kubelet::Device]) -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn allocate_creates_the_link_and_health_follows_the_lower_device() {
+async fn allocate_records_pre_start_creates_the_link_and_health_follows_the_lower_device() {
     require_root();
     let mut node = Node::new("agent-alloc").await;
     node.start_agent_with_file(
@@ -30,8 +30,13 @@ async fn allocate_creates_the_link_and_health_follows_the_lower_device() {
     assert_eq!(ids, ["dpMvp0", "dpMvp1", "dpMvp2", "dpMvp3"]);
     let opts = node.kubelet.plugin(&res).unwrap().options.unwrap();
     assert!(opts.get_preferred_allocation_available);
+    let opts = node.kubelet.plugin(&res).unwrap().options.unwrap();
+    assert!(
+        opts.pre_start_required,
+        "PreStartContainer makes device-plugin-only pods' links"
+    );
 
-    // Allocate: the link exists, with the pool's mode, the marker, up, and /dev/tapN is its ifindex.
+    // Allocate creates no link: it records the device's tap index for the CNI and answers its /dev/tapN.
     let resp = node
         .kubelet
         .allocate("default", "vm-a", "compute", &res, 1)
@@ -43,27 +48,90 @@ async fn allocate_creates_the_link_and_health_follows_the_lower_device() {
     assert_eq!(spec.host_path, spec.container_path);
     let id = node.kubelet.allocated(&res).into_iter().next().unwrap();
     assert_eq!(id, "dpMvp0", "preferred allocation picks the lowest slot");
+    let record = node.record(&id).expect("allocation record written");
+    assert_eq!(
+        (record.resource.as_str(), record.lower_device.as_str()),
+        ("dp", "lower0")
+    );
+    assert_eq!(record.mode, macvtap_core::MacvtapMode::Vepa);
+    assert!(macvtap_core::allocation::is_tap_index(record.tap_index));
+    assert_eq!(spec.host_path, format!("/dev/tap{}", record.tap_index));
     let name = macvtap_link::host_link_name(&id);
-    let link = node.link(&name).expect("host link created");
+    assert!(node.link(&name).is_none(), "Allocate makes no link");
+
+    // PreStartContainer with no CNI ADD before it (a pod without a network of ours): the host link, at the
+    // announced index, with the pool's mode, the marker, up; its /dev/tapN is the announced one.
+    assert!(
+        node.kubelet
+            .pre_start_container(&res, &[&id])
+            .await
+            .unwrap()
+    );
+    let link = node
+        .link(&name)
+        .expect("host link created by PreStartContainer");
     assert_eq!(link["linkinfo"]["info_kind"], "macvtap");
     assert_eq!(link["linkinfo"]["info_data"]["mode"], "vepa");
     assert_eq!(link["ifalias"], macvtap_link::ownership_alias(&id));
     assert_eq!(link["link"], "lower0");
     assert!(link["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
     assert_eq!(spec.host_path, format!("/dev/tap{}", ifindex_of(&link)));
+    let tap = macvtap_link::tap::TapNode::verify(&name, record.tap_index)
+        .unwrap_or_else(|e| panic!("/dev/tap{} is the host link's: {e}", record.tap_index));
+    assert_eq!(tap.path().display().to_string(), spec.host_path);
+    // Again (a container restart): nothing changes.
+    node.kubelet
+        .pre_start_container(&res, &[&id])
+        .await
+        .unwrap();
+    assert_eq!(ifindex_of(&node.link(&name).unwrap()), ifindex_of(&link));
 
-    // Allocating the same ID again recreates the link (a stale one from a failed sandbox).
+    // Allocating the same ID again (its pod is gone): the stale host link goes, the index is kept (no link has it
+    // any more), the next PreStart makes the link again.
     let again = node
         .kubelet
         .allocate_ids("default", "vm-a", "compute", &res, &[&id])
         .await
         .unwrap();
-    let relink = node.link(&name).unwrap();
-    assert_ne!(ifindex_of(&relink), ifindex_of(&link));
+    assert!(node.link(&name).is_none(), "stale host link removed");
+    assert_eq!(again.devices[0].host_path, spec.host_path);
+    node.kubelet
+        .pre_start_container(&res, &[&id])
+        .await
+        .unwrap();
     assert_eq!(
         again.devices[0].host_path,
-        format!("/dev/tap{}", ifindex_of(&relink))
+        format!("/dev/tap{}", ifindex_of(&node.link(&name).unwrap()))
     );
+
+    // A link elsewhere (another pod's netns) with the device's tap index: a new Allocate hands out a fresh
+    // index, so the new pod's link never meets the old one's /dev/tapN.
+    let other = macvtap_e2e::netns::Netns::new("agent-alloc-other").unwrap();
+    other.add_veth("olower0", "opeer0").unwrap();
+    node.ip(&["link", "del", &name]);
+    other
+        .ip(&[
+            "link",
+            "add",
+            "link",
+            "olower0",
+            "name",
+            "net1",
+            "index",
+            &record.tap_index.to_string(),
+            "type",
+            "macvtap",
+        ])
+        .unwrap();
+    let fresh = node
+        .kubelet
+        .allocate_ids("default", "vm-a", "compute", &res, &[&id])
+        .await
+        .unwrap();
+    assert_ne!(fresh.devices[0].host_path, spec.host_path);
+    let fresh_index = node.record(&id).unwrap().tap_index;
+    assert_eq!(fresh.devices[0].host_path, format!("/dev/tap{fresh_index}"));
+    drop(other);
 
     // A missing lower device: every device Unhealthy, and Allocate says why.
     let gone = resource("gone");
@@ -73,7 +141,7 @@ async fn allocate_creates_the_link_and_health_follows_the_lower_device() {
         .unwrap();
     let err = node
         .kubelet
-        .allocate_ids("default", "vm-b", "c", &gone, &["goneMvp0"])
+        .start_pod_ids("default", "vm-b", "c", &gone, &["goneMvp0"])
         .await
         .unwrap_err()
         .to_string();
@@ -84,7 +152,7 @@ async fn allocate_creates_the_link_and_health_follows_the_lower_device() {
     // An ID that is not one of the resource's is refused.
     let err = node
         .kubelet
-        .allocate_ids("default", "vm-b", "c", &res, &["dpMvp9"])
+        .start_pod_ids("default", "vm-b", "c", &res, &["dpMvp9"])
         .await
         .unwrap_err()
         .to_string();
@@ -129,7 +197,7 @@ async fn allocate_creates_the_link_and_health_follows_the_lower_device() {
     // Deleting the lower device took its macvtaps with it; allocate one again to see shutdown leave it alone.
     assert!(node.link(&name).is_none());
     node.kubelet
-        .allocate("default", "vm-c", "compute", &res, 1)
+        .start_pod("default", "vm-c", "compute", &res, 1)
         .await
         .unwrap();
     let name = macvtap_link::host_link_name("dpMvp1");
@@ -205,11 +273,11 @@ async fn a_killed_agent_restarts_without_touching_links_in_use_and_cleans_orphan
     node.wait_for_healthy(&res, 8).await;
     // vm-a holds 2 devices, vm-b 1; vm-b then goes away (its link is an orphan).
     node.kubelet
-        .allocate("ns", "vm-a", "c", &res, 2)
+        .start_pod("ns", "vm-a", "c", &res, 2)
         .await
         .unwrap();
     node.kubelet
-        .allocate("ns", "vm-b", "c", &res, 1)
+        .start_pod("ns", "vm-b", "c", &res, 1)
         .await
         .unwrap();
     let held: Vec<String> = node.kubelet.allocated(&res).into_iter().collect();
@@ -241,6 +309,22 @@ async fn a_killed_agent_restarts_without_touching_links_in_use_and_cleans_orphan
     node.wait_for_healthy(&res, 8).await;
     let cleaned = node.link_removed(&orphan).await;
     assert!(cleaned, "orphan not removed\n{}", node.log());
+    // Its allocation record and tap-index reservation go after it (no link has the tap any more); the held
+    // devices keep theirs.
+    let released = eventually(T, || node.record("dpMvp2").is_none()).await;
+    assert!(released, "record of the orphan kept\n{}", node.log());
+    let reservations = |n: &Node| {
+        std::fs::read_dir(n.state_dir().join("taps"))
+            .unwrap()
+            .count()
+    };
+    assert!(node.record("dpMvp0").is_some() && node.record("dpMvp1").is_some());
+    assert!(eventually(T, || reservations(&node) == 2).await);
+    assert!(
+        node.metric("macvtap_agent_tap_indices_released_total")
+            .unwrap_or(0.0)
+            >= 1.0
+    );
     for id in ["dpMvp0", "dpMvp1"] {
         assert!(
             node.link(&macvtap_link::host_link_name(id)).is_some(),
@@ -261,7 +345,7 @@ async fn a_killed_agent_restarts_without_touching_links_in_use_and_cleans_orphan
     // A fresh Allocate whose pod the kubelet does not list (yet) is kept for the grace period.
     let resp = node
         .kubelet
-        .allocate_ids("ns", "vm-c", "c", &res, &["dpMvp3"])
+        .start_pod_ids("ns", "vm-c", "c", &res, &["dpMvp3"])
         .await
         .unwrap();
     node.kubelet.release_pod("ns", "vm-c").await;
@@ -312,7 +396,7 @@ async fn live_config_changes_and_bad_updates() {
         .await
     );
     node.kubelet
-        .allocate("ns", "p", "c", &res, 1)
+        .start_pod("ns", "p", "c", &res, 1)
         .await
         .unwrap();
     let link = node.link(&macvtap_link::host_link_name("dpMvp0")).unwrap();
@@ -441,7 +525,7 @@ async fn discovery_follows_links() {
         .unwrap();
     // Our own macvtap links are never discovered as lower devices.
     node.kubelet
-        .allocate("ns", "p", "c", &resource("lower0"), 1)
+        .start_pod("ns", "p", "c", &resource("lower0"), 1)
         .await
         .unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -450,20 +534,11 @@ async fn discovery_follows_links() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn cni_add_moves_the_allocated_link_into_the_pod() {
+async fn cni_add_attaches_the_allocated_device_in_place() {
     require_root();
     let cni = macvtap_e2e::workspace::binary("macvtap")
         .unwrap_or_else(|e| panic!("this test runs the built macvtap CNI binary: {e}"));
     let mut node = Node::new("agent-cni").await;
-    // `/dev/tapN` is one name for the whole machine: tests running beside this one make macvtaps with the same
-    // small ifindexes in their own namespaces, and the CNI rightly refuses a tap it cannot prove is this link's.
-    // Idle bridges move this namespace's numbering past theirs (the kernel numbers from a per-namespace hint).
-    let bumps: String = (0..200)
-        .map(|i| format!("link add bump{i} type bridge\n"))
-        .collect();
-    let batch = node.dir.path().join("bump.batch");
-    std::fs::write(&batch, bumps).unwrap();
-    node.ip(&["-batch", batch.to_str().unwrap()]);
     node.start_agent_with_file(
         r#"[{"name":"dp","lowerDevice":"lower0","capacity":2}]"#,
         &[],
@@ -477,24 +552,23 @@ async fn cni_add_moves_the_allocated_link_into_the_pod() {
         .unwrap();
     let id = node.kubelet.allocated(&res).into_iter().next().unwrap();
     let host_name = macvtap_link::host_link_name(&id);
-    let host = node.link(&host_name).unwrap();
-    assert_eq!(
-        resp.devices[0].host_path,
-        format!("/dev/tap{}", ifindex_of(&host))
-    );
+    let index = node.record(&id).unwrap().tap_index;
+    assert_eq!(resp.devices[0].host_path, format!("/dev/tap{index}"));
 
     let pod = macvtap_e2e::netns::Netns::new("agent-cni-pod").unwrap();
     let conf = serde_json::json!({
         "cniVersion": "1.0.0", "name": "mvt", "type": "macvtap", "deviceID": id,
     });
     // The CNI asks the kubelet (here its stand-in, which recorded the allocation) whether pod ns/vm holds the
-    // device; the node-level setting names the stand-in's PodResources socket.
+    // device; the node file (as install-cni writes it) names the stand-in's PodResources socket and this node's
+    // allocation records.
     let node_config = node.dir.path().join("macvtap-node.json");
-    std::fs::write(
-        &node_config,
-        serde_json::json!({"podResourcesSocket": node.kubelet.pod_resources_socket()}).to_string(),
-    )
-    .unwrap();
+    let file = macvtap_agent::install::NodeFile {
+        pod_resources_socket: node.kubelet.pod_resources_socket().to_path_buf(),
+        allocation_dir: node.state_dir().join("nodes/test-node"),
+    };
+    let written = macvtap_agent::install::write_node_file(&file, node.dir.path()).unwrap();
+    assert_eq!(written, node_config);
     let mut child = std::process::Command::new("ip")
         .args(["netns", "exec", node.netns.name()])
         .arg(&cni)
@@ -529,13 +603,21 @@ async fn cni_add_moves_the_allocated_link_into_the_pod() {
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(
-        node.link(&host_name).is_none(),
-        "the host link moved out of the node"
-    );
+    // Made right in the pod, at the announced index; nothing on the host.
+    assert!(node.link(&host_name).is_none(), "no host link");
     let in_pod = pod.link_json("net1").unwrap().expect("net1 in the pod");
     assert_eq!(in_pod["linkinfo"]["info_kind"], "macvtap");
-    assert_eq!(in_pod["ifalias"], macvtap_link::ownership_alias(&id));
+    assert_eq!(ifindex_of(&in_pod), u64::from(index));
+    macvtap_link::tap::TapNode::verify("net1", index).expect("/dev/tapN is the pod link's tap");
+    // The container starts: PreStartContainer sees the tap and makes no host link.
+    node.kubelet
+        .pre_start_container(&res, &[&id])
+        .await
+        .unwrap();
+    assert!(
+        node.link(&host_name).is_none(),
+        "PreStart after ADD made a link"
+    );
 
     // Cleanup passes while the pod runs never touch it (it is in the pod's namespace, and held).
     tokio::time::sleep(Duration::from_secs(4)).await;
@@ -608,7 +690,7 @@ async fn node_state_spec_edits_reach_the_kubelet_and_status_is_written() {
     node.wait_for_healthy(&res, 6).await;
     assert_eq!(node.kubelet.registrations(&res), registrations);
     node.kubelet
-        .allocate("ns", "vm", "c", &res, 1)
+        .start_pod("ns", "vm", "c", &res, 1)
         .await
         .unwrap();
     let link = node
@@ -727,6 +809,7 @@ fn install_cni_subcommand_copies_atomically_and_logs_json() {
         .arg(&dest)
         .arg("--source")
         .arg(&src)
+        .args(["--node-name", "node-x", "--state-dir", "/var/lib/mvt-state"])
         .output()
         .unwrap();
     assert!(
@@ -738,9 +821,22 @@ fn install_cni_subcommand_copies_atomically_and_logs_json() {
         std::fs::read(dest.join("macvtap")).unwrap(),
         std::fs::read(&src).unwrap()
     );
+    // The node file next to it: where this node's allocation records are, for the CNI.
+    let node_file: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dest.join("macvtap-node.json")).unwrap()).unwrap();
+    assert_eq!(
+        node_file,
+        serde_json::json!({
+            "podResourcesSocket": "/var/lib/kubelet/pod-resources/kubelet.sock",
+            "allocationDir": "/var/lib/mvt-state/nodes/node-x",
+        })
+    );
     let log = String::from_utf8_lossy(&out.stderr);
-    let line: serde_json::Value = serde_json::from_str(log.lines().last().unwrap()).unwrap();
-    assert_eq!(line["message"], "CNI binary installed");
+    let messages: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap()["message"].clone())
+        .collect();
+    assert_eq!(messages, ["CNI binary installed", "CNI node file written"]);
     // A missing source is an error naming it, and nothing is installed.
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_macvtap-agent"))
         .args(["install-cni", "--dest"])

@@ -149,7 +149,7 @@ async fn cleanup_skipped_without_pod_resources_is_counted_and_nothing_is_removed
     );
     // An orphan: allocated, its pod gone.
     node.kubelet
-        .allocate("ns", "vm", "c", &res, 1)
+        .start_pod("ns", "vm", "c", &res, 1)
         .await
         .unwrap();
     node.kubelet.release_pod("ns", "vm").await;

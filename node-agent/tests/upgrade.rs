@@ -115,7 +115,7 @@ async fn the_originals_links_are_adopted_and_unrelated_links_are_never_touched()
 
     // Preferred allocation passes over the slot whose host link is still there.
     node.kubelet
-        .allocate("ns", "vm-a", "c", &res, 1)
+        .start_pod("ns", "vm-a", "c", &res, 1)
         .await
         .unwrap_or_else(|e| panic!("{e}\n{}", node.log()));
     assert_eq!(
@@ -127,7 +127,7 @@ async fn the_originals_links_are_adopted_and_unrelated_links_are_never_touched()
     // Allocate of that slot succeeds: the link is adopted and recreated, and the tap answered is the new link's.
     let resp = node
         .kubelet
-        .allocate_ids("ns", "vm-b", "c", &res, &["dpMvp0"])
+        .start_pod_ids("ns", "vm-b", "c", &res, &["dpMvp0"])
         .await
         .unwrap_or_else(|e| panic!("Allocate of the original's slot: {e}\n{}", node.log()));
     let link = node.link(&host_link_name("dpMvp0")).unwrap();
@@ -154,7 +154,7 @@ async fn the_originals_links_are_adopted_and_unrelated_links_are_never_touched()
     for id in ["dpMvp2", "dpMvp3", "dpMvp4", "dpMvp5"] {
         let err = node
             .kubelet
-            .allocate_ids("ns", "vm-x", "c", &res, &[id])
+            .start_pod_ids("ns", "vm-x", "c", &res, &[id])
             .await
             .unwrap_err()
             .to_string();

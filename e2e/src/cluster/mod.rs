@@ -138,6 +138,7 @@ impl Cluster {
             host_link: format!("mvte2e{}", slot.index()),
             dirs: vec![dir.clone()],
             own_slot_lock: slot.lock_path().to_path_buf(),
+            shared_dirs: vec![PathBuf::from(node::TAP_RESERVATIONS)],
             ..Default::default()
         };
         let teardown = Teardown::arm(&plan, &Path::new(RUN_DIR).join(format!("teardown-{id}.sh")))?;

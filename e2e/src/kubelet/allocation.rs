@@ -6,7 +6,7 @@ use std::collections::BTreeSet;
 use kubelet_api::deviceplugin::device_plugin_client::DevicePluginClient;
 use kubelet_api::deviceplugin::{
     AllocateRequest, ContainerAllocateRequest, ContainerAllocateResponse,
-    ContainerPreferredAllocationRequest, PreferredAllocationRequest,
+    ContainerPreferredAllocationRequest, PreStartContainerRequest, PreferredAllocationRequest,
 };
 use kubelet_api::tonic::{self, Status};
 
@@ -148,6 +148,79 @@ impl KubeletStandIn {
             .record(namespace, pod, container, resource, ids);
         self.inner.bump();
         Ok(c)
+    }
+
+    /// A pod without a network of ours, admitted and its container started: [`KubeletStandIn::allocate`], then
+    /// [`KubeletStandIn::pre_start_container`] for the devices it got.
+    pub async fn start_pod(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        resource: &str,
+        n: usize,
+    ) -> Result<ContainerAllocateResponse> {
+        let resp = self
+            .allocate(namespace, pod, container, resource, n)
+            .await?;
+        let ids = self.ids_of(namespace, pod, resource);
+        let ids: Vec<&str> = ids.iter().map(String::as_str).collect();
+        self.pre_start_container(resource, &ids).await?;
+        Ok(resp)
+    }
+
+    /// [`KubeletStandIn::start_pod`] with exactly `ids`.
+    pub async fn start_pod_ids(
+        &self,
+        namespace: &str,
+        pod: &str,
+        container: &str,
+        resource: &str,
+        ids: &[&str],
+    ) -> Result<ContainerAllocateResponse> {
+        let resp = self
+            .allocate_ids(namespace, pod, container, resource, ids)
+            .await?;
+        self.pre_start_container(resource, ids).await?;
+        Ok(resp)
+    }
+
+    /// The device IDs of `resource` recorded for a pod.
+    pub fn ids_of(&self, namespace: &str, pod: &str, resource: &str) -> Vec<String> {
+        let st = self.inner.state();
+        st.pods
+            .get(&(namespace.to_string(), pod.to_string()))
+            .map(|containers| {
+                containers
+                    .values()
+                    .flat_map(|c| c.get(resource).cloned().unwrap_or_default())
+                    .collect()
+            })
+            .unwrap_or_default()
+    }
+
+    /// What the kubelet does right before it starts a container holding `ids` of `resource` (after the pod's
+    /// sandbox, so after its CNI ADD): `PreStartContainer`, when the plugin asked for it at registration. Whether
+    /// it was called.
+    pub async fn pre_start_container(&self, resource: &str, ids: &[&str]) -> Result<bool> {
+        let plugin = self
+            .plugin(resource)
+            .ok_or_else(|| Error::NotRegistered(resource.to_string()))?;
+        if !plugin
+            .options
+            .as_ref()
+            .is_some_and(|o| o.pre_start_required)
+        {
+            return Ok(false);
+        }
+        let mut client = self.client(&plugin).await?;
+        client
+            .pre_start_container(PreStartContainerRequest {
+                devices_ids: ids.iter().map(|s| s.to_string()).collect(),
+            })
+            .await
+            .map_err(rpc("PreStartContainer", resource))?;
+        Ok(true)
     }
 
     /// Forgets a pod's devices (the pod was deleted): PodResources stops listing them.

@@ -152,7 +152,8 @@ fn default_render_is_least_privilege_and_matches_the_binaries_interfaces() {
         [
             "--health-addr=0.0.0.0:9808",
             "--log-format=json",
-            "--status-heartbeat-secs=30"
+            "--status-heartbeat-secs=30",
+            "--state-dir=/var/lib/macvtap-operator"
         ]
     );
     assert_eq!(env_names(c), ["RUST_LOG", "NODE_NAME"]);
@@ -174,7 +175,8 @@ fn default_render_is_least_privilege_and_matches_the_binaries_interfaces() {
         [
             "/opt/cni/bin",
             "/var/lib/kubelet/device-plugins",
-            "/var/lib/kubelet/pod-resources"
+            "/var/lib/kubelet/pod-resources",
+            "/var/lib/macvtap-operator"
         ]
         .into_iter()
         .map(String::from)
@@ -186,6 +188,11 @@ fn default_render_is_least_privilege_and_matches_the_binaries_interfaces() {
         .find(|m| m["name"] == "pod-resources")
         .unwrap();
     assert_eq!(pr["readOnly"], true, "PodResources is only read");
+    let state = mounts.iter().find(|m| m["name"] == "state").unwrap();
+    assert_eq!(
+        state["mountPath"], "/var/lib/macvtap-operator",
+        "the records name host paths: mounted where the host has them"
+    );
     assert!(
         !mounts.iter().any(|m| m["name"] == "cni-bin"),
         "only the init container touches the CNI dir"
@@ -194,8 +201,14 @@ fn default_render_is_least_privilege_and_matches_the_binaries_interfaces() {
     assert_eq!(init["image"], c["image"]);
     assert_eq!(
         strs(&init["args"]),
-        ["install-cni", "--dest", "/host/opt/cni/bin"]
+        [
+            "install-cni",
+            "--dest=/host/opt/cni/bin",
+            "--state-dir=/var/lib/macvtap-operator",
+            "--pod-resources-socket=/var/lib/kubelet/pod-resources/kubelet.sock"
+        ]
     );
+    assert_eq!(env_names(init), ["NODE_NAME"]);
     assert_eq!(
         init["volumeMounts"],
         json!([{"name": "cni-bin", "mountPath": "/host/opt/cni/bin"}])

@@ -118,7 +118,7 @@ impl DevicePool {
             .collect()
     }
 
-    /// Allocate of one container's device IDs: each one's host link, its tap as the device.
+    /// Allocate of one container's device IDs: each one's tap index recorded, its `/dev/tapN` as the device.
     pub async fn allocate(&self, ids: &[String]) -> Result<ContainerAllocateResponse, Status> {
         let cfg = self.config.borrow().clone();
         let label = ResourceLabel::new(&cfg.name);
@@ -153,6 +153,24 @@ impl DevicePool {
             annotations: Default::default(),
             cdi_devices: Vec::new(),
         })
+    }
+}
+
+impl DevicePool {
+    /// PreStartContainer of one container's device IDs: the host link of each device no CNI ADD attached.
+    pub async fn pre_start(&self, ids: &[String]) -> Result<(), Status> {
+        let cfg = self.config.borrow().clone();
+        for id in ids {
+            if let Err(status) = self.inputs.allocator.pre_start(&cfg, id, cfg.mode).await {
+                let msg = status.message().to_string();
+                tracing::warn!(resource = %cfg.name, device = %id, "PreStartContainer failed: {msg}");
+                self.inputs
+                    .states
+                    .update(&cfg.name, |r| r.last_error = Some(msg.clone()));
+                return Err(status);
+            }
+        }
+        Ok(())
     }
 }
 

@@ -21,7 +21,8 @@ use crate::metrics::ResourceLabel;
 /// What we tell the kubelet at registration and on GetDevicePluginOptions.
 pub fn options() -> DevicePluginOptions {
     DevicePluginOptions {
-        pre_start_required: false,
+        // The host link of a pod without a network of ours is made then (see crate::allocator).
+        pre_start_required: true,
         get_preferred_allocation_available: true,
     }
 }
@@ -102,8 +103,11 @@ impl DevicePlugin for DevicePluginService {
 
     async fn pre_start_container(
         &self,
-        _request: Request<PreStartContainerRequest>,
+        request: Request<PreStartContainerRequest>,
     ) -> Result<Response<PreStartContainerResponse>, Status> {
+        self.pool
+            .pre_start(&request.into_inner().devices_ids)
+            .await?;
         Ok(Response::new(PreStartContainerResponse {}))
     }
 }

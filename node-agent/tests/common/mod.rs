@@ -135,6 +135,9 @@ impl Node {
             &format!("127.0.0.1:{HEALTH_PORT}"),
         );
         cmd.args(extra).env("RUST_LOG", "info,macvtap_agent=debug");
+        if !extra.contains(&"--state-dir") {
+            cmd.arg("--state-dir").arg(self.state_dir());
+        }
         // Fast cleanup unless the test sets its own timings.
         for (flag, value) in [
             ("--cleanup-interval-secs", "1"),
@@ -158,7 +161,19 @@ impl Node {
         opts.health_addr = Some(([127, 0, 0, 1], HEALTH_PORT).into());
         opts.cleanup_interval = Duration::from_secs(1);
         opts.cleanup_grace = Duration::from_secs(2);
+        opts.state.state_dir = self.state_dir();
         opts
+    }
+
+    /// The agent's state directory (allocation records, tap-index reservations).
+    pub fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
+
+    /// The allocation record `Allocate` wrote for `device_id` (node `test-node`).
+    pub fn record(&self, device_id: &str) -> Option<macvtap_core::AllocationRecord> {
+        let dir = self.state_dir().join("nodes/test-node");
+        macvtap_core::AllocationRecord::read(&dir, device_id).unwrap()
     }
 
     /// Starts the agent with `--config-file` (written first).

@@ -30,8 +30,11 @@ use crate::tools;
 use crate::wait::{LOCAL_INTERVAL, poll_blocking};
 
 /// Paths every node has privately: (name of the node's directory, path inside the node).
-pub const NODE_MOUNTS: [(&str, &str); 11] = [
+pub const NODE_MOUNTS: [(&str, &str); 12] = [
     ("kubelet", "/var/lib/kubelet"),
+    // The agent's state directory (the chart's default `agent.stateDir`); its `taps/` is bound over by
+    // [`TAP_RESERVATIONS`].
+    ("macvtap-state", "/var/lib/macvtap-operator"),
     ("containerd", "/var/lib/containerd"),
     ("run-containerd", "/run/containerd"),
     ("cni-conf", "/etc/cni/net.d"),
@@ -44,6 +47,11 @@ pub const NODE_MOUNTS: [(&str, &str); 11] = [
     ("openvswitch", "/run/openvswitch"),
     ("etc-kubernetes", "/etc/kubernetes"),
 ];
+
+/// The tap-index reservations of every agent of every cluster on this machine: `/dev/tapN` is one name per kernel,
+/// and all clusters' nodes share this kernel. Bound over each node's `/var/lib/macvtap-operator/taps`; removed by
+/// the teardown of the last cluster (see `TeardownPlan::shared_dirs`).
+pub const TAP_RESERVATIONS: &str = "/run/macvtap-e2e/taps";
 
 /// The CNI network every pod gets first (Multus' `clusterNetwork`): a bridge with the node's pod network.
 pub const CLUSTER_NETWORK_NAME: &str = "cluster";
@@ -96,6 +104,10 @@ impl Node {
                 dir.join(sub).display()
             ));
         }
+        script.push_str(&format!(
+            "mkdir -p '{TAP_RESERVATIONS}' /var/lib/macvtap-operator/taps\n\
+             mount --bind '{TAP_RESERVATIONS}' /var/lib/macvtap-operator/taps\n"
+        ));
         let out = Command::new("nsenter")
             .arg(format!("--net={}", netns.path().display()))
             .arg("unshare")
