@@ -1,5 +1,7 @@
 //! Agent figures, printed (root; real netns, real netlink, the built agent binary, the kubelet stand-in):
-//! - Allocate latency p50/p99 (one device per call, each call (re)creates a macvtap link), over a kept connection;
+//! - Allocate latency p50/p99 (one device per call: a tap index reserved and recorded, no link), and
+//!   PreStartContainer's (a device-plugin-only pod's host link created; or nothing when the tap exists), over a
+//!   kept connection;
 //! - time from a configuration change to the kubelet stand-in seeing it in ListAndWatch, for the config file
 //!   (polled once a second) and for a MacvtapNodeState spec edit (watch; needs the control plane tools);
 //! - the agent's RSS serving 4 resources x 100 devices.
@@ -10,7 +12,9 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use kubelet_api::deviceplugin::device_plugin_client::DevicePluginClient;
-use kubelet_api::deviceplugin::{AllocateRequest, ContainerAllocateRequest};
+use kubelet_api::deviceplugin::{
+    AllocateRequest, ContainerAllocateRequest, PreStartContainerRequest,
+};
 use macvtap_e2e::agent::agent_command;
 use macvtap_e2e::kubelet::{KubeletStandIn, healthy_count};
 use macvtap_e2e::netns::Netns;
@@ -18,7 +22,6 @@ use macvtap_e2e::process::Process;
 
 const RESOURCES: usize = 4;
 const DEVICES: u32 = 100;
-const ALLOCATIONS: usize = 300;
 const CHANGES: usize = 10;
 
 fn config(capacity_r0: u32) -> String {
@@ -51,7 +54,10 @@ fn agent_cmd(netns: &Netns, kubelet: &KubeletStandIn, extra: &[&str]) -> Command
         kubelet,
         "127.0.0.1:9808",
     );
+    let state = kubelet.dir().parent().unwrap().join("state");
     cmd.args(["--node-name", "bench-node"])
+        .arg("--state-dir")
+        .arg(state)
         .args(extra)
         .env("RUST_LOG", "warn");
     cmd
@@ -130,37 +136,65 @@ async fn main() {
         rss_kib(agent.pid())
     );
 
-    // Allocate latency over one kept connection, as the kubelet holds one per plugin.
+    // Allocate and PreStartContainer latency over one kept connection, as the kubelet holds one per plugin.
     let channel = kubelet_api::unix::connect(dir.path().join("device-plugins/macvtap-r0.sock"))
         .await
         .unwrap();
     let mut client = DevicePluginClient::new(channel);
-    let mut create = Vec::new();
-    let mut recreate = Vec::new();
-    for i in 0..ALLOCATIONS {
-        let id = format!("r0Mvp{}", i as u32 % DEVICES);
-        let t = Instant::now();
-        client
-            .allocate(AllocateRequest {
-                container_requests: vec![ContainerAllocateRequest {
-                    devices_ids: vec![id],
-                }],
-            })
-            .await
-            .expect("Allocate");
-        if i < DEVICES as usize {
-            create.push(t.elapsed());
-        } else {
-            recreate.push(t.elapsed());
+    let ids: Vec<String> = (0..DEVICES).map(|i| format!("r0Mvp{i}")).collect();
+    let allocate = async |client: &mut DevicePluginClient<_>, ids: &[String]| {
+        let mut v = Vec::new();
+        for id in ids {
+            let t = Instant::now();
+            client
+                .allocate(AllocateRequest {
+                    container_requests: vec![ContainerAllocateRequest {
+                        devices_ids: vec![id.clone()],
+                    }],
+                })
+                .await
+                .expect("Allocate");
+            v.push(t.elapsed());
         }
-    }
-    summary("Allocate, 1 device, link created", create);
+        v
+    };
+    let pre_start = async |client: &mut DevicePluginClient<_>, ids: &[String]| {
+        let mut v = Vec::new();
+        for id in ids {
+            let t = Instant::now();
+            client
+                .pre_start_container(PreStartContainerRequest {
+                    devices_ids: vec![id.clone()],
+                })
+                .await
+                .expect("PreStartContainer");
+            v.push(t.elapsed());
+        }
+        v
+    };
     summary(
-        "Allocate, 1 device, stale link deleted and created again",
-        recreate,
+        "Allocate, 1 device, first time (tap index reserved, record written, no link)",
+        allocate(&mut client, &ids).await,
+    );
+    summary(
+        "PreStartContainer, device-plugin-only pod (host link created at the tap index)",
+        pre_start(&mut client, &ids).await,
+    );
+    summary(
+        "PreStartContainer, tap already there (after CNI ADD, or a container restart)",
+        pre_start(&mut client, &ids).await,
+    );
+    summary(
+        "Allocate, 1 device, the previous pod's host link removed first",
+        allocate(&mut client, &ids).await,
+    );
+    summary(
+        "Allocate, 1 device, again (record kept)",
+        allocate(&mut client, &ids).await,
     );
     println!(
-        "agent RSS after {ALLOCATIONS} allocations: {} KiB",
+        "agent RSS after {} allocations: {} KiB",
+        3 * DEVICES,
         rss_kib(agent.pid())
     );
 

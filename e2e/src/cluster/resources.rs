@@ -59,6 +59,26 @@ impl Cluster {
             .collect())
     }
 
+    /// The allocation records the agent of `node` wrote (device ID → record), from the node's state directory.
+    pub fn allocation_records(
+        &self,
+        node: &str,
+    ) -> Result<std::collections::BTreeMap<String, macvtap_core::AllocationRecord>> {
+        let dir = self.node(node).dir.join("macvtap-state/nodes").join(node);
+        let mut out = std::collections::BTreeMap::new();
+        for entry in
+            anyhow::Context::with_context(std::fs::read_dir(&dir), || dir.display().to_string())?
+        {
+            let name = entry?.file_name().to_string_lossy().into_owned();
+            if let Some(id) = name.strip_suffix(".json")
+                && let Some(r) = macvtap_core::AllocationRecord::read(&dir, id)?
+            {
+                out.insert(id.to_string(), r);
+            }
+        }
+        Ok(out)
+    }
+
     /// Waits until `pred` holds for the pool; the error shows the pool as last seen.
     pub async fn wait_pool(
         &self,

@@ -35,6 +35,20 @@ pub async fn dataplane(c: &mut Cluster) -> Result<()> {
         (tap.uid, tap.gid) == (107, 107),
         "tap owner {tap:?} (KubeVirt's qemu is 107:107)"
     );
+    // Created in place: no link of ours on the node while the pod runs, and net1's ifindex is the tap index
+    // Allocate recorded (and announced as /dev/tapN).
+    ensure!(
+        c.node_macvtaps(&pod.node)?.is_empty(),
+        "a host link on {}: {:?}",
+        pod.node,
+        c.node_macvtaps(&pod.node)?
+    );
+    let records = c.allocation_records(&pod.node)?;
+    ensure!(
+        records.values().any(|r| l["ifindex"] == r.tap_index),
+        "net1 ifindex {} is no record's tap index: {records:?}",
+        l["ifindex"]
+    );
     c.wait_pool("dataplane", Duration::from_secs(60), |p| {
         p.status.as_ref().is_some_and(|s| s.allocated == 1)
     })
@@ -84,7 +98,7 @@ pub async fn device_plugin_only(c: &mut Cluster) -> Result<()> {
         !names.iter().any(|n| n == "net1"),
         "no CNI interface expected: {names:?}"
     );
-    // Allocate made the link on the node; the container's tap is that link's.
+    // PreStartContainer made the link on the node (no CNI ADD made one); the container's tap is that link's.
     let out = c
         .node(&pod.node)
         .netns
@@ -159,24 +173,29 @@ pub async fn twenty_at_once(c: &mut Cluster) -> Result<()> {
     }
     let mut taps = BTreeSet::new();
     let mut devices = BTreeSet::new();
-    let mut aliases = BTreeSet::new();
+    // Each pod's net1 has the tap index of exactly one device's allocation record: its device.
+    let records = c.allocation_records("node-a")?;
+    let mut ids = BTreeSet::new();
     for p in &running {
         let tap = check_tap(p)?;
         let rdev = std::os::unix::fs::MetadataExt::rdev(&std::fs::metadata(&tap)?);
         taps.insert(tap);
         devices.insert(rdev);
-        aliases.insert(
-            p.net1()?["ifalias"]
-                .as_str()
-                .unwrap_or_default()
-                .to_string(),
+        let index = p.net1()?["ifindex"].as_u64().context("net1 ifindex")?;
+        let of: Vec<&String> = records
+            .iter()
+            .filter(|(_, r)| u64::from(r.tap_index) == index)
+            .map(|(id, _)| id)
+            .collect();
+        ensure!(
+            of.len() == 1,
+            "{}: net1 ifindex {index} is the tap index of {of:?}",
+            p.name
         );
+        ids.insert(of[0].clone());
     }
     ensure!(taps.len() == 20 && devices.len() == 20, "taps {taps:?}");
-    ensure!(
-        aliases.len() == 20,
-        "device IDs (link aliases) not all distinct: {aliases:?}"
-    );
+    ensure!(ids.len() == 20, "device IDs not all distinct: {ids:?}");
     for n in &names {
         c.delete_pod("default", n, GONE).await?;
     }
