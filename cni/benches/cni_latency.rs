@@ -112,6 +112,25 @@ fn main() {
         }
     }
     floors(&node, &pod, iterations);
+    // What any plugin costs before it does anything: spawned the same way, VERSION answers and exits.
+    let mut starts: Vec<Duration> = (0..iterations)
+        .map(|_| {
+            run(
+                &bin,
+                &node,
+                &pod,
+                "VERSION",
+                &json!({"cniVersion": "1.0.0"}),
+                &[],
+            )
+            .0
+        })
+        .collect();
+    println!(
+        "process floor:          the plugin spawned for VERSION (fork, exec, start, exit) p50 {:>8.2?} p99 {:>8.2?}",
+        pct(&mut starts, 50),
+        pct(&mut starts, 99)
+    );
     let mut peak_rss_kib = 0i64;
     // Device IDs and ifindexes unique across cases: /dev/tap<ifindex> is one node for the whole machine, and the
     // plugin proves it is the link's before chowning it (the indices stay far above what the kernel picks).

@@ -177,16 +177,18 @@ fn settle(p: &InPlace, ipam: Option<&ParsedResult>) -> Result<(), CniError> {
             notify_sysctls(p.ifname)?;
             crate::attach::add_addresses_and_routes(nl, index, ipam).await
         }),
-        None => macvtap_link::in_netns(p.netns_path, || notify_sysctls(p.ifname)).map_err(|e| {
-            CniError::new(
-                Code::UnknownContainer,
-                format!(
-                    "CNI_NETNS {}: cannot enter the network namespace",
-                    p.netns_path
-                ),
-                e.to_string(),
-            )
-        })?,
+        None => {
+            macvtap_link::in_netns_here(p.netns_path, || notify_sysctls(p.ifname)).map_err(|e| {
+                CniError::new(
+                    Code::UnknownContainer,
+                    format!(
+                        "CNI_NETNS {}: cannot enter the network namespace",
+                        p.netns_path
+                    ),
+                    e.to_string(),
+                )
+            })?
+        }
     }
 }
 

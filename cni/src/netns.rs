@@ -1,11 +1,11 @@
 //! Running netlink work in the right network namespace: host-side on the calling thread (the runtime starts us in
-//! the host netns), pod-side on a dedicated thread that entered `CNI_NETNS` ([`macvtap_link::in_netns`]); each on
-//! a current-thread runtime.
+//! the host netns), pod-side on the same thread after it entered `CNI_NETNS`, back on return
+//! ([`macvtap_link::in_netns_here`]: no thread); each on a current-thread runtime.
 
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 
-use macvtap_link::{Netlink, block_on, in_netns};
+use macvtap_link::{Netlink, block_on, in_netns, in_netns_here};
 
 use crate::error::{CniError, Code};
 
@@ -25,12 +25,19 @@ pub(crate) fn netlink<T>(
     .map_err(sys("starting a runtime"))?
 }
 
-/// Run `f` with netlink inside the netns at `path` (on its own thread).
+/// Run `f` with netlink inside the netns at `path`: this thread enters it and comes back (no thread is started),
+/// unless it is driving a runtime already (a call from inside host-side netlink work), which only a thread of its
+/// own can leave alone.
 pub(crate) fn netlink_in<T: Send>(
     path: &str,
     f: impl AsyncFnOnce(&Netlink) -> Result<T, CniError> + Send,
 ) -> Result<T, CniError> {
-    in_netns(path, || netlink(f)).map_err(|e| {
+    let ran = if tokio::runtime::Handle::try_current().is_ok() {
+        in_netns(path, || netlink(f))
+    } else {
+        in_netns_here(path, || netlink(f))
+    };
+    ran.map_err(|e| {
         CniError::new(
             Code::UnknownContainer,
             format!("CNI_NETNS {path}: cannot enter the network namespace"),

@@ -46,5 +46,5 @@ pub use macvtap_core::device::{
     ALIAS_PREFIX, device_id, device_id_from_alias, host_link_name, ownership_alias,
 };
 pub use macvtap_core::{MAX_IFNAME_LEN, MacvtapMode};
-pub use netns::{block_on, in_netns};
+pub use netns::{block_on, in_netns, in_netns_here};
 pub use ownership::OurLink;

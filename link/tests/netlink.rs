@@ -357,6 +357,28 @@ fn in_netns_does_not_move_the_caller() {
 }
 
 #[test]
+fn in_netns_here_returns_the_thread_even_after_a_panic() {
+    let ns = Ns::new();
+    let me = || std::fs::read_link("/proc/thread-self/ns/net").unwrap();
+    let before = me();
+    let (inside, thread) =
+        in_netns_here(ns.path(), || (me(), std::thread::current().id())).unwrap();
+    assert_ne!(before, inside);
+    assert_eq!(thread, std::thread::current().id(), "no thread started");
+    assert_eq!(me(), before);
+    let panicked = std::panic::catch_unwind(|| {
+        in_netns_here(ns.path(), || panic!("inside")).unwrap();
+    });
+    assert!(panicked.is_err());
+    assert_eq!(me(), before, "back after a panic");
+    assert!(matches!(
+        in_netns_here("/nonexistent/netns", || ()),
+        Err(Error::Netns { .. })
+    ));
+    assert_eq!(me(), before);
+}
+
+#[test]
 fn unmarked_original_links_are_recognised_but_not_ours() {
     let ns = node_with_lower();
     let id = device_id("orig", 0);
