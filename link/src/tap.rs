@@ -180,6 +180,47 @@ pub fn tap_devices(sys: &Path) -> std::io::Result<Vec<TapDevice>> {
     Ok(out)
 }
 
+/// [`tap_devices`] for a long-running caller (the agent asks on every Allocate): remembers what each
+/// `/sys/dev/char` entry points at, keyed by its name and inode, and reads only the links it has not seen. A new
+/// device gets a new sysfs node (a new inode), so a reused device number never answers from the cache.
+#[derive(Debug)]
+pub struct TapScanner {
+    sys: PathBuf,
+    seen: std::collections::HashMap<std::ffi::OsString, (u64, Option<TapDevice>)>,
+}
+
+impl TapScanner {
+    pub fn new(sys: PathBuf) -> Self {
+        Self {
+            sys,
+            seen: Default::default(),
+        }
+    }
+
+    /// Every macvtap tap on this machine now.
+    pub fn scan(&mut self) -> std::io::Result<Vec<TapDevice>> {
+        use std::os::unix::fs::DirEntryExt;
+        let mut next = std::collections::HashMap::with_capacity(self.seen.len());
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(self.sys.join("dev/char"))? {
+            let entry = entry?;
+            let (name, ino) = (entry.file_name(), entry.ino());
+            let tap = match self.seen.remove(&name) {
+                Some((seen_ino, tap)) if seen_ino == ino => tap,
+                // A device that went away while we looked has no tap any more.
+                _ => std::fs::read_link(entry.path())
+                    .ok()
+                    .and_then(|t| parse_tap_target(&t.to_string_lossy())),
+            };
+            out.extend(tap.clone());
+            next.insert(name, (ino, tap));
+        }
+        self.seen = next;
+        out.sort();
+        Ok(out)
+    }
+}
+
 /// `../../devices/virtual/net/<ifname>/macvtap/tap<index>` → its name and index.
 fn parse_tap_target(target: &str) -> Option<TapDevice> {
     let (rest, tap) = target.rsplit_once("/macvtap/tap")?;
@@ -271,6 +312,19 @@ mod tests {
             None
         );
         assert!(tap_devices(Path::new("/nonexistent")).is_err());
+        // The scanner answers the same, and sees a replaced entry (same name, new inode) afresh.
+        let mut scanner = TapScanner::new(r.sys());
+        assert_eq!(scanner.scan().unwrap(), taps);
+        assert_eq!(scanner.scan().unwrap(), taps);
+        // (Made beside the old one, then renamed over it: a new inode, as sysfs gives a new device.)
+        symlink(
+            "../../devices/virtual/net/net2/macvtap/tap1900000002",
+            r.sys().join("dev/char/new"),
+        )
+        .unwrap();
+        std::fs::rename(r.sys().join("dev/char/new"), r.sys().join("dev/char/246:4")).unwrap();
+        let again: Vec<u32> = scanner.scan().unwrap().iter().map(|t| t.index).collect();
+        assert_eq!(again, [7, 1_900_000_002]);
     }
 
     #[test]

@@ -16,7 +16,9 @@ use macvtap_core::MacvtapMode;
 use macvtap_core::allocation::{
     self, AllocationError, AllocationRecord, TapReservations, node_dir, owner,
 };
-use macvtap_link::tap::{TapDevice, tap_devices};
+use std::sync::Mutex;
+
+use macvtap_link::tap::{TapDevice, TapScanner};
 
 /// Where the records and reservations live.
 #[derive(Debug, Clone)]
@@ -57,13 +59,14 @@ pub struct Reservation {
 }
 
 /// The records and reservations of one node.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct NodeRecords {
     node: String,
     node_dir: PathBuf,
     reservations: TapReservations,
     /// `/sys` (tests point it elsewhere).
     sys: PathBuf,
+    taps: Mutex<TapScanner>,
 }
 
 impl NodeRecords {
@@ -76,6 +79,7 @@ impl NodeRecords {
                 None => TapReservations::new(&dirs.state_dir),
             },
             sys: PathBuf::from("/sys"),
+            taps: Mutex::new(TapScanner::new(PathBuf::from("/sys"))),
         })
     }
 
@@ -86,7 +90,7 @@ impl NodeRecords {
 
     /// Every macvtap tap on the machine (any netns).
     pub fn taps(&self) -> io::Result<Vec<TapDevice>> {
-        tap_devices(&self.sys)
+        self.taps.lock().unwrap_or_else(|p| p.into_inner()).scan()
     }
 
     /// The tap indices some macvtap has now.
@@ -181,6 +185,7 @@ impl NodeRecords {
 
     #[cfg(test)]
     fn with_sys(mut self, sys: PathBuf) -> Self {
+        self.taps = Mutex::new(TapScanner::new(sys.clone()));
         self.sys = sys;
         self
     }
