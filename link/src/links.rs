@@ -135,39 +135,56 @@ impl Netlink {
             .await?
             .ok_or_else(|| Error::LowerDeviceNotFound(lower.to_string()))?;
         let name = host_link_name(device_id);
-        if let Some(stale) = self.find_link(&name).await? {
+        let add = || {
+            let mut msg = LinkMacVtap::new(&name, lower_link.index, crate::mode::to_netlink(mode))
+                .txqueuelen(lower_link.txqlen);
+            if let Some(i) = index {
+                msg = msg.index(i);
+            }
+            self.handle.link().add(msg.build()).execute()
+        };
+        // Created first, looked at only when the name (or index) is taken: the common case is one request.
+        if let Err(e) = add().await {
+            let e = Error::from(e);
+            let Some(stale) = (if e.is_exists() {
+                self.find_link(&name).await?
+            } else {
+                None
+            }) else {
+                return Err(e);
+            };
             if let Some(reason) = stale.not_ours_reason(device_id) {
                 return Err(Error::NotOurs { name, reason });
             }
             self.delete_link(stale.index).await?;
+            add().await?;
         }
-        let mut msg = LinkMacVtap::new(&name, lower_link.index, crate::mode::to_netlink(mode))
-            .txqueuelen(lower_link.txqlen);
-        if let Some(i) = index {
-            msg = msg.index(i);
-        }
-        let msg = msg.build();
-        self.handle.link().add(msg).execute().await?;
-        let created = self.find_link(&name).await?.ok_or_else(|| Error::NotOurs {
-            name: name.clone(),
-            reason: "vanished right after creation".into(),
-        })?;
+        let created = match index {
+            Some(i) => i,
+            None => {
+                self.find_link(&name)
+                    .await?
+                    .ok_or_else(|| Error::NotOurs {
+                        name: name.clone(),
+                        reason: "vanished right after creation".into(),
+                    })?
+                    .index
+            }
+        };
         // Marker before up: a link that is up is never without its marker.
         let change = LinkChange {
             alias: Some(ownership_alias(device_id)),
             up: Some(true),
             ..Default::default()
         };
-        if let Err(e) = self.set_link(created.index, &change).await {
-            let _ = self.delete_link(created.index).await;
+        if let Err(e) = self.set_link(created, &change).await {
+            let _ = self.delete_link(created).await;
             return Err(e);
         }
-        self.link_by_index(created.index)
-            .await?
-            .ok_or(Error::NotOurs {
-                name,
-                reason: "vanished right after creation".into(),
-            })
+        self.link_by_index(created).await?.ok_or(Error::NotOurs {
+            name,
+            reason: "vanished right after creation".into(),
+        })
     }
 
     /// Delete the host link of `device_id` if it exists and is ours. `Ok(false)` when there is none; an error
