@@ -168,22 +168,20 @@ impl Allocator {
             return Ok(());
         };
         let index = record.tap_index;
-        let has_tap = |taps: &[macvtap_link::tap::TapDevice]| taps.iter().any(|t| t.index == index);
-        let taps = self
-            .records
-            .taps()
-            .map_err(|e| internal("listing taps", &e))?;
-        if has_tap(&taps) {
+        let tapped = || -> Result<bool, Status> {
+            let taps = self
+                .records
+                .taps()
+                .map_err(|e| internal("listing taps", &e))?;
+            Ok(taps.iter().any(|t| t.index == index))
+        };
+        if tapped()? {
             return Ok(());
         }
         let turn = self.writer.turn().await;
         self.recent.note(id);
         // Looked at again in our turn: another PreStart of this pod may have just made it.
-        let taps = self
-            .records
-            .taps()
-            .map_err(|e| internal("listing taps", &e))?;
-        if has_tap(&taps) {
+        if tapped()? {
             return Ok(());
         }
         let link = turn
