@@ -10,7 +10,7 @@ fn non_default_values_render_what_they_say() {
         "--set-json",
         r#"pools=[{"name":"p1","labels":{"team":"net"},"spec":{"lowerDevice":"eth1","capacity":20}},{"name":"p2","spec":{"discovery":{}}}]"#,
         "--set",
-        "keepPoolsOnUninstall=true,agent.privileged=true,agent.metricsPort=9900,agent.kubeletDir=/var/lib/k0s/kubelet",
+        "keepPoolsOnUninstall=true,agent.privileged=true,agent.metricsPort=9900,agent.kubeletDir=/var/lib/k0s/kubelet,agent.stateDir=/srv/macvtap",
         "--set",
         "agent.installCNI=false,agent.nodeStatePolicy.enabled=false,operator.cleanStaleNodeResources=true",
         "--set",
@@ -78,8 +78,25 @@ fn non_default_values_render_what_they_say() {
             "--health-addr=0.0.0.0:9900",
             "--log-format=json",
             "--status-heartbeat-secs=30",
+            "--state-dir=/srv/macvtap",
             "--config-file=/etc/macvtap/dp-macvtap-conf.json"
         ]
+    );
+    let state = pod["volumes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|v| v["name"] == "state")
+        .unwrap();
+    assert_eq!(state["hostPath"]["path"], "/srv/macvtap");
+    assert!(
+        c["volumeMounts"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|m| m["name"] == "state" && m["mountPath"] == "/srv/macvtap"),
+        "{:?}",
+        c["volumeMounts"]
     );
     assert!(!env_names(c).contains(&"DP_MACVTAP_CONF".to_string()));
     let cm = find(
@@ -124,7 +141,8 @@ fn non_default_values_render_what_they_say() {
         paths,
         [
             "/var/lib/k0s/kubelet/device-plugins",
-            "/var/lib/k0s/kubelet/pod-resources"
+            "/var/lib/k0s/kubelet/pod-resources",
+            "/srv/macvtap"
         ]
     );
 
