@@ -14,7 +14,7 @@
 //! that descriptor, and chowned through it.
 
 use std::fs::File;
-use std::os::unix::fs::{FileTypeExt, MetadataExt, OpenOptionsExt};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
 
 use nix::sys::stat::{major, minor};
@@ -69,17 +69,19 @@ impl TapNode {
             let path = path.to_path_buf();
             move |source| TapError::Io { path, source }
         };
-        let file = match std::fs::OpenOptions::new()
-            .read(true)
-            .custom_flags(nix::libc::O_PATH | nix::libc::O_NOFOLLOW)
-            .open(&path)
-        {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(TapError::Missing { path });
-            }
+        // Not std's OpenOptions: on musl it masks O_PATH out of custom flags (musl's O_ACCMODE includes O_SEARCH =
+        // O_PATH), and the node would be opened through the driver after all.
+        use nix::fcntl::OFlag;
+        let opened = nix::fcntl::open(
+            &path,
+            OFlag::O_PATH | OFlag::O_NOFOLLOW | OFlag::O_CLOEXEC,
+            nix::sys::stat::Mode::empty(),
+        );
+        let file = match opened {
+            Ok(fd) => File::from(fd),
+            Err(nix::errno::Errno::ENOENT) => return Err(TapError::Missing { path }),
             // O_NOFOLLOW on a symlink with O_PATH opens the link itself; other errors are real.
-            Err(e) => return Err(io(&path)(e)),
+            Err(e) => return Err(io(&path)(e.into())),
         };
         let md = file.metadata().map_err(io(&path))?;
         if !md.file_type().is_char_device() {
@@ -285,6 +287,18 @@ mod tests {
         r.sysfs(10, 3, "something", 7);
         let tap = r.verify("mvt0123456789ab", 7).unwrap();
         assert_eq!(tap.device(), (246, 3));
+        // Held with O_PATH: the driver's open (which attaches a queue to a real tap) never ran.
+        let fdinfo = std::fs::read_to_string(format!(
+            "/proc/self/fdinfo/{}",
+            std::os::fd::AsRawFd::as_raw_fd(&tap.file)
+        ))
+        .unwrap();
+        let flags = fdinfo
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(|f| u32::from_str_radix(f.trim(), 8).unwrap())
+            .unwrap();
+        assert_ne!(flags & nix::libc::O_PATH as u32, 0, "{fdinfo}");
         tap.chown(Some(4242), None).unwrap();
         let md = std::fs::metadata(r.dev().join("tap7")).unwrap();
         assert_eq!((md.uid(), md.gid()), (4242, 0), "None leaves the group");
