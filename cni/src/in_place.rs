@@ -59,11 +59,13 @@ pub(crate) fn attach(
             promisc: p.conf.promisc,
             up: true,
         };
-        nl.create_macvtap_in(&spec, p.netns)
+        // A refusal is named after this runtime ends: naming it looks into the pod.
+        Ok(nl
+            .create_macvtap_in(&spec, p.netns)
             .await
-            .map_err(|e| creation_error(p, &e))?;
-        Ok((lower.mtu, mac))
-    });
+            .map(|()| (lower.mtu, mac)))
+    })
+    .and_then(|created| created.map_err(|e| creation_error(p, &e)));
     let settled = created.and_then(|(lower_mtu, mac)| {
         settle(p, ipam.as_ref())
             .inspect_err(|_| {

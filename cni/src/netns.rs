@@ -5,7 +5,7 @@
 use std::fs::File;
 use std::os::unix::fs::MetadataExt;
 
-use macvtap_link::{Netlink, block_on, in_netns, in_netns_here};
+use macvtap_link::{Netlink, block_on, in_netns_here};
 
 use crate::error::{CniError, Code};
 
@@ -25,19 +25,13 @@ pub(crate) fn netlink<T>(
     .map_err(sys("starting a runtime"))?
 }
 
-/// Run `f` with netlink inside the netns at `path`: this thread enters it and comes back (no thread is started),
-/// unless it is driving a runtime already (a call from inside host-side netlink work), which only a thread of its
-/// own can leave alone.
-pub(crate) fn netlink_in<T: Send>(
+/// Run `f` with netlink inside the netns at `path`: this thread enters it and comes back (no thread is started).
+/// Never from inside [`netlink`]'s work: a thread drives one runtime at a time.
+pub(crate) fn netlink_in<T>(
     path: &str,
-    f: impl AsyncFnOnce(&Netlink) -> Result<T, CniError> + Send,
+    f: impl AsyncFnOnce(&Netlink) -> Result<T, CniError>,
 ) -> Result<T, CniError> {
-    let ran = if tokio::runtime::Handle::try_current().is_ok() {
-        in_netns(path, || netlink(f))
-    } else {
-        in_netns_here(path, || netlink(f))
-    };
-    ran.map_err(|e| {
+    in_netns_here(path, || netlink(f)).map_err(|e| {
         CniError::new(
             Code::UnknownContainer,
             format!("CNI_NETNS {path}: cannot enter the network namespace"),

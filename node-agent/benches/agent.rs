@@ -142,35 +142,39 @@ async fn main() {
         .unwrap();
     let mut client = DevicePluginClient::new(channel);
     let ids: Vec<String> = (0..DEVICES).map(|i| format!("r0Mvp{i}")).collect();
-    let allocate = async |client: &mut DevicePluginClient<_>, ids: &[String]| {
+    // One call per device, each timed.
+    async fn each(ids: &[String], mut call: impl AsyncFnMut(String)) -> Vec<Duration> {
         let mut v = Vec::new();
         for id in ids {
             let t = Instant::now();
+            call(id.clone()).await;
+            v.push(t.elapsed());
+        }
+        v
+    }
+    let allocate = async |client: &mut DevicePluginClient<_>, ids: &[String]| {
+        each(ids, async |id| {
             client
                 .allocate(AllocateRequest {
                     container_requests: vec![ContainerAllocateRequest {
-                        devices_ids: vec![id.clone()],
+                        devices_ids: vec![id],
                     }],
                 })
                 .await
                 .expect("Allocate");
-            v.push(t.elapsed());
-        }
-        v
+        })
+        .await
     };
     let pre_start = async |client: &mut DevicePluginClient<_>, ids: &[String]| {
-        let mut v = Vec::new();
-        for id in ids {
-            let t = Instant::now();
+        each(ids, async |id| {
             client
                 .pre_start_container(PreStartContainerRequest {
-                    devices_ids: vec![id.clone()],
+                    devices_ids: vec![id],
                 })
                 .await
                 .expect("PreStartContainer");
-            v.push(t.elapsed());
-        }
-        v
+        })
+        .await
     };
     summary(
         "Allocate, 1 device, first time (tap index reserved, record written, no link)",

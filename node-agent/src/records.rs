@@ -64,8 +64,7 @@ pub struct NodeRecords {
     node: String,
     node_dir: PathBuf,
     reservations: TapReservations,
-    /// `/sys` (tests point it elsewhere).
-    sys: PathBuf,
+    /// Over `/sys` (tests point it elsewhere).
     taps: Mutex<TapScanner>,
 }
 
@@ -78,7 +77,6 @@ impl NodeRecords {
                 Some(d) => TapReservations::in_dir(d.clone()),
                 None => TapReservations::new(&dirs.state_dir),
             },
-            sys: PathBuf::from("/sys"),
             taps: Mutex::new(TapScanner::new(PathBuf::from("/sys"))),
         })
     }
@@ -112,7 +110,7 @@ impl NodeRecords {
     ) -> Result<u32, AllocationError> {
         let owner = owner(&self.node, device_id);
         let in_use = self.taps_in_use().map_err(|source| AllocationError::Io {
-            path: self.sys.join("dev/char"),
+            path: PathBuf::from("/sys/dev/char"),
             source,
         })?;
         let wanted = AllocationRecord {
@@ -185,8 +183,7 @@ impl NodeRecords {
 
     #[cfg(test)]
     fn with_sys(mut self, sys: PathBuf) -> Self {
-        self.taps = Mutex::new(TapScanner::new(sys.clone()));
-        self.sys = sys;
+        self.taps = Mutex::new(TapScanner::new(sys));
         self
     }
 }
