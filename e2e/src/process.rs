@@ -22,13 +22,13 @@ pub struct Process {
 }
 
 impl Process {
-    /// Spawns `cmd` with stdout and stderr appended to `log`.
+    /// Spawns `cmd` with stdout and stderr appended to `log`, in a process group of its own (see [`own_group`]).
     pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> io::Result<Self> {
         log_to(
             &mut cmd,
             File::options().create(true).append(true).open(log)?,
         )?;
-        let child = cmd.spawn()?;
+        let child = own_group(&mut cmd).spawn()?;
         Ok(Self {
             name: name.to_string(),
             child: Some(child),
@@ -85,11 +85,21 @@ impl Drop for Process {
     }
 }
 
+/// Puts `cmd` in a process group of its own: a terminal's Ctrl-C (SIGINT to the whole foreground group) then reaches
+/// only the harness, which tears the cluster down in order. Were etcd, the kubelets and containerd in the harness's
+/// group, they would exit at once while kube-apiserver kept running, and the teardown's API calls would wait on
+/// components that can no longer answer. Whatever ends the harness otherwise, the reapers still kill them.
+pub fn own_group(cmd: &mut Command) -> &mut Command {
+    cmd.process_group(0)
+}
+
 type SpawnJob = (Command, mpsc::SyncSender<io::Result<Child>>);
 
 /// Spawns `cmd` from a thread that lives as long as the process, with `PR_SET_PDEATHSIG=SIGKILL`: the kernel
-/// sends that signal when the *spawning thread* exits, so test threads (which end) must not spawn directly.
+/// sends that signal when the *spawning thread* exits, so test threads (which end) must not spawn directly. In a
+/// process group of its own, like [`Process::spawn`].
 pub fn spawn_owned(mut cmd: Command) -> io::Result<Child> {
+    own_group(&mut cmd);
     static SPAWNER: OnceLock<mpsc::Sender<SpawnJob>> = OnceLock::new();
     let tx = SPAWNER.get_or_init(|| {
         let (tx, rx) = mpsc::channel::<SpawnJob>();

@@ -33,6 +33,16 @@ pub fn tool(name: &str) -> Result<PathBuf, String> {
     }
 }
 
+/// `PATH` with the tools' directory first: programs that look others up by name (containerd its runc shim) find
+/// ours before any the machine has.
+pub fn path_with_tools_first() -> std::ffi::OsString {
+    let mut dirs = vec![bin_dir()];
+    dirs.extend(std::env::split_paths(
+        &std::env::var_os("PATH").unwrap_or_else(|| "/usr/sbin:/usr/bin:/sbin:/bin".into()),
+    ));
+    std::env::join_paths(dirs).expect("PATH entries without ':'")
+}
+
 /// Like [`tool`], but panics (failing the test) with that message.
 pub fn require(name: &str) -> PathBuf {
     tool(name).unwrap_or_else(|e| panic!("{e}"))

@@ -17,6 +17,7 @@ HELM_VERSION=v3.21.4
 MULTUS_VERSION=v4.3.0
 KUBEOVN_VERSION=v1.16.2
 REGISTRY_VERSION=v3.1.2      # CNCF distribution: the OCI registry the real cluster's containerd mirrors pull from
+CONTAINERD_VERSION=v2.4.2    # every node's container runtime: the newest 2.x the module proxy serves (runc is Debian's)
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CACHE=${MACVTAP_TOOLS_CACHE:-$HOME/.cache/macvtap-operator/tools}
@@ -193,6 +194,24 @@ build_registry() {
   log "registry done in $((SECONDS - t0))s"
 }
 
+build_containerd() {
+  have containerd "$CONTAINERD_VERSION" && have containerd-shim-runc-v2 "$CONTAINERD_VERSION" &&
+    have ctr "$CONTAINERD_VERSION" && return 0
+  need_go
+  local t0=$SECONDS m=github.com/containerd/containerd/v2
+  log "containerd, its runc shim and ctr $CONTAINERD_VERSION"
+  # No replace directives in its go.mod: `go install pkg@version` builds from its own go.sum. The stamps and tags are
+  # its Makefile's; CGO off leaves out only the btrfs snapshotter (cgo-only), which the nodes do not use. The shim
+  # gets the Makefile's `no_grpc` (it speaks ttrpc only) and is static like the release's.
+  local ld="$LDFLAGS_BASE -X $m/version.Version=$CONTAINERD_VERSION -X $m/version.Package=$m"
+  heartbeat containerd env GOBIN="$BIN" go install -trimpath -buildvcs=false -tags urfave_cli_no_docs \
+    -ldflags "$ld" "$m/cmd/containerd@$CONTAINERD_VERSION" "$m/cmd/ctr@$CONTAINERD_VERSION"
+  heartbeat containerd-shim env GOBIN="$BIN" go install -trimpath -buildvcs=false -tags "urfave_cli_no_docs no_grpc" \
+    -ldflags "$ld" "$m/cmd/containerd-shim-runc-v2@$CONTAINERD_VERSION"
+  for c in containerd containerd-shim-runc-v2 ctr; do stamp "$c" "$CONTAINERD_VERSION"; done
+  log "containerd done in $((SECONDS - t0))s"
+}
+
 # Debian's reference plugins (host-local, static, ...) in /usr/lib/cni, the IPAM plugins the CNI tests delegate to.
 install_cni_plugins() {
   [[ -x /usr/lib/cni/host-local && -x /usr/lib/cni/static ]] && return 0
@@ -202,13 +221,13 @@ install_cni_plugins() {
     { apt-get update -q >/dev/null && apt-get install -y -q containernetworking-plugins >/dev/null; }
 }
 
-want=${TOOLS:-"k8s etcd helm multus kube-ovn registry cni-plugins"}
+want=${TOOLS:-"containerd k8s etcd helm multus kube-ovn registry cni-plugins"}
 total0=$SECONDS
 for t in $want; do
   case $t in
     k8s) build_k8s ;; etcd) build_etcd ;; helm) build_helm ;; multus) build_multus ;; kube-ovn) build_kube_ovn ;;
     cni-plugins) install_cni_plugins ;;
-    registry) build_registry ;;
+    registry) build_registry ;; containerd) build_containerd ;;
     *) echo "unknown tool $t" >&2; exit 2 ;;
   esac
 done

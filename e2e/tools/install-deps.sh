@@ -6,10 +6,11 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 
 pkgs=(protobuf-compiler containernetworking-plugins iproute2 openssl buildah jq musl-tools make)
-# The real multi-node cluster: each node's container runtime (containerd 1.6 + runc), what kubelet and kube-proxy
-# call (iptables, nftables, conntrack), the test images' busybox (busybox-static) and skopeo, which copies the OCI
-# archives of images/build.sh into the local registry the nodes pull from. file: images/build.sh checks binaries.
-pkgs+=(containerd runc iptables nftables conntrack busybox-static skopeo file)
+# The real multi-node cluster: runc for each node's containerd (containerd 2.x itself is built by build-tools.sh),
+# what kubelet and kube-proxy call (iptables, nftables, conntrack), the test images' busybox (busybox-static) and
+# skopeo, which copies the OCI archives of images/build.sh into the local registry the nodes pull from. file:
+# images/build.sh checks binaries.
+pkgs+=(runc iptables nftables conntrack busybox-static skopeo file)
 # install_missing [apt-get options --] PACKAGE...: installs those not installed yet (one apt-get update if any).
 install_missing() {
   local opts=() missing=() p

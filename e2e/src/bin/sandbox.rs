@@ -20,6 +20,9 @@ use macvtap_e2e::tap::{Tap, parse_mac};
 use macvtap_e2e::vm_pod::{VmPod, dataplane_ips, ping_from, push_vm_image, wait_log_line};
 use macvtap_e2e::workspace::config_file;
 
+/// How long the teardown waits for pods to be deleted through their kubelets before it removes everything.
+const TEARDOWN_GRACE: Duration = Duration::from_secs(40);
+
 fn main() -> Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     if args.iter().any(|a| a == "--help" || a == "-h") {
@@ -46,7 +49,11 @@ fn main() -> Result<()> {
         bail!("the sandbox runs kubelets, containerd and network namespaces: run it as root");
     }
     let rt = tokio::runtime::Runtime::new()?;
-    rt.block_on(run(keep, nodes, vm))
+    let result = rt.block_on(run(keep, nodes, vm));
+    // Everything is torn down by now; a blocking task still reading a log or a socket of the cluster is not waited
+    // for (a runtime's drop would).
+    rt.shutdown_timeout(Duration::from_millis(500));
+    result
 }
 
 async fn run(keep: bool, nodes: usize, vm: bool) -> Result<()> {
@@ -109,20 +116,24 @@ async fn run(keep: bool, nodes: usize, vm: bool) -> Result<()> {
             Duration::from_secs(120),
         )
         .await?;
-    let (mac_a, tap_a) = tap_of(&pod)?;
-    let (mac_b, tap_b) = tap_of(&peer)?;
-    let mut a = Tap::open(&tap_a)?;
-    let mut b = Tap::open(&tap_b)?;
-    a.send(mac_b, mac_a, b"hello from the sandbox")?;
-    match b.receive(b"hello from the sandbox", Duration::from_secs(5))? {
-        Some(src) if src == mac_a => println!(
-            "   {} ({}) -> {} ({}): received",
-            pod.name,
-            tap_a.display(),
-            peer.name,
-            tap_b.display()
-        ),
-        other => bail!("frame not received through the taps (got {other:?})"),
+    // The taps are closed before the teardown: closing a macvtap's tap takes the kernel's RTNL lock, which the
+    // kernel's clean-up of the deleted network namespaces holds for many seconds.
+    {
+        let (mac_a, tap_a) = tap_of(&pod)?;
+        let (mac_b, tap_b) = tap_of(&peer)?;
+        let mut a = Tap::open(&tap_a)?;
+        let mut b = Tap::open(&tap_b)?;
+        a.send(mac_b, mac_a, b"hello from the sandbox")?;
+        match b.receive(b"hello from the sandbox", Duration::from_secs(5))? {
+            Some(src) if src == mac_a => println!(
+                "   {} ({}) -> {} ({}): received",
+                pod.name,
+                tap_a.display(),
+                peer.name,
+                tap_b.display()
+            ),
+            other => bail!("frame not received through the taps (got {other:?})"),
+        }
     }
     let vm_pods = if vm { run_vm(&cluster).await? } else { vec![] };
     println!("   ready in {:.0?}", t0.elapsed());
@@ -152,14 +163,31 @@ async fn run(keep: bool, nodes: usize, vm: bool) -> Result<()> {
         }
         tokio::signal::ctrl_c().await?;
     }
-    step("tearing down (pods deleted through the kubelet, then everything else)");
-    for p in [&pod, &peer].into_iter().chain(&vm_pods) {
-        cluster
-            .delete_pod(&p.namespace, &p.name, Duration::from_secs(60))
-            .await?;
+    step(
+        "tearing down (pods deleted through the kubelet, then everything else; Ctrl-C again skips the first part)",
+    );
+    let delete_pods = async {
+        for p in [&pod, &peer].into_iter().chain(&vm_pods) {
+            cluster
+                .delete_pod(&p.namespace, &p.name, Duration::from_secs(30))
+                .await?;
+        }
+        anyhow::Ok(())
+    };
+    // Bounded: the teardown script removes whatever a slow or failed deletion leaves.
+    let t = std::time::Instant::now();
+    tokio::select! {
+        r = tokio::time::timeout(TEARDOWN_GRACE, delete_pods) => match r {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => println!("   deleting the pods failed ({e:#}); the teardown removes them"),
+            Err(_) => println!("   pods not deleted within {TEARDOWN_GRACE:?}; the teardown removes them"),
+        },
+        _ = tokio::signal::ctrl_c(), if keep => println!("   skipped"),
     }
+    println!("   pods deleted in {:.1?}", t.elapsed());
+    let t = std::time::Instant::now();
     cluster.stop();
-    println!("   done");
+    println!("   done: everything else removed in {:.1?}", t.elapsed());
     Ok(())
 }
 

@@ -80,8 +80,10 @@ while [ $round -lt 50 ]; do
 done
 for f in $NS_FILES; do umount -l "$f" 2>/dev/null; rm -f "$f"; done
 umount -l '{run_dir}' 2>/dev/null; rm -rf '{run_dir}'
-for n in {netns}; do ip netns del "$n" 2>/dev/null; done
+# The host's veth first: once the namespaces are deleted, the kernel's clean-up of them holds RTNL for many seconds,
+# and `ip link del` would wait for all of it (the veth goes with its peer's namespace anyway).
 ip link del '{host_link}' 2>/dev/null
+for n in {netns}; do ip netns del "$n" 2>/dev/null; done
 round=0
 while [ $round -lt 50 ]; do
   left=

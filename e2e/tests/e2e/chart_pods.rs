@@ -2,6 +2,27 @@
 
 use super::*;
 
+/// Every node's runtime, as `kubectl get nodes -o wide` shows it to a user: containerd 2.x.
+pub async fn nodes_run_containerd_2(c: &mut Cluster) -> Result<()> {
+    let wide = c.kubectl_out(&["get", "nodes", "-o", "wide"])?;
+    // Columns are aligned, and OS-IMAGE has spaces: the runtime starts where its header does.
+    let header = wide.lines().next().unwrap_or_default();
+    let column = header
+        .find("CONTAINER-RUNTIME")
+        .with_context(|| format!("no CONTAINER-RUNTIME column in:\n{wide}"))?;
+    let runtimes: Vec<&str> = wide
+        .lines()
+        .skip(1)
+        .filter_map(|l| l.get(column..)?.split_whitespace().next())
+        .collect();
+    ensure!(
+        runtimes.len() == c.nodes.len()
+            && runtimes.iter().all(|r| r.starts_with("containerd://2.")),
+        "every node on containerd 2.x:\n{wide}"
+    );
+    Ok(())
+}
+
 pub async fn chart_runs_as_pods(c: &mut Cluster) -> Result<()> {
     let ns = c.chart.namespace.clone();
     // Both agents and both operator replicas answer `kubectl logs`; one replica leads.

@@ -51,6 +51,10 @@ fn end_to_end() {
             .expect("the cluster with the chart");
         let scenarios: Vec<(&str, Scenario)> = vec![
             (
+                "every node runs containerd 2.x (kubectl get nodes -o wide)",
+                |c| Box::pin(nodes_run_containerd_2(c)),
+            ),
+            (
                 "operator and agents run as pods, logs, leader election",
                 |c| Box::pin(chart_runs_as_pods(c)),
             ),

@@ -83,28 +83,32 @@ fn containerd(dir: &Path) -> (Reaped, PathBuf) {
     fs::write(
         &config,
         format!(
-            "version = 2\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
-             disabled_plugins = [\"io.containerd.grpc.v1.cri\"]\n[grpc]\n  address = \"{1}\"\n",
+            // Content and images only: no CRI, and no NRI socket at its machine-wide default path.
+            "version = 4\nroot = \"{0}/root\"\nstate = \"{0}/state\"\n\
+             disabled_plugins = [\"io.containerd.grpc.v1.cri\", \"io.containerd.cri.v1.runtime\", \
+             \"io.containerd.cri.v1.images\", \"io.containerd.nri.v1.nri\"]\n\
+             [plugins.'io.containerd.server.v1.grpc']\n  address = \"{1}\"\n\
+             [plugins.'io.containerd.server.v1.ttrpc']\n  address = \"{1}.ttrpc\"\n",
             dir.display(),
             sock.display()
         ),
     )
     .unwrap();
     let log = fs::File::create(dir.join("containerd.log")).unwrap();
-    let child = Command::new("containerd")
+    let child = Command::new(tools::require("containerd"))
         .arg("--config")
         .arg(&config)
         .stdout(log.try_clone().unwrap())
         .stderr(log)
         .spawn()
-        .expect("running containerd (Debian containerd: e2e/tools/install-deps.sh)");
+        .expect("running containerd (built by e2e/tools/build-tools.sh)");
     let child = Reaped(child);
     poll_until("containerd's socket", || sock.exists());
     (child, sock)
 }
 
 fn ctr(sock: &Path, args: &[&str]) -> String {
-    let out = Command::new("ctr")
+    let out = Command::new(tools::require("ctr"))
         .arg("--address")
         .arg(sock)
         .args(["--namespace", "test"])

@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use macvtap_e2e::process::kill_and_wait;
 use macvtap_e2e::registry::{self, ImageArchive, Registry};
-use macvtap_e2e::{wait, workspace};
+use macvtap_e2e::{tools, wait, workspace};
 use serde_json::Value;
 use unpacked::Unpacked;
 

@@ -9,38 +9,46 @@ use super::{CLUSTER_NETWORK_NAME, Node};
 use crate::tools;
 
 impl Node {
+    /// containerd 2.4's own format (`version = 4`: the CRI plugin split into `images` and `runtime`, the listeners
+    /// are server plugins), so nothing is migrated at start-up.
     pub(super) fn write_containerd_config(&self) -> Result<()> {
-        let cri = "plugins.\"io.containerd.grpc.v1.cri\"";
+        let images = "plugins.'io.containerd.cri.v1.images'";
+        let runtime = "plugins.'io.containerd.cri.v1.runtime'";
         let config = format!(
             r#"# containerd of test node {name} (written by macvtap-e2e)
-version = 2
+version = 4
 root = "/var/lib/containerd"
 state = "/run/containerd"
-disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper", "io.containerd.snapshotter.v1.aufs"]
+disabled_plugins = ["io.containerd.snapshotter.v1.btrfs", "io.containerd.snapshotter.v1.zfs", "io.containerd.snapshotter.v1.devmapper"]
 
-[grpc]
+[plugins.'io.containerd.server.v1.grpc']
   address = "/run/containerd/containerd.sock"
 
-[plugins."io.containerd.internal.v1.opt"]
-  path = "/var/lib/containerd/opt"
+[{images}]
+  snapshotter = "overlayfs"
+  [{images}.pinned_images]
+    sandbox = "{pause}"
+  [{images}.registry]
+    config_path = "{hosts}"
 
-[{cri}]
-  sandbox_image = "{pause}"
+[{runtime}]
   # This host's root lacks CAP_SYS_RESOURCE: nothing may lower an oom_score_adj (see the README).
   restrict_oom_score_adj = true
-  [{cri}.containerd]
-    snapshotter = "overlayfs"
+  [{runtime}.containerd]
     default_runtime_name = "runc"
-    [{cri}.containerd.runtimes.runc]
+    [{runtime}.containerd.runtimes.runc]
       runtime_type = "io.containerd.runc.v2"
-      [{cri}.containerd.runtimes.runc.options]
+      [{runtime}.containerd.runtimes.runc.options]
+        # PID 1 is not systemd here; the kubelet learns the driver from this (CRI RuntimeConfig).
         SystemdCgroup = false
-  [{cri}.cni]
-    bin_dir = "/opt/cni/bin"
+  [{runtime}.cni]
+    bin_dirs = ["/opt/cni/bin"]
     conf_dir = "/etc/cni/net.d"
     max_conf_num = 1
-  [{cri}.registry]
-    config_path = "{hosts}"
+
+# NRI is on by default in 2.x; its socket (/run/nri/nri.sock) is one of the node's private paths.
+[plugins.'io.containerd.nri.v1.nri']
+  disable = false
 "#,
             name = self.name(),
             pause = self.spec.pause_image,

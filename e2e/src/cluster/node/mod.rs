@@ -7,7 +7,7 @@
 //!   `/run/containerd`, `/etc/cni/net.d`, `/opt/cni/bin`, ...) are bind mounts of the node's own directories.
 //!   Container rootfs and pod netns mounts live and die in it;
 //! - **cgroups**: a root of its own (`cgroupRoot` of the kubelet) in every hierarchy;
-//! - **programs**: containerd (Debian's, with runc), the kubelet and kube-proxy (nftables mode), each entered into
+//! - **programs**: containerd 2.x (built from the Go module proxy, with Debian's runc), the kubelet and kube-proxy (nftables mode), each entered into
 //!   both namespaces with `nsenter`. Everything else on the node (our agent, Multus's NADs, pods) comes through
 //!   the API server, as on a real node. Multus (the thin plugin) is installed the way its install step would:
 //!   binary into `/opt/cni/bin`, `00-multus.conf` first in `/etc/cni/net.d`.
@@ -30,13 +30,15 @@ use crate::tools;
 use crate::wait::{LOCAL_INTERVAL, poll_blocking};
 
 /// Paths every node has privately: (name of the node's directory, path inside the node).
-pub const NODE_MOUNTS: [(&str, &str); 12] = [
+pub const NODE_MOUNTS: [(&str, &str); 13] = [
     ("kubelet", "/var/lib/kubelet"),
     // The agent's state directory (the chart's default `agent.stateDir`); its `taps/` is bound over by
     // [`TAP_RESERVATIONS`].
     ("macvtap-state", "/var/lib/macvtap-operator"),
     ("containerd", "/var/lib/containerd"),
     ("run-containerd", "/run/containerd"),
+    // containerd 2.x's NRI socket (`/var/run/nri/nri.sock`, a fixed path).
+    ("run-nri", "/run/nri"),
     ("cni-conf", "/etc/cni/net.d"),
     ("cni-bin", "/opt/cni/bin"),
     ("cni-state", "/var/lib/cni"),
@@ -174,9 +176,14 @@ impl Node {
         self.dir.join(format!("{name}.log"))
     }
 
+    /// Starts containerd 2.x (built by `e2e/tools/build-tools.sh`). Its runc shim is found on `PATH`, so the tools'
+    /// directory comes first there: a shim of another containerd on the machine must never serve this one.
     pub fn start_containerd(&mut self) -> Result<()> {
-        let mut cmd = self.command("containerd");
-        cmd.arg("--config").arg(self.dir.join("containerd.toml"));
+        let containerd = tools::tool("containerd").map_err(anyhow::Error::msg)?;
+        let mut cmd = self.command(&containerd);
+        cmd.arg("--config")
+            .arg(self.dir.join("containerd.toml"))
+            .env("PATH", tools::path_with_tools_first());
         self.containerd = Some(Process::spawn(
             &format!("containerd-{}", self.name()),
             cmd,
