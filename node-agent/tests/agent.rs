@@ -781,6 +781,7 @@ async fn node_state_spec_edits_reach_the_kubelet_and_status_is_written() {
     // A kubelet that died leaving its socket: the status says not registered, and why (the operator's pool goes
     // Degraded naming this node); registered again once a kubelet answers.
     node.kubelet.die().await;
+    let died = std::time::Instant::now();
     let down = status_until(&api, &node, |r| {
         !r.registered
             && r.last_error
@@ -789,8 +790,15 @@ async fn node_state_spec_edits_reach_the_kubelet_and_status_is_written() {
     })
     .await;
     assert!(down.healthy == 6 && down.lower_device_up, "{down:?}");
+    let unregistered_after = died.elapsed();
     node.kubelet.come_back().await.unwrap();
+    let listening = std::time::Instant::now();
     status_until(&api, &node, |r| r.registered && r.last_error.is_none()).await;
+    eprintln!(
+        "kubelet died -> status registered: false after {unregistered_after:?}; \
+         kubelet listening -> status registered: true after {:?}",
+        listening.elapsed()
+    );
 
     // The resource leaves the spec: it stops and its socket goes.
     api.patch(
