@@ -49,6 +49,9 @@ pub struct AgentOptions {
     pub state: StateDirs,
     /// How often the device plugin directory is re-read for kubelet restarts.
     pub dir_poll: Duration,
+    /// How often `kubelet.sock` is probed while the kubelet answers (a dead kubelet leaves the file behind); while
+    /// it does not, it is probed at every `dir_poll`.
+    pub kubelet_probe: Duration,
     /// Test hook: while this reads true the netlink link monitor drops its subscription and does not subscribe
     /// again (what a failed netlink socket looks like).
     #[doc(hidden)]
@@ -70,6 +73,7 @@ impl AgentOptions {
             status_heartbeat: Duration::from_secs(30),
             state: StateDirs::default(),
             dir_poll: Duration::from_millis(100),
+            kubelet_probe: Duration::from_secs(1),
             netlink_fault: None,
         }
     }
@@ -158,6 +162,7 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> anyhow::Resul
     let dir = DevicePluginDir::watch(
         opts.device_plugin_dir.clone(),
         opts.dir_poll,
+        opts.kubelet_probe,
         cancel.clone(),
     );
     let pool_inputs = PoolInputs {

@@ -778,6 +778,28 @@ async fn node_state_spec_edits_reach_the_kubelet_and_status_is_written() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 
+    // A kubelet that died leaving its socket: the status says not registered, and why (the operator's pool goes
+    // Degraded naming this node); registered again once a kubelet answers.
+    node.kubelet.die().await;
+    let died = std::time::Instant::now();
+    let down = status_until(&api, &node, |r| {
+        !r.registered
+            && r.last_error
+                .as_deref()
+                .is_some_and(|e| e.contains("kubelet not answering on"))
+    })
+    .await;
+    assert!(down.healthy == 6 && down.lower_device_up, "{down:?}");
+    let unregistered_after = died.elapsed();
+    node.kubelet.come_back().await.unwrap();
+    let listening = std::time::Instant::now();
+    status_until(&api, &node, |r| r.registered && r.last_error.is_none()).await;
+    eprintln!(
+        "kubelet died -> status registered: false after {unregistered_after:?}; \
+         kubelet listening -> status registered: true after {:?}",
+        listening.elapsed()
+    );
+
     // The resource leaves the spec: it stops and its socket goes.
     api.patch(
         "test-node",
@@ -848,4 +870,26 @@ fn install_cni_subcommand_copies_atomically_and_logs_json() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("nope"));
     assert!(!dir.path().join("other/macvtap").exists());
+}
+
+/// Waits (20 s) until the node state's only resource status satisfies `pred`; panics with the last status.
+async fn status_until(
+    api: &kube::Api<macvtap_api::MacvtapNodeState>,
+    node: &Node,
+    pred: impl Fn(&macvtap_api::NodeResourceStatus) -> bool,
+) -> macvtap_api::NodeResourceStatus {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    loop {
+        let status = api.get("test-node").await.unwrap().status;
+        let res = status.as_ref().and_then(|s| s.resources.first());
+        if let Some(r) = res.filter(|r| pred(r)) {
+            return r.clone();
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{status:?}\n{}",
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }

@@ -1,6 +1,6 @@
 //! The agent's probes and reports say the truth: `/readyz` waits for every registration, `/healthz` fails while
 //! the netlink monitor or a plugin server is down (and both recover), cleanup skipped for lack of PodResources is
-//! visible.
+//! visible, and a kubelet that died leaving its socket behind makes the agent unready until a kubelet answers again.
 
 mod common;
 
@@ -176,4 +176,66 @@ async fn cleanup_skipped_without_pod_resources_is_counted_and_nothing_is_removed
     node.kubelet.start_pod_resources().await.unwrap();
     assert!(node.link_removed(&orphan).await, "{}", node.log());
     assert_eq!(node.metric("macvtap_agent_cleanup_active"), Some(1.0));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_kubelet_that_leaves_its_socket_makes_the_agent_unready_until_one_answers_again() {
+    require_root();
+    let mut node = Node::new("agent-kdead").await;
+    node.start_agent_with_file(r#"[{"name":"a","lowerDevice":"lower0","capacity":2}]"#, &[]);
+    let res = resource("a");
+    node.wait_for_healthy(&res, 2).await;
+    probe_until(&node, "/readyz", 200, "ok").await;
+    let kubelet_sock = node.kubelet.kubelet_socket();
+    let plugin_sock = node.device_plugin_dir().join("macvtap-a.sock");
+    for round in 0..3 {
+        let before = node.kubelet.registrations(&res);
+
+        // The kubelet process dies; its socket file stays.
+        node.kubelet.die().await;
+        let died = std::time::Instant::now();
+        assert!(kubelet_sock.exists(), "round {round}: kubelet.sock left");
+        let body = probe_until(
+            &node,
+            "/readyz",
+            503,
+            "resource a: not registered with the kubelet: kubelet not answering on",
+        )
+        .await;
+        let unready_after = died.elapsed();
+        assert!(
+            body.contains(&kubelet_sock.display().to_string())
+                && body.contains("Connection refused"),
+            "round {round}: {body}"
+        );
+        // Unready, not unhealthy: our server still serves, a restart of the agent would not help.
+        probe_until(&node, "/healthz", 200, "ok").await;
+        assert!(plugin_sock.exists(), "round {round}: plugin socket kept");
+        assert_eq!(node.kubelet.registrations(&res), before, "round {round}");
+
+        // A new kubelet listens on the same path (the plugins' sockets untouched): registered again, ready.
+        node.kubelet.come_back().await.unwrap();
+        let listening = std::time::Instant::now();
+        node.kubelet
+            .wait_for_resource(&res, Duration::from_secs(15), |d| healthy_count(d) == 2)
+            .await
+            .unwrap_or_else(|e| panic!("round {round}: {e}\n{}", node.log()));
+        let registered_after = listening.elapsed();
+        assert_eq!(
+            node.kubelet.registrations(&res),
+            before + 1,
+            "round {round}"
+        );
+        probe_until(&node, "/readyz", 200, "ok").await;
+        eprintln!(
+            "round {round}: kubelet died -> /readyz 503 after {unready_after:?}; \
+             kubelet listening -> re-registered and ListAndWatch open after {registered_after:?}"
+        );
+    }
+    // The dead kubelets' ListAndWatch streams ended with their connections: one open stream, no leak.
+    let streams_ok = eventually(T, || {
+        node.metric("macvtap_agent_list_and_watch_streams{resource=\"a\"}") == Some(1.0)
+    })
+    .await;
+    assert!(streams_ok, "{:?}", node.http_get("/metrics"));
 }

@@ -10,6 +10,10 @@
 //! - [`KubeletStandIn::restart`] behaves like a new kubelet process: every socket in the directory is removed,
 //!   registrations are forgotten, `kubelet.sock` is created again. Pod records survive (the real kubelet keeps
 //!   them in its checkpoint).
+//! - [`KubeletStandIn::die`] behaves like a kubelet process that died: its listener and every connection to the
+//!   plugins close, registrations are forgotten, but `kubelet.sock` stays (nothing removes a socket file when its
+//!   process ends); [`KubeletStandIn::come_back`] is a new process listening on the same path, without removing
+//!   the plugins' sockets.
 //! - faults: [`KubeletStandIn::stop_pod_resources`] / [`KubeletStandIn::start_pod_resources`] make PodResources
 //!   unreachable and back; [`KubeletStandIn::refuse_registrations`] makes `Register` fail (a kubelet that is not
 //!   ready); [`KubeletStandIn::record_pod`] records devices for a pod without `Allocate` (what a previous plugin
@@ -270,6 +274,28 @@ impl KubeletStandIn {
         self.inner.bump();
         remove_sockets(&self.inner.dir)?;
         *reg = Some(serve_registration(&self.inner)?);
+        Ok(())
+    }
+
+    /// Like a kubelet process that dies: the registration listener closes (without removing `kubelet.sock`, as an
+    /// ended process leaves it), registrations are forgotten and every ListAndWatch stream closes. Pod records are
+    /// kept. Until [`KubeletStandIn::come_back`], connecting to `kubelet.sock` is refused.
+    pub async fn die(&self) {
+        let mut reg = self.registration.lock().await;
+        if let Some(old) = reg.take() {
+            old.shutdown().await;
+        }
+        self.inner.state().plugins.clear();
+        self.inner.bump();
+    }
+
+    /// A new process listening on `kubelet.sock` again after [`KubeletStandIn::die`] (the stale file is replaced, as
+    /// binding needs); the plugins' sockets are left as they are. A no-op while serving.
+    pub async fn come_back(&self) -> Result<()> {
+        let mut reg = self.registration.lock().await;
+        if reg.is_none() {
+            *reg = Some(serve_registration(&self.inner)?);
+        }
         Ok(())
     }
 

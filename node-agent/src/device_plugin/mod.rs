@@ -5,11 +5,13 @@
 //! - [`service`]: the device plugin API v1beta1 handlers of one server generation, over the pool.
 //! - [`registration`]: serve a generation, register it with the kubelet, again after a kubelet restart.
 //! - [`dir`]: the kubelet's device plugin directory, watched by socket identity.
+//! - [`kubelet`]: whether a kubelet answers on its socket (a dead one leaves the file behind).
 //!
 //! [`ResourceServer`] is the only handle the agent holds: start, apply a changed config, stop. Nothing else
 //! reaches into the server.
 
 pub mod dir;
+pub mod kubelet;
 pub mod pool;
 pub mod registration;
 pub mod service;

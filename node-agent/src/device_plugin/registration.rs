@@ -5,14 +5,22 @@
 //! A kubelet restart removes every socket in the directory and creates `kubelet.sock` again. The loop notices
 //! either its own socket vanishing or `kubelet.sock` changing identity ([`DirState`]), ends the generation (which
 //! also ends its ListAndWatch streams, so none leak), binds a new one and registers again.
+//!
+//! A kubelet that dies and leaves its files behind is seen by the directory's probe ([`Kubelet::NotAnswering`]):
+//! the resource is marked not registered, with the reason, while our server keeps serving (a kubelet that is down
+//! makes the agent unready, not unhealthy). Whatever answers next on `kubelet.sock` is a new
+//! [`Kubelet::Up`] incarnation, registered at once.
+//!
+//! [`Kubelet::NotAnswering`]: super::kubelet::Kubelet::NotAnswering
+//! [`Kubelet::Up`]: super::kubelet::Kubelet::Up
 
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kubelet_api::deviceplugin::RegisterRequest;
 use kubelet_api::deviceplugin::device_plugin_server::DevicePluginServer;
 use kubelet_api::deviceplugin::registration_client::RegistrationClient;
+use kubelet_api::deviceplugin::{KUBELET_SOCKET_NAME, RegisterRequest};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -54,9 +62,11 @@ pub async fn run(pool: Arc<DevicePool>, dir: DevicePluginDir, cancel: Cancellati
                 }
             }
         };
+        // The kubelet incarnation we registered with, and the last one we saw up.
         let mut registered_with: Option<u64> = None;
+        let mut seen: Option<u64> = None;
         let mut retry_at: Option<tokio::time::Instant> = None;
-        // Backoff for a kubelet.sock nobody answers on (a kubelet that is down): 0.5 s doubling to 5 s.
+        // Backoff for a kubelet that answers but refuses or fails Register: 0.5 s doubling to 5 s.
         let mut backoff = Duration::from_millis(500);
         loop {
             let state: DirState = dir_state.borrow_and_update().clone();
@@ -66,7 +76,14 @@ pub async fn run(pool: Arc<DevicePool>, dir: DevicePluginDir, cancel: Cancellati
                 tracing::info!(resource = %name, "plugin socket removed (kubelet restart?); serving again");
                 break;
             }
-            if let Some(kubelet) = state.kubelet
+            let kubelet = state.kubelet.incarnation();
+            if kubelet.is_some() && kubelet != seen {
+                // A new kubelet: register with it at once, whatever the backoff of the previous one.
+                seen = kubelet;
+                retry_at = None;
+                backoff = Duration::from_millis(500);
+            }
+            if let Some(kubelet) = kubelet
                 && registered_with != Some(kubelet)
                 && retry_at.is_none_or(|t| t <= tokio::time::Instant::now())
             {
@@ -99,9 +116,14 @@ pub async fn run(pool: Arc<DevicePool>, dir: DevicePluginDir, cancel: Cancellati
                 }
                 continue;
             }
-            if state.kubelet.is_none() && registered_with.is_some() {
-                registered_with = None;
-                states.update(&name, |r| r.registered = false);
+            if let Some(why) = state.kubelet.problem(&dir.path().join(KUBELET_SOCKET_NAME)) {
+                if registered_with.take().is_some() {
+                    tracing::warn!(resource = %name, "not registered: {why}");
+                }
+                states.update(&name, |r| {
+                    r.registered = false;
+                    r.last_error = Some(why);
+                });
             }
             let retry = async {
                 match retry_at {
@@ -174,7 +196,7 @@ fn serve(
 }
 
 async fn register(dir: &Path, name: &str) -> Result<(), String> {
-    let kubelet = dir.join(kubelet_api::deviceplugin::KUBELET_SOCKET_NAME);
+    let kubelet = dir.join(KUBELET_SOCKET_NAME);
     let channel =
         tokio::time::timeout(Duration::from_secs(5), kubelet_api::unix::connect(&kubelet))
             .await
