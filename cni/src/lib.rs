@@ -27,6 +27,7 @@
 //! [`pod_resources::holds`].
 
 mod attach;
+mod backoff;
 pub mod config;
 pub mod env;
 pub mod error;
