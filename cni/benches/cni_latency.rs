@@ -14,6 +14,8 @@
 //! `cargo bench -p macvtap-cni --bench cni_latency` (ITERATIONS env var, default 200). Set MACVTAP_CNI_BIN to
 //! measure another binary instead of building `--profile release-cni`.
 
+#[path = "cni_latency/burst.rs"]
+mod burst;
 #[path = "../tests/common/pod_resources.rs"]
 #[allow(dead_code)]
 mod pod_resources;
@@ -191,7 +193,7 @@ fn main() {
         kubelet.set_rate_limit(check.then_some(RateLimit::KUBELET));
         for in_place in [false, true] {
             n += 1000;
-            let burst = Burst {
+            let burst = burst::Burst {
                 bin: &bin,
                 node: &node,
                 alloc_dir: &alloc_dir,
@@ -213,60 +215,6 @@ fn main() {
                 );
             }
         }
-    }
-}
-
-/// 50 ADDs started at once, one per pod.
-struct Burst<'a> {
-    bin: &'a PathBuf,
-    node: &'a Netns,
-    alloc_dir: &'a std::path::Path,
-    node_config: &'a std::path::Path,
-    kubelet: &'a PodResourcesStandIn,
-}
-
-impl Burst<'_> {
-    /// Devices `n..n+50` allocated (and, with `check`, granted to pods `vm-burst<i>` named in `CNI_ARGS`); the time
-    /// from the first spawn to the last exit.
-    fn run(&self, n: u32, in_place: bool, check: bool) -> Duration {
-        let pods: Vec<Netns> = (0..50).map(|_| Netns::new("bench-pod").unwrap()).collect();
-        let ids: Vec<String> = (0..50).map(|i| device_id("burst", n + i)).collect();
-        let args: Vec<String> = (0..ids.len())
-            .map(|i| {
-                if check {
-                    format!("IgnoreUnknown=true;K8S_POD_NAMESPACE=default;K8S_POD_NAME=vm-burst{i}")
-                } else {
-                    String::new()
-                }
-            })
-            .collect();
-        for (i, id) in ids.iter().enumerate() {
-            allocate(
-                self.node,
-                self.alloc_dir,
-                id,
-                unique_index(n + i as u32, in_place),
-                in_place,
-            );
-            self.kubelet
-                .grant("default", &format!("vm-burst{i}"), RESOURCE, id);
-        }
-        self.kubelet.take_refused();
-        self.kubelet.take_calls();
-        let start = Instant::now();
-        std::thread::scope(|s| {
-            for ((p, id), args) in pods.iter().zip(&ids).zip(&args) {
-                s.spawn(move || {
-                    let conf = json!({"cniVersion": "1.0.0", "name": "bench", "type": "macvtap", "deviceID": id});
-                    let env = [
-                        ("CNI_ARGS", args.as_str()),
-                        ("MACVTAP_CNI_NODE_CONFIG", self.node_config.to_str().unwrap()),
-                    ];
-                    run(self.bin, self.node, p, "ADD", &conf, &env)
-                });
-            }
-        });
-        start.elapsed()
     }
 }
 
