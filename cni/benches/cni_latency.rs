@@ -5,12 +5,17 @@
 //! default maximum), and host-local IPAM with the `Get` check; each for a device moved in from its host link (the
 //! path of devices without an allocation record) and for one attached in place (the agent's record, the link created
 //! inside the pod). Side by side, the kernel's floor of each path measured in-process (one move of an up macvtap into
-//! the pod keeping its index; one creation inside the pod), and 50 ADDs started at once (50 pods) per path. The
-//! kubelet is a PodResources stand-in (the tests' own) on a unix socket. Needs root: fails, never skips, without it.
+//! the pod keeping its index; one creation inside the pod), and 50 ADDs started at once (50 pods) per path, without
+//! the pod check and with the `Get` check. The kubelet is a PodResources stand-in (the tests' own) on a unix socket:
+//! without its rate limit for the one-at-a-time rows (they measure the plugin, and a serial ADD+DEL loop outruns
+//! 100 calls/s), with the kubelet's (100/s, burst 10) for the 50 ADDs with the check, which print how many calls it
+//! refused. Needs root: fails, never skips, without it.
 //!
 //! `cargo bench -p macvtap-cni --bench cni_latency` (ITERATIONS env var, default 200). Set MACVTAP_CNI_BIN to
 //! measure another binary instead of building `--profile release-cni`.
 
+#[path = "cni_latency/burst.rs"]
+mod burst;
 #[path = "../tests/common/pod_resources.rs"]
 #[allow(dead_code)]
 mod pod_resources;
@@ -26,7 +31,7 @@ use macvtap_core::allocation::TAP_INDEX_FIRST;
 use macvtap_e2e::netns::{Netns, enter_before_exec};
 use macvtap_e2e::process::wait_with_peak_rss;
 use macvtap_link::{MacvtapMode, Netlink, PodMacvtap, block_on, device_id, in_netns};
-use pod_resources::{GetMode, PodResourcesStandIn};
+use pod_resources::{GetMode, PodResourcesStandIn, RateLimit};
 use serde_json::{Value, json};
 
 const RESOURCE: &str = "macvtap.network.kubevirt.io/bench";
@@ -132,6 +137,7 @@ fn main() {
         pct(&mut starts, 99)
     );
     let mut peak_rss_kib = 0i64;
+    kubelet.set_rate_limit(None);
     // Device IDs and ifindexes unique across cases: /dev/tap<ifindex> is one node for the whole machine, and the
     // plugin proves it is the link's before chowning it (the indices stay far above what the kernel picks).
     let mut n = 0u32;
@@ -181,35 +187,34 @@ fn main() {
         );
     }
     println!("peak RSS of one invocation: {peak_rss_kib} KiB");
-    for in_place in [false, true] {
-        n += 1000;
-        let pods: Vec<Netns> = (0..50).map(|_| Netns::new("bench-pod").unwrap()).collect();
-        let ids: Vec<String> = (0..50).map(|i| device_id("burst", n + i)).collect();
-        for (i, id) in ids.iter().enumerate() {
-            allocate(
-                &node,
-                &alloc_dir,
-                id,
-                unique_index(n + i as u32, in_place),
-                in_place,
-            );
-        }
-        let env = [("MACVTAP_CNI_NODE_CONFIG", node_config.to_str().unwrap())];
-        let start = Instant::now();
-        std::thread::scope(|s| {
-            for (p, id) in pods.iter().zip(&ids) {
-                let (bin, node, env) = (&bin, &node, &env);
-                s.spawn(move || {
-                    let conf = json!({"cniVersion": "1.0.0", "name": "bench", "type": "macvtap", "deviceID": id});
-                    run(bin, node, p, "ADD", &conf, env)
-                });
+    kubelet.set_get(GetMode::Answer);
+    for check in [false, true] {
+        // The kubelet's own limiter, its bucket full, as a node that was idle.
+        kubelet.set_rate_limit(check.then_some(RateLimit::KUBELET));
+        for in_place in [false, true] {
+            n += 1000;
+            let burst = burst::Burst {
+                bin: &bin,
+                node: &node,
+                alloc_dir: &alloc_dir,
+                node_config: &node_config,
+                kubelet: &kubelet,
+            };
+            let took = burst.run(n, in_place, check);
+            let path = if in_place { "in place" } else { "moved" };
+            if check {
+                let refused = kubelet.take_refused().len();
+                let answered = kubelet.take_calls().len();
+                println!(
+                    "50 ADDs at once (50 pods, no IPAM, Get check, kubelet rate limit 100/s burst 10), {path}: all done in {took:.2?}; {refused} of {} calls rate-limited",
+                    refused + answered
+                );
+            } else {
+                println!(
+                    "50 ADDs at once (50 pods, no IPAM, no pod check), {path}: all done in {took:.2?}"
+                );
             }
-        });
-        println!(
-            "50 ADDs at once (50 pods, no IPAM, no pod check), {}: all done in {:.2?}",
-            if in_place { "in place" } else { "moved" },
-            start.elapsed()
-        );
+        }
     }
 }
 

@@ -34,6 +34,34 @@ pub enum Code {
     NotAllocatedToPod = 107,
 }
 
+impl Code {
+    /// Every code the plugin answers with itself (an IPAM delegate's own code is passed through as it is).
+    pub const ALL: [Code; 17] = [
+        Code::IncompatibleVersion,
+        Code::UnsupportedField,
+        Code::UnknownContainer,
+        Code::InvalidEnv,
+        Code::Io,
+        Code::Decode,
+        Code::InvalidConfig,
+        Code::TryAgainLater,
+        Code::NotAvailable,
+        Code::DeviceNotFound,
+        Code::NotOurs,
+        Code::System,
+        Code::IpamResult,
+        Code::InterfaceExists,
+        Code::CheckFailed,
+        Code::TapMismatch,
+        Code::NotAllocatedToPod,
+    ];
+
+    /// The code of that number, if it is one of ours.
+    pub fn of(n: u32) -> Option<Code> {
+        Self::ALL.into_iter().find(|c| *c as u32 == n)
+    }
+}
+
 /// A CNI error, printed as the spec's error JSON.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("code {code}: {msg} {details}")]

@@ -23,10 +23,11 @@
 //! when it is ours: a macvtap with our marker, or one with an index of the in-place tap range.
 //!
 //! Public API: [`run`] (env + stdin → [`Outcome`]), the pure parsers [`config::parse_config`] and
-//! [`config::parse_cni_args`] (fuzzed), [`version::SUPPORTED`], [`error::Code`], [`node_config`],
-//! [`pod_resources::holds`].
+//! [`config::parse_cni_args`], [`node_config::parse`] and [`plugin::read_record`] (fuzzed: `tests/fuzz.rs`),
+//! [`version::SUPPORTED`], [`error::Code`], [`node_config`], [`pod_resources::holds`].
 
 mod attach;
+mod backoff;
 pub mod config;
 pub mod env;
 pub mod error;

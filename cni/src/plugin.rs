@@ -143,8 +143,9 @@ fn ipam_add(conf: &NetConf, env: &Env) -> Result<Option<ParsedResult>, CniError>
     }
 }
 
-/// The agent's allocation record of `device_id`, when the node config names the directory and there is one.
-fn read_record(
+/// The agent's allocation record of `device_id`, when the node config names the directory and there is one. A
+/// device ID that cannot be a record's name is 101, an unreadable or invalid record 102 (fuzzed).
+pub fn read_record(
     node: &node_config::NodeConfig,
     device_id: &str,
 ) -> Result<Option<AllocationRecord>, CniError> {

@@ -7,9 +7,12 @@
 //!
 //! How: `Get` for the one pod (beta, default on since Kubernetes 1.34); where the kubelet refuses it (older
 //! kubelets: Unimplemented; feature gate off: Unknown "...Get method disabled"; pod unknown: Unknown/NotFound),
-//! `List`, as Multus does. Fails closed: a socket that does not answer, a transport error or the deadline is error
-//! 11 (try again later), never an unchecked attach. One gRPC connection over the unix socket, on a current-thread
-//! runtime; nothing is spawned beyond the connection's own task.
+//! `List`, as Multus does. A call the kubelet refuses as over its rate limit (`ResourceExhausted`) is the same call
+//! again after a jittered back-off ([`crate::backoff`]): one call per attempt, a `Get` refused as busy is retried as
+//! `Get`. Fails closed: a socket that does not answer, a transport error, the deadline, or a kubelet still
+//! rate-limiting after the back-off's budget is error 11 (try again later), never an unchecked attach. One gRPC
+//! connection over the unix socket for all attempts, on a current-thread runtime; nothing is spawned beyond the
+//! connection's own task.
 //!
 //! PodResources has no pod UID: the pod is matched by namespace and name (the kubelet keeps one pod per name).
 
@@ -20,13 +23,15 @@ use kubelet_api::podresources::pod_resources_lister_client::PodResourcesListerCl
 use kubelet_api::podresources::{GetPodResourcesRequest, ListPodResourcesRequest, PodResources};
 use kubelet_api::tonic::{Code as GrpcCode, Status};
 
+use crate::backoff::{self, Backoff};
 use crate::config::CniArgs;
 use crate::error::{CniError, Code};
 
 /// Resources whose devices are macvtap devices (ours and the original's).
 pub const RESOURCE_PREFIX: &str = "macvtap.network.kubevirt.io/";
 
-/// How long the whole question may take (connect, Get, List) before ADD answers "try again later".
+/// How long the whole question may take (connect, Get, List, waits on a busy kubelet) before ADD answers "try again
+/// later".
 pub const DEADLINE: Duration = Duration::from_secs(10);
 
 /// A List answer on a busy node can be large (Multus allows the same).
@@ -97,15 +102,16 @@ fn held(pods: &[PodResources], pod: &PodRef) -> Vec<String> {
 }
 
 /// Ask the kubelet at `socket` whether `pod` holds `device_id`: `Ok` if it does, error 107 if it does not, error
-/// 11 if the kubelet cannot be asked.
+/// 11 if the kubelet cannot be asked or stays busy.
 pub fn check(socket: &Path, pod: &PodRef, device_id: &str) -> Result<(), CniError> {
+    let question = format!(
+        "whether pod {pod} holds deviceID {device_id:?} (kubelet PodResources at {})",
+        socket.display()
+    );
     let unreachable = |why: String| {
         CniError::new(
             Code::TryAgainLater,
-            format!(
-                "cannot ask the kubelet (PodResources at {}) whether pod {pod} holds deviceID {device_id:?}",
-                socket.display()
-            ),
+            format!("cannot ask the kubelet {question}"),
             why,
         )
     };
@@ -117,7 +123,20 @@ pub fn check(socket: &Path, pod: &PodRef, device_id: &str) -> Result<(), CniErro
     let pods = rt
         .block_on(async { tokio::time::timeout(DEADLINE, ask(socket, pod)).await })
         .map_err(|_| unreachable(format!("no answer within {DEADLINE:?}")))?
-        .map_err(unreachable)?;
+        .map_err(|e| match e {
+            AskError::Unreachable(why) => unreachable(why),
+            AskError::RateLimited {
+                attempts,
+                over,
+                last,
+            } => CniError::new(
+                Code::TryAgainLater,
+                format!(
+                    "the kubelet rate-limited every call asking {question}: {attempts} attempts over {over:.1?}"
+                ),
+                last,
+            ),
+        })?;
     if holds(&pods, pod, device_id) {
         return Ok(());
     }
@@ -135,11 +154,25 @@ pub fn check(socket: &Path, pod: &PodRef, device_id: &str) -> Result<(), CniErro
     ))
 }
 
-/// The PodResources records to look at: `Get`'s one pod, or `List`'s all.
-async fn ask(socket: &Path, pod: &PodRef) -> Result<Vec<PodResources>, String> {
+/// Why the kubelet gave no answer.
+#[derive(Debug)]
+enum AskError {
+    /// No socket, a transport error, or a status other than "busy".
+    Unreachable(String),
+    /// Every call within the back-off's budget was refused as over the rate limit (the last refusal in `last`).
+    RateLimited {
+        attempts: u32,
+        over: Duration,
+        last: String,
+    },
+}
+
+/// The PodResources records to look at: `Get`'s one pod, or `List`'s all; calls refused as busy are retried.
+async fn ask(socket: &Path, pod: &PodRef) -> Result<Vec<PodResources>, AskError> {
+    let mut backoff = Backoff::new(backoff::BUDGET);
     let conn = kubelet_api::unix::connect_once(socket)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| AskError::Unreachable(e.to_string()))?;
     // The authority the kubelet itself uses towards gRPC servers on sockets; any is fine for a Go server.
     let origin = kubelet_api::tonic::codegen::http::Uri::from_static("http://localhost");
     let mut client =
@@ -148,22 +181,60 @@ async fn ask(socket: &Path, pod: &PodRef) -> Result<Vec<PodResources>, String> {
         pod_name: pod.name.clone(),
         pod_namespace: pod.namespace.clone(),
     };
-    match client.get(get).await {
-        Ok(r) => return Ok(r.into_inner().pod_resources.into_iter().collect()),
-        Err(s) if get_refused(&s) => {
-            eprintln!(
-                "macvtap: PodResources Get refused ({:?}: {}); asking List",
-                s.code(),
-                s.message()
-            );
+    // Once the kubelet refuses Get (not as busy: as not having it), List from then on.
+    let mut list = false;
+    loop {
+        let refusal = if list {
+            match client.list(ListPodResourcesRequest {}).await {
+                Ok(r) => return Ok(answered(r.into_inner().pod_resources, &backoff)),
+                Err(s) => ("List", s),
+            }
+        } else {
+            match client.get(get.clone()).await {
+                Ok(r) => {
+                    let pods = r.into_inner().pod_resources.into_iter().collect();
+                    return Ok(answered(pods, &backoff));
+                }
+                Err(s) if get_refused(&s) => {
+                    eprintln!(
+                        "macvtap: PodResources Get refused ({:?}: {}); asking List",
+                        s.code(),
+                        s.message()
+                    );
+                    list = true;
+                    continue;
+                }
+                Err(s) => ("Get", s),
+            }
+        };
+        let (method, s) = refusal;
+        let why = format!("{method}: {:?}: {}", s.code(), s.message());
+        if s.code() != GrpcCode::ResourceExhausted {
+            return Err(AskError::Unreachable(why));
         }
-        Err(s) => return Err(format!("Get: {:?}: {}", s.code(), s.message())),
+        match backoff.refused() {
+            Some(wait) => tokio::time::sleep(wait).await,
+            None => {
+                return Err(AskError::RateLimited {
+                    attempts: backoff.attempts(),
+                    over: backoff.elapsed(),
+                    last: why,
+                });
+            }
+        }
     }
-    client
-        .list(ListPodResourcesRequest {})
-        .await
-        .map(|r| r.into_inner().pod_resources)
-        .map_err(|s| format!("List: {:?}: {}", s.code(), s.message()))
+}
+
+/// An answer, logged when it took retries (what a node admin looks for when pods start slowly).
+fn answered(pods: Vec<PodResources>, backoff: &Backoff) -> Vec<PodResources> {
+    if backoff.attempts() > 0 {
+        eprintln!(
+            "macvtap: PodResources answered after {} rate-limited calls over {:.1?}",
+            backoff.attempts(),
+            backoff.elapsed()
+        );
+    }
+    pods
 }
 
 /// A `Get` answer that means "ask List instead" rather than "the kubelet is not answering".

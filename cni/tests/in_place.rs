@@ -1,7 +1,8 @@
 //! In-place attach: the agent's Allocate wrote a record (lower device, mode, tap index N), no link exists; ADD creates
 //! the pod's macvtap inside the pod netns with index N, so `/dev/tapN` (what Allocate answered) is the pod's tap. And
 //! the kept contracts: PodResources check first, clashes fail cleanly and never hand over another link's tap, DEL
-//! removes the pod's link, a device allocated before the upgrade (host link, no record) still attaches.
+//! removes the pod's link, a device allocated before the upgrade (host link, no record) still attaches, and a node
+//! starting many VMs at once gets through the kubelet's PodResources rate limit.
 
 mod common;
 
@@ -247,4 +248,61 @@ fn host_local_ipam_in_place() {
         .filter(|e| e.file_name().to_string_lossy().starts_with("10.78."))
         .collect();
     assert!(left.is_empty(), "IP released: {left:?}");
+}
+
+/// 50 pods' ADDs at once, each asking PodResources `Get` through the kubelet's rate limit (100/s, burst 10): the
+/// limiter refuses some calls (counted, so this cannot pass without it), the refused ADDs wait and retry, and every
+/// pod gets its own device at its announced index.
+#[test]
+fn fifty_adds_at_once_get_through_the_kubelets_rate_limit() {
+    const N: usize = 50;
+    let f = Fixture::new();
+    let pods: Vec<_> = (0..N)
+        .map(|_| macvtap_e2e::netns::Netns::new("cni-rpod").unwrap())
+        .collect();
+    let ids: Vec<String> = (0..N).map(|i| device_id("rate", i as u32)).collect();
+    let indices: Vec<u32> = ids
+        .iter()
+        .enumerate()
+        .map(|(i, id)| {
+            f.grant(&format!("rpod{i}"), id);
+            f.record(id)
+        })
+        .collect();
+    let before = node_state(&f);
+    f.kubelet.take_refused();
+    f.kubelet.take_calls();
+    let start = std::sync::Barrier::new(N);
+    std::thread::scope(|s| {
+        for (i, (pod, id)) in pods.iter().zip(&ids).enumerate() {
+            let (f, start, index) = (&f, &start, indices[i]);
+            s.spawn(move || {
+                let call = f
+                    .call_as(&format!("rpod{i}"), pod, "ADD", "net1")
+                    .env("CNI_CONTAINERID", &format!("ctr{i}"));
+                start.wait();
+                call.run(&conf("1.0.0", id, json!({}))).ok();
+                let link = nl(pod, |n| async move {
+                    n.find_link("net1").await.unwrap().unwrap()
+                });
+                assert_eq!(link.index, index, "pod {i} got another pod's device");
+            });
+        }
+    });
+    let refused = f.kubelet.take_refused();
+    assert!(
+        !refused.is_empty(),
+        "the limiter refused nothing: the test did not load it"
+    );
+    assert!(refused.iter().all(|m| *m == "Get"), "{refused:?}");
+    assert_eq!(
+        f.kubelet.take_calls(),
+        vec!["Get"; N],
+        "one answered Get per ADD"
+    );
+    assert_eq!(node_state(&f), before, "no link on the node");
+    eprintln!(
+        "{} calls refused by the rate limit on the way",
+        refused.len()
+    );
 }

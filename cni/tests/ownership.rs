@@ -1,9 +1,10 @@
 //! A device belongs to the pod the kubelet allocated it to: ADD asks PodResources, refuses everyone else with the
-//! link untouched, and fails closed (11) when the kubelet cannot be asked. Outside Kubernetes the node decides.
+//! link untouched, and fails closed (11) when the kubelet cannot be asked or stays rate-limited. Outside Kubernetes
+//! the node decides.
 
 mod common;
 
-use common::pod_resources::GetMode;
+use common::pod_resources::{GetMode, RateLimit};
 use common::*;
 use macvtap_link::device_id;
 use serde_json::json;
@@ -131,6 +132,48 @@ fn kubelet_unreachable_is_try_again_later() {
     assert_eq!(node_state(&f), before);
 
     f.call("ADD", "net1").run(&c).ok();
+}
+
+/// A kubelet whose rate limit never lets a call through: after the back-off's budget, 11 saying "rate-limited" and
+/// how many attempts, nothing created. Each attempt was one `Get`: busy is not "no Get here", so never `List`, even
+/// from a kubelet that would refuse `Get` once past the limiter.
+#[test]
+fn a_kubelet_rate_limiting_every_call_is_try_again_later() {
+    let f = Fixture::new();
+    let id = device_id("busy", 0);
+    f.record(&id);
+    f.grant(&f.pod_name.clone(), &id);
+    let before = node_state(&f);
+    f.kubelet.set_get(GetMode::Unimplemented);
+    f.kubelet.set_rate_limit(Some(RateLimit::EXHAUSTED));
+    let msg = f
+        .call("ADD", "net1")
+        .run(&conf("1.0.0", &id, json!({})))
+        .err(11);
+    let refused = f.kubelet.take_refused();
+    assert!(
+        msg.contains("rate-limited") && msg.contains(&id) && msg.contains(&f.pod_name),
+        "{msg}"
+    );
+    assert!(
+        msg.contains(&format!("{} attempts", refused.len())),
+        "the message counts the calls the kubelet refused ({}): {msg}",
+        refused.len()
+    );
+    assert!(refused.len() > 3, "retried: {refused:?}");
+    assert!(refused.iter().all(|m| *m == "Get"), "{refused:?}");
+    assert!(
+        f.kubelet.take_calls().is_empty(),
+        "nothing got past the limit"
+    );
+    assert_eq!(node_state(&f), before);
+    assert!(f.pod_link("net1").is_none(), "nothing in the pod");
+    // The kubelet's usual limit again: the same ADD goes through.
+    f.kubelet.set_get(GetMode::Answer);
+    f.kubelet.set_rate_limit(Some(RateLimit::KUBELET));
+    f.call("ADD", "net1")
+        .run(&conf("1.0.0", &id, json!({})))
+        .ok();
 }
 
 #[test]

@@ -5,6 +5,7 @@
 //! code), as that Kubernetes pod.
 #![allow(dead_code)]
 
+pub mod hostile;
 pub mod pod_resources;
 
 use std::fs::File;

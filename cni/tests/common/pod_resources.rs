@@ -1,11 +1,12 @@
-//! A tiny kubelet PodResources v1 server for the CNI tests: which pod holds which devices, and how `Get` behaves
-//! (answering, as an older kubelet without it, or with the feature gate off). Served on its own thread and
-//! current-thread runtime; stopped on drop.
+//! A tiny kubelet PodResources v1 server for the CNI tests: which pod holds which devices, how `Get` behaves
+//! (answering, as an older kubelet without it, or with the feature gate off), and the kubelet's rate limit in front
+//! of every call, on by default. Served on its own thread and current-thread runtime; stopped on drop.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::thread::JoinHandle;
+use std::time::Instant;
 
 use kubelet_api::podresources::pod_resources_lister_server::{
     PodResourcesLister, PodResourcesListerServer,
@@ -29,12 +30,91 @@ pub enum GetMode {
     Disabled,
 }
 
-#[derive(Default)]
+/// A token bucket in front of every call, as the kubelet's (`pkg/kubelet/apis/podresources/grpc/ratelimit.go`: a
+/// `golang.org/x/time/rate` limiter in a unary interceptor): `qps` tokens a second up to `burst`, full at the start;
+/// a call finding no token is refused with `ResourceExhausted` "rejected by rate limit" before any handler runs.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RateLimit {
+    pub qps: f64,
+    pub burst: f64,
+}
+
+impl RateLimit {
+    /// The kubelet's defaults (`DefaultQPS`, `DefaultBurstTokens`).
+    pub const KUBELET: RateLimit = RateLimit {
+        qps: 100.0,
+        burst: 10.0,
+    };
+    /// Never a token: every call refused.
+    pub const EXHAUSTED: RateLimit = RateLimit {
+        qps: 0.0,
+        burst: 0.0,
+    };
+}
+
+struct Bucket {
+    limit: RateLimit,
+    tokens: f64,
+    at: Instant,
+}
+
+impl Bucket {
+    fn new(limit: RateLimit) -> Self {
+        Self {
+            limit,
+            tokens: limit.burst,
+            at: Instant::now(),
+        }
+    }
+
+    fn allow(&mut self) -> bool {
+        let now = Instant::now();
+        self.tokens = (self.tokens + now.duration_since(self.at).as_secs_f64() * self.limit.qps)
+            .min(self.limit.burst);
+        self.at = now;
+        if self.tokens >= 1.0 {
+            self.tokens -= 1.0;
+            true
+        } else {
+            false
+        }
+    }
+}
+
 struct State {
     /// (namespace, pod) → [(resource, device ID)], all in one container "compute".
     pods: BTreeMap<(String, String), Vec<(String, String)>>,
     get: GetMode,
+    /// `None`: no limit.
+    bucket: Option<Bucket>,
+    /// Calls served (past the limiter).
     calls: Vec<&'static str>,
+    /// Calls refused by the limiter.
+    refused: Vec<&'static str>,
+}
+
+impl Default for State {
+    fn default() -> Self {
+        Self {
+            pods: BTreeMap::new(),
+            get: GetMode::default(),
+            bucket: Some(Bucket::new(RateLimit::KUBELET)),
+            calls: Vec::new(),
+            refused: Vec::new(),
+        }
+    }
+}
+
+impl State {
+    /// The limiter's word on one `method` call: served (and recorded), or the kubelet's refusal.
+    fn admit(&mut self, method: &'static str) -> Result<(), Status> {
+        if self.bucket.as_mut().is_some_and(|b| !b.allow()) {
+            self.refused.push(method);
+            return Err(Status::resource_exhausted("rejected by rate limit"));
+        }
+        self.calls.push(method);
+        Ok(())
+    }
 }
 
 #[derive(Clone, Default)]
@@ -105,9 +185,19 @@ impl PodResourcesStandIn {
         self.shared.state().get = mode;
     }
 
+    /// The kubelet's limiter (the default, [`RateLimit::KUBELET`]), another, or none; starts with a full bucket.
+    pub fn set_rate_limit(&self, limit: Option<RateLimit>) {
+        self.shared.state().bucket = limit.map(Bucket::new);
+    }
+
     /// The RPCs served so far ("Get", "List"), and forget them.
     pub fn take_calls(&self) -> Vec<&'static str> {
         std::mem::take(&mut self.shared.state().calls)
+    }
+
+    /// The RPCs refused by the rate limit so far, and forget them.
+    pub fn take_refused(&self) -> Vec<&'static str> {
+        std::mem::take(&mut self.shared.state().refused)
     }
 }
 
@@ -144,7 +234,7 @@ impl PodResourcesLister for Service {
         _request: Request<ListPodResourcesRequest>,
     ) -> Result<Response<ListPodResourcesResponse>, Status> {
         let mut st = self.0.state();
-        st.calls.push("List");
+        st.admit("List")?;
         let pod_resources = st
             .pods
             .iter()
@@ -157,6 +247,7 @@ impl PodResourcesLister for Service {
         &self,
         _request: Request<AllocatableResourcesRequest>,
     ) -> Result<Response<AllocatableResourcesResponse>, Status> {
+        self.0.state().admit("GetAllocatableResources")?;
         Err(Status::unimplemented("not in this stand-in"))
     }
 
@@ -166,7 +257,7 @@ impl PodResourcesLister for Service {
     ) -> Result<Response<GetPodResourcesResponse>, Status> {
         let req = request.into_inner();
         let mut st = self.0.state();
-        st.calls.push("Get");
+        st.admit("Get")?;
         match st.get {
             GetMode::Unimplemented => return Err(Status::unimplemented("unknown method Get")),
             GetMode::Disabled => {
