@@ -157,6 +157,15 @@ fn read_record(
             format!("deviceID {device_id:?} is not a device ID of macvtap-operator"),
             e.to_string(),
         ),
+        // Left unreadable by a crash: the agent re-derives it (each cleanup pass, or the device's next Allocate or
+        // PreStartContainer); the kubelet retries the sandbox.
+        AllocationError::BadRecord { .. } => CniError::new(
+            Code::TryAgainLater,
+            format!(
+                "the allocation record of deviceID {device_id:?} cannot be read; the node agent repairs it, retry"
+            ),
+            e.to_string(),
+        ),
         _ => CniError::system(format!("reading the allocation record of {device_id:?}"), e),
     })
 }

@@ -135,6 +135,34 @@ fn a_record_is_no_permission_without_the_kubelets_word() {
         .err(101);
 }
 
+/// A record a crash left empty or half-written: a clear "retry" (11), nothing created; once the agent has
+/// re-derived it, the next ADD attaches at its index.
+#[test]
+fn an_unreadable_record_is_a_retry_and_its_repair_attaches() {
+    let f = Fixture::new();
+    let id = device_id("dataplane", 0);
+    let n = f.alloc_in_place(&id);
+    let path = f.alloc_dir.join(format!("{id}.json"));
+    let good = std::fs::read(&path).unwrap();
+    for garbage in ["", "{\"resource\":\"datap"] {
+        std::fs::write(&path, garbage).unwrap();
+        let msg = f
+            .call("ADD", "net1")
+            .run(&conf("1.0.0", &id, json!({})))
+            .err(11);
+        assert!(
+            msg.contains("cannot be read") && msg.contains("retry"),
+            "{msg}"
+        );
+        assert!(pod_links(&f).is_empty());
+    }
+    std::fs::write(&path, good).unwrap();
+    f.call("ADD", "net1")
+        .run(&conf("1.0.0", &id, json!({})))
+        .ok();
+    assert_eq!(f.pod_link("net1").unwrap().index, n);
+}
+
 /// Clashes fail cleanly: a taken name (104) or index (106) in the pod creates nothing; an index another netns's
 /// macvtap already has (its `/dev/tapN`) is never handed over: the new link is deleted, 106, the other untouched.
 #[test]

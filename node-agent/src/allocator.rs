@@ -162,7 +162,7 @@ impl Allocator {
         };
         let Some(record) = self
             .records
-            .record(id)
+            .record_for(cfg, id)
             .map_err(|e| internal("reading its allocation record", &e))?
         else {
             return Ok(());

@@ -10,6 +10,8 @@
 //! - [`link_writer`]: the one writer of host links (Allocate, adoption, cleanup take turns).
 //! - [`resource_state`]: what each served resource reports (serving, registered, health, last error).
 //! - [`netmon`]: host links pushed from rtnetlink multicast events; discovery rules.
+//! - [`records`]: this node's allocation records and tap-index reservations, repaired of crash leftovers;
+//!   [`tap_index_key`]: the node-local secret that orders tap-index candidates.
 //! - [`cleanup`]: cleanup of host links no pod holds (asks the kubelet's PodResources).
 //! - [`original`]: the rule that adopts links the original kubevirt/macvtap-cni left for our slots.
 //! - [`status`]: the status writer. [`install`]: `install-cni`. [`health`]: the probes; [`metrics`]: the
@@ -34,6 +36,7 @@ pub mod original;
 pub mod records;
 pub mod resource_state;
 pub mod status;
+pub mod tap_index_key;
 
 /// Version reported in `MacvtapNodeState.status.agentVersion`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

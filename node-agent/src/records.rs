@@ -6,19 +6,64 @@
 //! kubelet checkpointed. Allocate hands out a fresh index instead when a link still has the old one (the device's
 //! previous pod is still being torn down: the kernel would give the new link no `/dev/tapN`); the superseded
 //! reservation is released by cleanup once its tap is gone.
+//!
+//! Durable state (issue 24): records and reservations are written so a crash leaves the old or the new file
+//! ([`macvtap_core::durable`]). What a crash (or an older agent) can still leave is repaired, never fatal, and
+//! said (a warning and `macvtap_agent_state_repaired_total{what}`, see [`Repair`]): at start, temporary files are
+//! swept and reservations without an owner reclaimed; a record that cannot be parsed is re-derived (lower device
+//! and mode from the configuration, tap index from the reservation that names the device) wherever it is read
+//! (Allocate, PreStartContainer, each cleanup pass), or removed when nothing names its index.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
 
 use macvtap_api::ResourceConfig;
 use macvtap_core::MacvtapMode;
-use macvtap_core::allocation::{
-    self, AllocationError, AllocationRecord, TapReservations, node_dir, owner,
-};
-use std::sync::Mutex;
-
+use macvtap_core::allocation::{self, AllocationError, AllocationRecord, node_dir};
+use macvtap_core::device::slot_of;
+use macvtap_core::durable;
+use macvtap_core::reservation::{TapReservations, owner};
 use macvtap_link::tap::{TapDevice, TapScanner};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+
+use crate::metrics::WhatLabel;
+use crate::tap_index_key::{KeyOrigin, TapIndexKey};
+
+/// How long a reservation file without an owner is left alone before it is reclaimed: an agent before durable
+/// reservations created the file and wrote the owner right after.
+pub const UNOWNED_MIN_AGE: Duration = Duration::from_secs(60);
+
+/// What was repaired in the state directory (the `what` label of `macvtap_agent_state_repaired_total`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Repair {
+    /// A temporary file a crash left (a record, reservation or key being written) removed.
+    TempFileRemoved,
+    /// A reservation with no or a garbage owner removed: its index is free again.
+    UnownedReservationReclaimed,
+    /// A record that could not be parsed written again from the configuration and the device's reservation.
+    RecordRederived,
+    /// A record that could not be parsed, with no reservation naming the device or no resource serving it, removed
+    /// (the next Allocate writes a new one).
+    RecordRemoved,
+    /// The tap-index key was missing-but-expected, garbage or readable by others: replaced.
+    TapIndexKeyReplaced,
+}
+
+impl Repair {
+    pub fn label(self) -> &'static str {
+        match self {
+            Repair::TempFileRemoved => "temp_file_removed",
+            Repair::UnownedReservationReclaimed => "unowned_reservation_reclaimed",
+            Repair::RecordRederived => "record_rederived",
+            Repair::RecordRemoved => "record_removed",
+            Repair::TapIndexKeyReplaced => "tap_index_key_replaced",
+        }
+    }
+}
 
 /// Where the records and reservations live.
 #[derive(Debug, Clone)]
@@ -64,21 +109,114 @@ pub struct NodeRecords {
     node: String,
     node_dir: PathBuf,
     reservations: TapReservations,
+    /// Orders each device's candidate indices.
+    key: TapIndexKey,
     /// Over `/sys` (tests point it elsewhere).
     taps: Mutex<TapScanner>,
+    repaired: Family<WhatLabel, Counter>,
 }
 
 impl NodeRecords {
-    pub fn new(dirs: &StateDirs, node: &str) -> Result<Self, AllocationError> {
-        Ok(Self {
+    /// The records of `node`, its state directory repaired of what a crash left (nothing of this node is being
+    /// written yet): `repaired` counts what was done.
+    pub fn open(
+        dirs: &StateDirs,
+        node: &str,
+        repaired: Family<WhatLabel, Counter>,
+    ) -> Result<Self, AllocationError> {
+        Self::open_over(dirs, node, repaired, PathBuf::from("/sys"))
+    }
+
+    fn open_over(
+        dirs: &StateDirs,
+        node: &str,
+        repaired: Family<WhatLabel, Counter>,
+        sys: PathBuf,
+    ) -> Result<Self, AllocationError> {
+        let node_dir = node_dir(&dirs.state_dir, node)?;
+        let (key, origin) =
+            TapIndexKey::load(&dirs.state_dir).map_err(|source| AllocationError::Io {
+                path: dirs.state_dir.join(crate::tap_index_key::FILE),
+                source,
+            })?;
+        let records = Self {
             node: node.to_string(),
-            node_dir: node_dir(&dirs.state_dir, node)?,
+            node_dir,
             reservations: match &dirs.taps_dir {
                 Some(d) => TapReservations::in_dir(d.clone()),
                 None => TapReservations::new(&dirs.state_dir),
             },
-            taps: Mutex::new(TapScanner::new(PathBuf::from("/sys"))),
-        })
+            key,
+            taps: Mutex::new(TapScanner::new(sys)),
+            repaired,
+        };
+        match origin {
+            KeyOrigin::Read => {}
+            KeyOrigin::Created => tracing::info!("tap-index key created in the state directory"),
+            KeyOrigin::Replaced(why) => records.repaired(
+                Repair::TapIndexKeyReplaced,
+                format_args!("the tap-index key was unusable ({why}): a new one orders tap indices from now on"),
+            ),
+        }
+        let swept = durable::sweep_temps(&records.node_dir, ".")
+            .map_err(|e| AllocationError::Io {
+                path: records.node_dir.clone(),
+                source: e,
+            })
+            .and_then(|mut names| {
+                names.extend(records.reservations.sweep(node)?);
+                Ok(names)
+            });
+        match swept {
+            Ok(names) => {
+                for name in names {
+                    records.repaired(
+                        Repair::TempFileRemoved,
+                        format_args!("removed {name}, left by a write a crash cut short"),
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("state directory: sweeping temporary files: {e}"),
+        }
+        records.reclaim_unowned();
+        Ok(records)
+    }
+
+    fn repaired(&self, what: Repair, detail: std::fmt::Arguments) {
+        tracing::warn!(what = what.label(), node = %self.node, "state directory repaired: {detail}");
+        self.repaired
+            .get_or_create(&WhatLabel { what: what.label() })
+            .inc();
+    }
+
+    /// Reclaims the reservations without an owner (see [`TapReservations::reclaim_unowned`]); best effort.
+    pub fn reclaim_unowned(&self) {
+        let tapped = match self.taps_in_use() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!("state directory: listing taps before reclaiming reservations: {e}");
+                return;
+            }
+        };
+        match self
+            .reservations
+            .reclaim_unowned(UNOWNED_MIN_AGE, |i| tapped.contains(&i))
+        {
+            Ok(indices) => {
+                for index in indices {
+                    self.repaired(
+                        Repair::UnownedReservationReclaimed,
+                        format_args!("reservation of tap index {index} had no owner: removed"),
+                    );
+                }
+            }
+            Err(e) => tracing::warn!("state directory: reclaiming reservations: {e}"),
+        }
+    }
+
+    /// The candidate seed of `device_id` of this node (keyed: see [`crate::tap_index_key`]).
+    pub fn seed(&self, device_id: &str) -> u64 {
+        self.key.seed(&owner(&self.node, device_id))
     }
 
     /// The directory the CNI reads this node's records from.
@@ -100,6 +238,96 @@ impl NodeRecords {
         AllocationRecord::read(&self.node_dir, device_id)
     }
 
+    /// The record of `device_id` of resource `cfg`, re-derived (or removed) when its file cannot be parsed.
+    pub fn record_for(
+        &self,
+        cfg: &ResourceConfig,
+        device_id: &str,
+    ) -> Result<Option<AllocationRecord>, AllocationError> {
+        match self.record(device_id) {
+            Err(AllocationError::BadRecord { why, .. }) => {
+                self.rederive(Some(cfg), device_id, &why)
+            }
+            other => other,
+        }
+    }
+
+    /// Every record of this node that cannot be parsed, re-derived or removed; `served` are the resources served
+    /// now (nothing is done before the configuration is known). Best effort.
+    pub fn repair_records(&self, served: &BTreeMap<String, ResourceConfig>) {
+        if served.is_empty() {
+            return;
+        }
+        let ids = match AllocationRecord::device_ids(&self.node_dir) {
+            Ok(ids) => ids,
+            Err(e) => {
+                tracing::warn!("state directory: listing records: {e}");
+                return;
+            }
+        };
+        for id in ids {
+            if let Err(AllocationError::BadRecord { why, .. }) = self.record(&id) {
+                let cfg = served.values().find(|c| slot_of(&c.name, &id).is_some());
+                if let Err(e) = self.rederive(cfg, &id, &why) {
+                    tracing::warn!(device = %id, "state directory: repairing the record: {e}");
+                }
+            }
+        }
+    }
+
+    /// The record of `device_id`, unparseable (`why`), written again from `cfg` and the newest reservation that
+    /// names the device (the current one: Allocate reserves a fresh index last), or removed without either.
+    fn rederive(
+        &self,
+        cfg: Option<&ResourceConfig>,
+        device_id: &str,
+        why: &str,
+    ) -> Result<Option<AllocationRecord>, AllocationError> {
+        let newest = self
+            .reservations
+            .of_node(&self.node)?
+            .into_iter()
+            .filter(|(_, id)| id == device_id)
+            .map(|(index, _)| index)
+            .max_by_key(|index| (self.reservations.made_at(*index), *index));
+        match (cfg, newest) {
+            (Some(cfg), Some(index)) => {
+                let record = AllocationRecord {
+                    resource: cfg.name.clone(),
+                    lower_device: cfg.lower_device.clone(),
+                    mode: cfg.mode,
+                    tap_index: index,
+                };
+                record.write(&self.node_dir, device_id)?;
+                self.repaired(
+                    Repair::RecordRederived,
+                    format_args!(
+                        "the record of {device_id} could not be read ({why}): written again from resource {} \
+                         (lower device {}, mode {}) and its reservation of tap index {index}",
+                        cfg.name, cfg.lower_device, cfg.mode
+                    ),
+                );
+                Ok(Some(record))
+            }
+            _ => {
+                AllocationRecord::remove(&self.node_dir, device_id)?;
+                let missing = if cfg.is_none() {
+                    "no resource served serves the device"
+                } else {
+                    "no reservation names the device"
+                };
+                self.repaired(
+                    Repair::RecordRemoved,
+                    format_args!(
+                        "the record of {device_id} could not be read ({why}) and {missing}: removed, the next \
+                         Allocate writes a new one"
+                    ),
+                );
+                Ok(None)
+            }
+        }
+    }
+
     /// The tap index of `device_id` for a new pod, its record written: the index it has if it is still reserved
     /// for it and no link has it, else a fresh reservation.
     pub fn assign(
@@ -119,17 +347,15 @@ impl NodeRecords {
             mode,
             tap_index: 0,
         };
-        let kept = match self.record(device_id) {
-            Ok(Some(r))
+        let kept = match self.record_for(cfg, device_id)? {
+            Some(r)
                 if !in_use.contains(&r.tap_index)
                     && self.reservations.owner_of(r.tap_index)?.as_deref()
                         == Some(owner.as_str()) =>
             {
                 Some(r)
             }
-            // A record that cannot be read is replaced, like a missing one.
-            Ok(_) | Err(AllocationError::BadRecord { .. }) => None,
-            Err(e) => return Err(e),
+            _ => None,
         };
         let index = match kept {
             Some(r)
@@ -143,7 +369,7 @@ impl NodeRecords {
             Some(r) => r.tap_index,
             None => self
                 .reservations
-                .reserve_for(&owner, |i| in_use.contains(&i))?,
+                .reserve(&owner, self.seed(device_id), |i| in_use.contains(&i))?,
         };
         let record = AllocationRecord {
             tap_index: index,
@@ -160,7 +386,12 @@ impl NodeRecords {
     pub fn reservations(&self) -> Result<Vec<Reservation>, AllocationError> {
         let mut out = Vec::new();
         for (index, device_id) in self.reservations.of_node(&self.node)? {
-            let current = matches!(self.record(&device_id), Ok(Some(r)) if r.tap_index == index);
+            // A record that cannot be read keeps its reservations (current) until it is repaired.
+            let current = match self.record(&device_id) {
+                Ok(Some(r)) => r.tap_index == index,
+                Ok(None) => false,
+                Err(_) => true,
+            };
             out.push(Reservation {
                 index,
                 device_id,
@@ -179,12 +410,6 @@ impl NodeRecords {
         self.reservations
             .release(r.index, &owner(&self.node, &r.device_id))?;
         Ok(())
-    }
-
-    #[cfg(test)]
-    fn with_sys(mut self, sys: PathBuf) -> Self {
-        self.taps = Mutex::new(TapScanner::new(sys));
-        self
     }
 }
 
@@ -214,13 +439,19 @@ mod tests {
             Self { dir }
         }
         fn records(&self, node: &str) -> NodeRecords {
+            self.records_in(node, "state").0
+        }
+        /// The records of `node` over state directory `state` (the reservations shared), and its repair counter.
+        fn records_in(&self, node: &str, state: &str) -> (NodeRecords, Family<WhatLabel, Counter>) {
             let dirs = StateDirs {
-                state_dir: self.dir.path().join("state"),
+                state_dir: self.dir.path().join(state),
                 taps_dir: Some(self.dir.path().join("taps")),
             };
-            NodeRecords::new(&dirs, node)
-                .unwrap()
-                .with_sys(self.dir.path().join("sys"))
+            let repaired = Family::default();
+            let r =
+                NodeRecords::open_over(&dirs, node, repaired.clone(), self.dir.path().join("sys"))
+                    .unwrap();
+            (r, repaired)
         }
         /// A macvtap somewhere on the machine has tap `index`.
         fn tap(&self, minor: u32, index: u32) {
@@ -295,7 +526,7 @@ mod tests {
         }
         // A tap some other link has is never handed out.
         let c = f.records("node-c");
-        let first = TapReservations::candidates(TapReservations::seed("node-c/dpMvp0"))
+        let first = TapReservations::candidates(c.seed("dpMvp0"))
             .next()
             .unwrap();
         f.tap(7, first);
@@ -309,16 +540,115 @@ mod tests {
         assert!(a.reservations().unwrap().iter().all(|r| r.current));
     }
 
+    fn count(repaired: &Family<WhatLabel, Counter>, what: Repair) -> u64 {
+        repaired
+            .get_or_create(&WhatLabel { what: what.label() })
+            .get()
+    }
+
     #[test]
-    fn a_bad_record_is_replaced() {
+    fn a_bad_record_is_rederived_from_the_config_and_its_reservation_or_removed() {
         let f = Fixture::new();
-        let a = f.records("node-a");
-        std::fs::create_dir_all(a.node_dir()).unwrap();
-        std::fs::write(a.node_dir().join("dpMvp1.json"), "{not json").unwrap();
+        let (a, repaired) = f.records_in("node-a", "state");
         let n = a
             .assign(&cfg("eth1"), "dpMvp1", MacvtapMode::Bridge)
             .unwrap();
+        // What a power loss left of a record written without fsync: empty; then garbage.
+        for content in ["", "{not json"] {
+            std::fs::write(a.node_dir().join("dpMvp1.json"), content).unwrap();
+            assert!(matches!(
+                a.record("dpMvp1"),
+                Err(AllocationError::BadRecord { .. })
+            ));
+            let mut vepa = cfg("eth2");
+            vepa.mode = MacvtapMode::Vepa;
+            let r = a.record_for(&vepa, "dpMvp1").unwrap().unwrap();
+            assert_eq!(
+                (r.lower_device.as_str(), r.mode, r.tap_index),
+                ("eth2", MacvtapMode::Vepa, n),
+                "re-derived: the configuration's lower device and mode, the reservation's index"
+            );
+            assert_eq!(a.record("dpMvp1").unwrap().unwrap(), r, "and written");
+        }
+        assert_eq!(count(&repaired, Repair::RecordRederived), 2);
+        // Allocate over a bad record keeps the device's index.
+        std::fs::write(a.node_dir().join("dpMvp1.json"), "").unwrap();
+        assert_eq!(
+            a.assign(&cfg("eth1"), "dpMvp1", MacvtapMode::Bridge)
+                .unwrap(),
+            n
+        );
+        // The cleanup pass: no resource serves it (before the config is known: left alone), no reservation names it.
+        std::fs::write(a.node_dir().join("dpMvp1.json"), "").unwrap();
+        std::fs::write(a.node_dir().join("otherMvp0.json"), "garbage").unwrap();
+        std::fs::write(a.node_dir().join("dpMvp3.json"), "").unwrap();
+        a.repair_records(&BTreeMap::new());
+        assert!(
+            a.record("dpMvp1").is_err(),
+            "nothing done without a configuration"
+        );
+        a.repair_records(&[("dp".to_string(), cfg("eth1"))].into());
         assert_eq!(a.record("dpMvp1").unwrap().unwrap().tap_index, n);
-        assert!(NodeRecords::new(&StateDirs::default(), "../x").is_err());
+        assert_eq!(a.record("otherMvp0").unwrap(), None);
+        assert_eq!(a.record("dpMvp3").unwrap(), None);
+        assert_eq!(count(&repaired, Repair::RecordRemoved), 2);
+        assert!(NodeRecords::open(&StateDirs::default(), "../x", Family::default()).is_err());
+    }
+
+    #[test]
+    fn start_up_sweeps_crash_leftovers_and_reclaims_unowned_reservations() {
+        let f = Fixture::new();
+        let a = f.records("node-a");
+        let n = a
+            .assign(&cfg("eth1"), "dpMvp0", MacvtapMode::Bridge)
+            .unwrap();
+        let taps = f.dir.path().join("taps");
+        // A record and reservations being written when the node lost power; another node's write in flight.
+        std::fs::write(a.node_dir().join(".dpMvp0.json.tmp"), "{\"res").unwrap();
+        std::fs::write(taps.join(".node-a@dpMvp1.tmp"), "node-a/dp").unwrap();
+        std::fs::write(taps.join(".node-b@dpMvp1.tmp"), "node-b/dpMvp1").unwrap();
+        // Reservations an older agent created without writing the owner, one with a tap some link has.
+        let old = std::time::SystemTime::now() - Duration::from_secs(3600);
+        let (empty, tapped) = (
+            allocation::TAP_INDEX_FIRST + 1,
+            allocation::TAP_INDEX_FIRST + 2,
+        );
+        for i in [empty, tapped] {
+            let f = std::fs::File::create(taps.join(i.to_string())).unwrap();
+            f.set_modified(old).unwrap();
+        }
+        f.tap(1, tapped);
+        drop(a);
+        let (a, repaired) = f.records_in("node-a", "state");
+        assert_eq!(count(&repaired, Repair::TempFileRemoved), 2);
+        assert_eq!(count(&repaired, Repair::UnownedReservationReclaimed), 1);
+        assert!(!a.node_dir().join(".dpMvp0.json.tmp").exists());
+        assert!(!taps.join(".node-a@dpMvp1.tmp").exists());
+        assert!(taps.join(".node-b@dpMvp1.tmp").exists(), "node-b's own");
+        assert!(!taps.join(empty.to_string()).exists());
+        assert!(
+            taps.join(tapped.to_string()).exists(),
+            "its tap is some link's"
+        );
+        assert_eq!(
+            a.record("dpMvp0").unwrap().unwrap().tap_index,
+            n,
+            "the record stays"
+        );
+        assert_eq!(count(&repaired, Repair::TapIndexKeyReplaced), 0);
+    }
+
+    #[test]
+    fn nodes_with_their_own_keys_order_indices_differently() {
+        let f = Fixture::new();
+        let (a, _) = f.records_in("node-a", "state-a");
+        let (b, _) = f.records_in("node-a", "state-b");
+        let ids: Vec<String> = (0..8).map(|i| format!("dpMvp{i}")).collect();
+        let seeds = |r: &NodeRecords| ids.iter().map(|id| r.seed(id)).collect::<Vec<_>>();
+        assert_ne!(seeds(&a), seeds(&b), "one owner name, two keys");
+        // The same agent restarted keeps its order.
+        let before = seeds(&a);
+        drop(a);
+        assert_eq!(seeds(&f.records_in("node-a", "state-a").0), before);
     }
 }
