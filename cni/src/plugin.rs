@@ -53,10 +53,13 @@ pub fn add(req: &Request, conf: &NetConf, env: &Env) -> Result<Value, CniError> 
     };
     // Allocated in place (the agent's record): the pod's link is created in the pod. Else a host link the agent made
     // before in-place attach existed (or the original's): moved in.
-    if let Some(record) = read_record(&node, &device_id)? {
+    if let Some(record) = read_record(&node, &device_id)?
+        && let Some(node_dir) = &node.allocation_dir
+    {
         let plan = InPlace {
             conf,
             device_id: &device_id,
+            node_dir,
             record: &record,
             netns: &netns,
             netns_path: &netns_path,

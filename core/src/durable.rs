@@ -73,8 +73,28 @@ pub fn sync_dir(dir: &Path) -> io::Result<()> {
     fs::File::open(dir)?.sync_all()
 }
 
+/// Whether a write waits for the disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Sync {
+    /// fsync of the file before its name shows it, and of the directory after: survives a power loss.
+    Durable,
+    /// Renamed only: readers never see half of it, but a power loss may leave it empty. For a file that means
+    /// nothing after a reboot anyway (and says so, e.g. by the boot it names).
+    ThisBoot,
+}
+
 /// Write `bytes` to `tmp` (created or truncated, `mode`) and fsync it.
 fn write_temp(tmp: &Path, bytes: &[u8], mode: u32, cut: &mut dyn Cut) -> io::Result<()> {
+    write_temp_as(tmp, bytes, mode, Sync::Durable, cut)
+}
+
+fn write_temp_as(
+    tmp: &Path,
+    bytes: &[u8],
+    mode: u32,
+    sync: Sync,
+    cut: &mut dyn Cut,
+) -> io::Result<()> {
     let mut f = fs::OpenOptions::new()
         .write(true)
         .create(true)
@@ -87,8 +107,11 @@ fn write_temp(tmp: &Path, bytes: &[u8], mode: u32, cut: &mut dyn Cut) -> io::Res
     at(cut, Step::HalfWritten)?;
     f.write_all(rest)?;
     at(cut, Step::Written)?;
-    f.sync_all()?;
-    at(cut, Step::Synced)
+    if sync == Sync::Durable {
+        f.sync_all()?;
+        at(cut, Step::Synced)?;
+    }
+    Ok(())
 }
 
 /// The temporary name [`replace`] uses for `name`.
@@ -102,6 +125,17 @@ pub fn replace(dir: &Path, name: &str, bytes: &[u8], mode: u32) -> io::Result<Pa
     replace_cut(dir, name, bytes, mode, &mut Uncut)
 }
 
+/// [`replace`] with a choice of [`Sync`].
+pub fn replace_as(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+    sync: Sync,
+) -> io::Result<PathBuf> {
+    replace_as_cut(dir, name, bytes, mode, sync, &mut Uncut)
+}
+
 /// [`replace`] with a [`Cut`] (tests).
 pub fn replace_cut(
     dir: &Path,
@@ -110,13 +144,27 @@ pub fn replace_cut(
     mode: u32,
     cut: &mut dyn Cut,
 ) -> io::Result<PathBuf> {
+    replace_as_cut(dir, name, bytes, mode, Sync::Durable, cut)
+}
+
+fn replace_as_cut(
+    dir: &Path,
+    name: &str,
+    bytes: &[u8],
+    mode: u32,
+    sync: Sync,
+    cut: &mut dyn Cut,
+) -> io::Result<PathBuf> {
     let (tmp, path) = (dir.join(temp_name(name)), dir.join(name));
     let written = (|| {
-        write_temp(&tmp, bytes, mode, cut)?;
+        write_temp_as(&tmp, bytes, mode, sync, cut)?;
         fs::rename(&tmp, &path)?;
         at(cut, Step::Visible)?;
-        sync_dir(dir)?;
-        at(cut, Step::DirSynced)
+        if sync == Sync::Durable {
+            sync_dir(dir)?;
+            at(cut, Step::DirSynced)?;
+        }
+        Ok(())
     })();
     if let Err(e) = &written
         && !was_cut(e)

@@ -8,11 +8,14 @@
 //!   the ownership marker (ifalias) set on links the agent creates.
 //! - [`node_config`]: what one node serves ([`NodeConfig`]) and its validation.
 //! - [`allocation`]: what `Allocate` tells the CNI about a device ([`AllocationRecord`]) and where it is kept.
+//! - [`attach_claim`]: the CNI's word that the tap at a device's index is the link it made for it
+//!   ([`AttachClaim`]), what PreStartContainer accepts a tap in another netns by.
 //! - [`reservation`]: the kernel-wide tap-index reservations ([`TapReservations`]).
 //! - [`durable`]: how the state directory's files are written so a crash at any instant leaves the old or the new
 //!   content.
 
 pub mod allocation;
+pub mod attach_claim;
 pub mod device;
 pub mod durable;
 pub mod mode;
@@ -21,6 +24,7 @@ pub mod node_config;
 pub mod reservation;
 
 pub use allocation::{AllocationError, AllocationRecord, is_tap_index};
+pub use attach_claim::AttachClaim;
 pub use mode::{MacvtapMode, UnknownMode};
 pub use names::{
     MAX_IFNAME_LEN, MAX_RESOURCE_NAME_LEN, NameError, validate_ifname, validate_resource_name,

@@ -11,7 +11,8 @@
 //! - [`resource_state`]: what each served resource reports (serving, registered, health, last error).
 //! - [`netmon`]: host links pushed from rtnetlink multicast events; discovery rules.
 //! - [`records`]: this node's allocation records and tap-index reservations, repaired of crash leftovers;
-//!   [`tap_index_key`]: the node-local secret that orders tap-index candidates.
+//!   [`tap_index_key`]: the node-local secret that orders tap-index candidates; [`tap_owner`]: whose tap a
+//!   device's index is when PreStartContainer runs (no squatting).
 //! - [`cleanup`]: cleanup of host links no pod holds (asks the kubelet's PodResources).
 //! - [`original`]: the rule that adopts links the original kubevirt/macvtap-cni left for our slots.
 //! - [`status`]: the status writer. [`install`]: `install-cni`. [`health`]: the probes; [`metrics`]: the
@@ -37,6 +38,7 @@ pub mod records;
 pub mod resource_state;
 pub mod status;
 pub mod tap_index_key;
+pub mod tap_owner;
 
 /// Version reported in `MacvtapNodeState.status.agentVersion`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

@@ -21,8 +21,10 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use macvtap_api::ResourceConfig;
+use macvtap_core::AttachClaim;
 use macvtap_core::MacvtapMode;
 use macvtap_core::allocation::{self, AllocationError, AllocationRecord, node_dir};
+use macvtap_core::attach_claim::{self, claims_dir};
 use macvtap_core::device::slot_of;
 use macvtap_core::durable;
 use macvtap_core::reservation::{TapReservations, owner};
@@ -113,6 +115,8 @@ pub struct NodeRecords {
     key: TapIndexKey,
     /// Over `/sys` (tests point it elsewhere).
     taps: Mutex<TapScanner>,
+    /// This boot's ID: a CNI's attach claim of another boot proves nothing.
+    boot_id: String,
     repaired: Family<WhatLabel, Counter>,
 }
 
@@ -148,6 +152,10 @@ impl NodeRecords {
             },
             key,
             taps: Mutex::new(TapScanner::new(sys)),
+            boot_id: attach_claim::boot_id().map_err(|source| AllocationError::Io {
+                path: PathBuf::from("/proc/sys/kernel/random/boot_id"),
+                source,
+            })?,
             repaired,
         };
         match origin {
@@ -158,7 +166,12 @@ impl NodeRecords {
                 format_args!("the tap-index key was unusable ({why}): a new one orders tap indices from now on"),
             ),
         }
+        let claims = claims_dir(&records.node_dir);
         let swept = durable::sweep_temps(&records.node_dir, ".")
+            .and_then(|mut names| {
+                names.extend(durable::sweep_temps(&claims, ".")?);
+                Ok(names)
+            })
             .map_err(|e| AllocationError::Io {
                 path: records.node_dir.clone(),
                 source: e,
@@ -227,6 +240,26 @@ impl NodeRecords {
     /// Every macvtap tap on the machine (any netns).
     pub fn taps(&self) -> io::Result<Vec<TapDevice>> {
         self.taps.lock().unwrap_or_else(|p| p.into_inner()).scan()
+    }
+
+    /// The device number of the tap of host link `name` at ifindex `index`, if this (the host) netns has it.
+    pub fn host_tap_device(&self, name: &str, index: u32) -> io::Result<Option<(u64, u64)>> {
+        let sys = self
+            .taps
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .sys()
+            .to_path_buf();
+        macvtap_link::tap::tap_device_in_netns(&sys, name, index)
+    }
+
+    /// The CNI's attach claim for `device_id` (see [`crate::tap_owner`]).
+    pub fn claim(&self, device_id: &str) -> Result<Option<AttachClaim>, AllocationError> {
+        AttachClaim::read(&self.node_dir, device_id)
+    }
+
+    pub fn boot_id(&self) -> &str {
+        &self.boot_id
     }
 
     /// The tap indices some macvtap has now.
@@ -405,6 +438,7 @@ impl NodeRecords {
     /// reserved).
     pub fn forget(&self, r: &Reservation) -> Result<(), AllocationError> {
         if r.current {
+            AttachClaim::remove(&self.node_dir, &r.device_id)?;
             AllocationRecord::remove(&self.node_dir, &r.device_id)?;
         }
         self.reservations
