@@ -74,6 +74,19 @@ fn add_creates_the_link_in_the_pod_at_the_announced_index() {
         let tap = f.pod_tap("net1");
         assert_eq!(tap.index, n);
         assert_eq!(tap.node_dev, tap.sysfs_dev, "/dev/tap{n} is net1's tap");
+        // The claim the agent's PreStartContainer hands the tap over on: this device, this boot.
+        let claim = macvtap_core::AttachClaim::read(&f.alloc_dir, &id)
+            .unwrap()
+            .expect("the attach claim");
+        assert_eq!((claim.tap_index, claim.ifname.as_str()), (n, "net1"));
+        assert_eq!(
+            nix::sys::stat::makedev(claim.major, claim.minor),
+            tap.node_dev
+        );
+        assert_eq!(
+            claim.boot_id,
+            macvtap_core::attach_claim::boot_id().unwrap()
+        );
         assert_eq!((tap.uid, tap.gid), (4242, 4343));
         let arp = f
             .pod
