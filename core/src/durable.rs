@@ -1,3 +1,4 @@
+// Over 400 lines only by its unit tests, which cut a write after every step.
 //! Files of the state directory that survive a crash or a power loss at any instant: a reader (after a reboot too)
 //! finds the old content or the new one, never an empty or half-written file.
 //!

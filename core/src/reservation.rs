@@ -1,3 +1,4 @@
+// Over 400 lines only by its unit tests (crash cuts, reclaiming, concurrency).
 //! The tap-index reservations of one kernel: one file `taps/<N>` per index, holding its owner `<node>/<deviceID>`,
 //! so two agents (or two Allocates) never get one index.
 //!

@@ -1,3 +1,4 @@
+// Over 400 lines only by its unit tests (fake /dev and /sys trees for every refusal).
 //! The tap character device of a macvtap link, `/dev/tap<ifindex>`, and the proof that a node is that link's.
 //!
 //! Why a proof is needed: the kernel names the node after the link's ifindex *in the link's current netns*, but

@@ -6,7 +6,8 @@
 //! - [`config`]: the configuration sources (legacy `DP_MACVTAP_CONF`, a watched file with the same JSON, the
 //!   node's `MacvtapNodeState`).
 //! - [`device_plugin`]: per resource, its device pool, the kubelet device plugin gRPC service, and registration.
-//! - [`allocator`]: preferred allocation and Allocate of one device ID (the host link, the tap it answers).
+//! - [`allocator`]: Allocate and PreStartContainer of one device ID (the tap index it answers, the host link, no
+//!   squatter's tap); [`preferred`]: which slots GetPreferredAllocation offers first.
 //! - [`link_writer`]: the one writer of host links (Allocate, adoption, cleanup take turns).
 //! - [`resource_state`]: what each served resource reports (serving, registered, health, last error).
 //! - [`netmon`]: host links pushed from rtnetlink multicast events; discovery rules.
@@ -34,6 +35,7 @@ pub mod link_writer;
 pub mod metrics;
 pub mod netmon;
 pub mod original;
+pub mod preferred;
 pub mod records;
 pub mod resource_state;
 pub mod status;
