@@ -84,7 +84,7 @@ pub enum Sync {
     ThisBoot,
 }
 
-/// Write `bytes` to `tmp` (created or truncated, `mode`) and fsync it.
+/// Write `bytes` to a new file `tmp` (`mode`) and fsync it.
 fn write_temp(tmp: &Path, bytes: &[u8], mode: u32, cut: &mut dyn Cut) -> io::Result<()> {
     write_temp_as(tmp, bytes, mode, Sync::Durable, cut)
 }
@@ -96,10 +96,15 @@ fn write_temp_as(
     sync: Sync,
     cut: &mut dyn Cut,
 ) -> io::Result<()> {
+    // A fresh inode, never a stale temporary file reopened: one a crash left linked to a visible name (between
+    // `link` and its removal) would otherwise be truncated under that name.
+    match fs::remove_file(tmp) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
     let mut f = fs::OpenOptions::new()
         .write(true)
-        .create(true)
-        .truncate(true)
+        .create_new(true)
         .mode(mode)
         .open(tmp)?;
     at(cut, Step::TempCreated)?;
@@ -385,6 +390,15 @@ pub(crate) mod tests {
             sweep_temps(dir.path(), ".me").unwrap();
             assert!(!dir.path().join(".me.tmp").exists());
         }
+        // A crash between `link` and the temp's removal, then the same writer again: the visible file keeps its
+        // content (the temp name gets a new inode).
+        let dir = tempfile::tempdir().unwrap();
+        let mut cut = CutAfter::new(Some(Step::DirSynced));
+        assert!(create_new(dir.path(), "7", ".me.tmp", b"first", 0o644, &mut cut).is_err());
+        assert!(create_new(dir.path(), "8", ".me.tmp", b"second", 0o644, &mut Uncut).unwrap());
+        assert_eq!(fs::read_to_string(dir.path().join("7")).unwrap(), "first");
+        assert_eq!(fs::read_to_string(dir.path().join("8")).unwrap(), "second");
+
         let dir = tempfile::tempdir().unwrap();
         assert!(create_new(dir.path(), "7", ".a.tmp", b"a", 0o600, &mut Uncut).unwrap());
         assert!(!create_new(dir.path(), "7", ".b.tmp", b"b", 0o600, &mut Uncut).unwrap());
