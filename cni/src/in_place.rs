@@ -6,13 +6,15 @@
 //! Steps (after the PodResources check): lower device by name on the host socket (its index for `IFLA_LINK`, its MTU
 //! for the `mtu` check and the result) → IPAM ADD (its MAC goes into the creation) → create → prove `/dev/tapN` is
 //! the new link's tap ([`TapNode::verify`]) and chown it → in the pod: `arp_notify`/`ndisc_notify`, addresses and
-//! routes. A taken name or index creates nothing; any failure after the creation deletes the new link (never
+//! routes; then the [`AttachClaim`] (the agent's PreStartContainer hands the tap over only on it). A taken name or
+//! index creates nothing; any failure after the creation deletes the new link (never
 //! another: it is found by the index only this ADD could create there) and releases the IP.
 
 use std::fs::File;
 use std::io;
 
-use macvtap_core::AllocationRecord;
+use macvtap_core::attach_claim::boot_id;
+use macvtap_core::{AllocationRecord, AttachClaim};
 use macvtap_link::tap::TapNode;
 use macvtap_link::{LinkInfo, Netlink, PodMacvtap, format_mac, random_local_mac};
 
@@ -24,6 +26,8 @@ use crate::result::{ParsedResult, PodInterface};
 pub(crate) struct InPlace<'a> {
     pub conf: &'a NetConf,
     pub device_id: &'a str,
+    /// Where the record is, and the claim goes ([`AttachClaim`]).
+    pub node_dir: &'a std::path::Path,
     pub record: &'a AllocationRecord,
     pub netns: &'a File,
     pub netns_path: &'a str,
@@ -173,6 +177,20 @@ fn settle(p: &InPlace, ipam: Option<&ParsedResult>) -> Result<(), CniError> {
     })?;
     tap.chown(p.conf.owner, p.conf.group)
         .map_err(|e| CniError::system(format!("chown {}", tap.path().display()), e))?;
+    // The agent's PreStartContainer hands /dev/tapN to the containers only on this word (a tap at N made by anyone
+    // else is a squatter's).
+    let (major, minor) = tap.device();
+    let claim = AttachClaim {
+        tap_index: index,
+        ifname: p.ifname.to_string(),
+        major,
+        minor,
+        sysfs_node: tap.sysfs_node(),
+        boot_id: boot_id().map_err(|e| CniError::system("reading the boot ID", e))?,
+    };
+    claim
+        .write(p.node_dir, p.device_id)
+        .map_err(|e| CniError::system("writing the attach claim", e))?;
     match ipam {
         // Addresses need a netlink socket in the pod; the sysctls are set from the same thread.
         Some(ipam) => netlink_in(p.netns_path, async |nl| {

@@ -53,10 +53,13 @@ pub fn add(req: &Request, conf: &NetConf, env: &Env) -> Result<Value, CniError> 
     };
     // Allocated in place (the agent's record): the pod's link is created in the pod. Else a host link the agent made
     // before in-place attach existed (or the original's): moved in.
-    if let Some(record) = read_record(&node, &device_id)? {
+    if let Some(record) = read_record(&node, &device_id)?
+        && let Some(node_dir) = &node.allocation_dir
+    {
         let plan = InPlace {
             conf,
             device_id: &device_id,
+            node_dir,
             record: &record,
             netns: &netns,
             netns_path: &netns_path,
@@ -156,6 +159,15 @@ pub fn read_record(
         AllocationError::BadName(_) => CniError::new(
             Code::NotOurs,
             format!("deviceID {device_id:?} is not a device ID of macvtap-operator"),
+            e.to_string(),
+        ),
+        // Left unreadable by a crash: the agent re-derives it (each cleanup pass, or the device's next Allocate or
+        // PreStartContainer); the kubelet retries the sandbox.
+        AllocationError::BadRecord { .. } => CniError::new(
+            Code::TryAgainLater,
+            format!(
+                "the allocation record of deviceID {device_id:?} cannot be read; the node agent repairs it, retry"
+            ),
             e.to_string(),
         ),
         _ => CniError::system(format!("reading the allocation record of {device_id:?}"), e),

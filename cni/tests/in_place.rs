@@ -75,6 +75,19 @@ fn add_creates_the_link_in_the_pod_at_the_announced_index() {
         let tap = f.pod_tap("net1");
         assert_eq!(tap.index, n);
         assert_eq!(tap.node_dev, tap.sysfs_dev, "/dev/tap{n} is net1's tap");
+        // The claim the agent's PreStartContainer hands the tap over on: this device, this boot.
+        let claim = macvtap_core::AttachClaim::read(&f.alloc_dir, &id)
+            .unwrap()
+            .expect("the attach claim");
+        assert_eq!((claim.tap_index, claim.ifname.as_str()), (n, "net1"));
+        assert_eq!(
+            nix::sys::stat::makedev(claim.major, claim.minor),
+            tap.node_dev
+        );
+        assert_eq!(
+            claim.boot_id,
+            macvtap_core::attach_claim::boot_id().unwrap()
+        );
         assert_eq!((tap.uid, tap.gid), (4242, 4343));
         let arp = f
             .pod
@@ -134,6 +147,34 @@ fn a_record_is_no_permission_without_the_kubelets_word() {
     f.call("ADD", "net1")
         .run(&conf("1.0.0", "../x", json!({})))
         .err(101);
+}
+
+/// A record a crash left empty or half-written: a clear "retry" (11), nothing created; once the agent has
+/// re-derived it, the next ADD attaches at its index.
+#[test]
+fn an_unreadable_record_is_a_retry_and_its_repair_attaches() {
+    let f = Fixture::new();
+    let id = device_id("dataplane", 0);
+    let n = f.alloc_in_place(&id);
+    let path = f.alloc_dir.join(format!("{id}.json"));
+    let good = std::fs::read(&path).unwrap();
+    for garbage in ["", "{\"resource\":\"datap"] {
+        std::fs::write(&path, garbage).unwrap();
+        let msg = f
+            .call("ADD", "net1")
+            .run(&conf("1.0.0", &id, json!({})))
+            .err(11);
+        assert!(
+            msg.contains("cannot be read") && msg.contains("retry"),
+            "{msg}"
+        );
+        assert!(pod_links(&f).is_empty());
+    }
+    std::fs::write(&path, good).unwrap();
+    f.call("ADD", "net1")
+        .run(&conf("1.0.0", &id, json!({})))
+        .ok();
+    assert_eq!(f.pod_link("net1").unwrap().index, n);
 }
 
 /// Clashes fail cleanly: a taken name (104) or index (106) in the pod creates nothing; an index another netns's

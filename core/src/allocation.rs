@@ -7,8 +7,8 @@
 //! Files, under one state directory on the host ([`DEFAULT_STATE_DIR`], a hostPath):
 //! - `nodes/<node>/<deviceID>.json`: the record of a device of that node ([`record_path`]); per node because several
 //!   nodes may share one kernel and one state directory (the e2e cluster does), and device IDs repeat across nodes;
-//! - `taps/<N>`: the reservation of tap index `N` ([`TapReservations`]), created with `O_EXCL`, holding its owner
-//!   `<node>/<deviceID>`. One directory per kernel: `/dev/tapN` is one name for the whole machine, and two macvtaps
+//! - `taps/<N>`: the reservation of tap index `N` ([`crate::reservation`]), created with `O_EXCL` semantics,
+//!   holding its owner `<node>/<deviceID>`. One directory per kernel: `/dev/tapN` is one name for the whole machine, and two macvtaps
 //!   with one ifindex (in different netns) leave the second without a tap node, silently.
 //!
 //! Tap indices come from a dedicated range ([`TAP_INDEX_FIRST`], [`TAP_INDEX_COUNT`]) far above what the kernel
@@ -22,11 +22,12 @@
 //! still be there for the CNI to recreate that tap.
 
 use std::fs;
-use std::io::{self, Write};
+use std::io;
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::durable;
 use crate::mode::MacvtapMode;
 use crate::names::{validate_ifname, validate_resource_name};
 
@@ -37,9 +38,9 @@ pub const DEFAULT_STATE_DIR: &str = "/var/lib/macvtap-operator";
 pub const TAP_INDEX_FIRST: u32 = 1_900_000_000;
 /// How many tap indices the range holds (2^24).
 pub const TAP_INDEX_COUNT: u32 = 1 << 24;
-/// How many taken indices [`TapReservations::reserve`] skips before giving up (a full range would need millions of
+/// How many taken indices [`crate::TapReservations::reserve`] skips before giving up (a full range would need millions of
 /// devices on one machine; this bounds the work when something is badly wrong).
-const MAX_PROBES: u32 = 65_536;
+pub(crate) const MAX_PROBES: u32 = 65_536;
 
 /// Whether `index` is in the range in-place links are created with.
 pub fn is_tap_index(index: u32) -> bool {
@@ -76,7 +77,7 @@ pub enum AllocationError {
     Exhausted { dir: PathBuf },
 }
 
-fn io_at(path: &Path) -> impl FnOnce(io::Error) -> AllocationError + '_ {
+pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> AllocationError + '_ {
     move |source| AllocationError::Io {
         path: path.to_path_buf(),
         source,
@@ -85,7 +86,7 @@ fn io_at(path: &Path) -> impl FnOnce(io::Error) -> AllocationError + '_ {
 
 /// A node name or device ID used as a file name: letters, digits, `-`, `_`, `.`, starting with a letter or digit
 /// (device IDs come from a NetworkAttachmentDefinition: no `/`, no `..`, no hidden temporary names).
-fn check_component(name: &str) -> Result<(), AllocationError> {
+pub(crate) fn check_component(name: &str) -> Result<(), AllocationError> {
     let ok = !name.is_empty()
         && name.len() <= 200
         && name.as_bytes()[0].is_ascii_alphanumeric()
@@ -149,22 +150,44 @@ impl AllocationRecord {
         }
     }
 
-    /// Write the record of `device_id` atomically (temporary file, then rename): a reader sees the old record or the
-    /// new one, never half of one.
+    /// Write the record of `device_id` durably ([`durable::replace`]): a reader, after a crash or a power loss too,
+    /// sees the old record or the new one, never an empty or half-written one.
     pub fn write(&self, node_dir: &Path, device_id: &str) -> Result<PathBuf, AllocationError> {
+        self.write_cut(node_dir, device_id, &mut durable::Uncut)
+    }
+
+    /// [`AllocationRecord::write`] with a [`durable::Cut`] (tests).
+    pub fn write_cut(
+        &self,
+        node_dir: &Path,
+        device_id: &str,
+        cut: &mut dyn durable::Cut,
+    ) -> Result<PathBuf, AllocationError> {
         let path = record_path(node_dir, device_id)?;
         fs::create_dir_all(node_dir).map_err(io_at(node_dir))?;
-        let tmp = node_dir.join(format!(".{device_id}.tmp"));
-        let written = (|| {
-            let mut f = fs::File::create(&tmp)?;
-            f.write_all(self.to_json().as_bytes())?;
-            fs::rename(&tmp, &path)
-        })();
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
+        let name = format!("{device_id}.json");
+        durable::replace_cut(node_dir, &name, self.to_json().as_bytes(), 0o644, cut)
+            .map_err(io_at(&path))
+    }
+
+    /// The device IDs of every record file in `node_dir` (readable or not), sorted.
+    pub fn device_ids(node_dir: &Path) -> Result<Vec<String>, AllocationError> {
+        let entries = match fs::read_dir(node_dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(io_at(node_dir)(e)),
+        };
+        let mut ids = Vec::new();
+        for entry in entries {
+            let name = entry.map_err(io_at(node_dir))?.file_name();
+            if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json"))
+                && check_component(id).is_ok()
+            {
+                ids.push(id.to_string());
+            }
         }
-        written.map_err(io_at(&path))?;
-        Ok(path)
+        ids.sort();
+        Ok(ids)
     }
 
     /// Remove the record of `device_id`; `Ok(false)` when there was none.
@@ -175,148 +198,6 @@ impl AllocationRecord {
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
             Err(e) => Err(io_at(&path)(e)),
         }
-    }
-}
-
-/// The tap-index reservations of one kernel: one file `taps/<N>` per index, created with `O_EXCL` so two agents
-/// (or two Allocates) never get one index, holding its owner `<node>/<deviceID>`.
-#[derive(Debug, Clone)]
-pub struct TapReservations {
-    dir: PathBuf,
-}
-
-/// The owner string of a reservation.
-pub fn owner(node: &str, device_id: &str) -> String {
-    format!("{node}/{device_id}")
-}
-
-impl TapReservations {
-    pub fn new(state_dir: &Path) -> Self {
-        Self {
-            dir: taps_dir(state_dir),
-        }
-    }
-
-    /// Reservations kept in `dir` instead of `<state>/taps` (a test or a machine whose agents do not share one
-    /// state directory but share one kernel).
-    pub fn in_dir(dir: PathBuf) -> Self {
-        Self { dir }
-    }
-
-    pub fn dir(&self) -> &Path {
-        &self.dir
-    }
-
-    /// [`TapReservations::reserve`] seeded by the owner's name, so a device tends to get the index it had before.
-    pub fn reserve_for(
-        &self,
-        owner: &str,
-        in_use: impl FnMut(u32) -> bool,
-    ) -> Result<u32, AllocationError> {
-        self.reserve(owner, Self::seed(owner), in_use)
-    }
-
-    /// The seed [`TapReservations::reserve_for`] uses for `owner`.
-    pub fn seed(owner: &str) -> u64 {
-        xxhash_rust::xxh64::xxh64(owner.as_bytes(), 0)
-    }
-
-    /// The indices to try for `seed`, in order: a start in the range picked by the seed, then the following ones,
-    /// wrapping around.
-    pub fn candidates(seed: u64) -> impl Iterator<Item = u32> {
-        let start = (seed % u64::from(TAP_INDEX_COUNT)) as u32;
-        (0..TAP_INDEX_COUNT).map(move |i| TAP_INDEX_FIRST + (start + i) % TAP_INDEX_COUNT)
-    }
-
-    /// Reserve a free index for `owner`: the first candidate of `seed` that `in_use` does not reject and whose file
-    /// does not exist yet. `in_use` is the caller's look at the kernel (an index some link already has).
-    pub fn reserve(
-        &self,
-        owner: &str,
-        seed: u64,
-        mut in_use: impl FnMut(u32) -> bool,
-    ) -> Result<u32, AllocationError> {
-        fs::create_dir_all(&self.dir).map_err(io_at(&self.dir))?;
-        for index in Self::candidates(seed).take(MAX_PROBES as usize) {
-            if in_use(index) {
-                continue;
-            }
-            let path = self.path(index);
-            match fs::OpenOptions::new()
-                .write(true)
-                .create_new(true)
-                .open(&path)
-            {
-                Ok(mut f) => {
-                    if let Err(e) = f.write_all(owner.as_bytes()) {
-                        let _ = fs::remove_file(&path);
-                        return Err(io_at(&path)(e));
-                    }
-                    return Ok(index);
-                }
-                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => continue,
-                Err(e) => return Err(io_at(&path)(e)),
-            }
-        }
-        Err(AllocationError::Exhausted {
-            dir: self.dir.clone(),
-        })
-    }
-
-    /// The owner of reservation `index`, if it exists. An empty owner is a reservation being written.
-    pub fn owner_of(&self, index: u32) -> Result<Option<String>, AllocationError> {
-        let path = self.path(index);
-        match fs::read_to_string(&path) {
-            Ok(s) => Ok(Some(s)),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io_at(&path)(e)),
-        }
-    }
-
-    /// Remove reservation `index` if `owner` holds it (never another owner's). `Ok(false)` when it is not `owner`'s.
-    pub fn release(&self, index: u32, owner: &str) -> Result<bool, AllocationError> {
-        if self.owner_of(index)?.as_deref() != Some(owner) {
-            return Ok(false);
-        }
-        let path = self.path(index);
-        match fs::remove_file(&path) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(io_at(&path)(e)),
-        }
-    }
-
-    /// Every reservation whose owner starts with `<node>/`, as (index, device ID).
-    pub fn of_node(&self, node: &str) -> Result<Vec<(u32, String)>, AllocationError> {
-        let prefix = format!("{node}/");
-        let entries = match fs::read_dir(&self.dir) {
-            Ok(e) => e,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(e) => return Err(io_at(&self.dir)(e)),
-        };
-        let mut out = Vec::new();
-        for entry in entries {
-            let entry = entry.map_err(io_at(&self.dir))?;
-            let Some(index) = entry
-                .file_name()
-                .to_str()
-                .and_then(|n| n.parse::<u32>().ok())
-            else {
-                continue;
-            };
-            // Released meanwhile by someone else: not ours to list.
-            if let Ok(Some(o)) = self.owner_of(index)
-                && let Some(id) = o.strip_prefix(&prefix)
-            {
-                out.push((index, id.to_string()));
-            }
-        }
-        out.sort();
-        Ok(out)
-    }
-
-    fn path(&self, index: u32) -> PathBuf {
-        self.dir.join(index.to_string())
     }
 }
 
@@ -404,6 +285,7 @@ mod tests {
             1,
             "no temporary file left"
         );
+        assert_eq!(AllocationRecord::device_ids(&nd).unwrap(), ["dpMvp0"]);
         std::fs::write(nd.join("bad.json"), "{}").unwrap();
         assert!(matches!(
             AllocationRecord::read(&nd, "bad"),
@@ -415,82 +297,27 @@ mod tests {
     }
 
     #[test]
-    fn candidates_stay_in_the_range_and_wrap() {
-        assert!(!is_tap_index(TAP_INDEX_FIRST - 1));
-        assert!(is_tap_index(TAP_INDEX_FIRST));
-        assert!(is_tap_index(TAP_INDEX_FIRST + TAP_INDEX_COUNT - 1));
-        assert!(!is_tap_index(TAP_INDEX_FIRST + TAP_INDEX_COUNT));
-        assert!(TAP_INDEX_FIRST + TAP_INDEX_COUNT <= i32::MAX as u32);
-        let c: Vec<u32> = TapReservations::candidates(u64::from(TAP_INDEX_COUNT) - 2)
-            .take(4)
-            .collect();
-        let last = TAP_INDEX_FIRST + TAP_INDEX_COUNT - 1;
-        assert_eq!(
-            c,
-            [last - 1, last, TAP_INDEX_FIRST, TAP_INDEX_FIRST + 1],
-            "wraps around"
-        );
-        assert_eq!(
-            TapReservations::candidates(u64::MAX).count(),
-            TAP_INDEX_COUNT as usize
-        );
-    }
-
-    #[test]
-    fn an_index_is_reserved_once_and_released_only_by_its_owner() {
-        let dir = tempfile::tempdir().unwrap();
-        let taps = TapReservations::new(dir.path());
-        let a = taps.reserve(&owner("n1", "dpMvp0"), 7, |_| false).unwrap();
-        assert_eq!(a, TAP_INDEX_FIRST + 7);
-        // Same seed: the reserved index and the ones `in_use` rejects are skipped.
-        let b = taps
-            .reserve(&owner("n2", "dpMvp0"), 7, |i| i == TAP_INDEX_FIRST + 8)
-            .unwrap();
-        assert_eq!(b, TAP_INDEX_FIRST + 9);
-        assert_eq!(taps.owner_of(a).unwrap().as_deref(), Some("n1/dpMvp0"));
-        assert_eq!(
-            taps.of_node("n1").unwrap(),
-            [(a, "dpMvp0".to_string())],
-            "n2's reservation is not n1's"
-        );
-        assert!(!taps.release(a, "n2/dpMvp0").unwrap(), "not n2's");
-        assert!(taps.release(a, "n1/dpMvp0").unwrap());
-        assert!(!taps.release(a, "n1/dpMvp0").unwrap());
-        assert_eq!(taps.owner_of(a).unwrap(), None);
-        assert!(matches!(
-            taps.reserve("x", 0, |_| true),
-            Err(AllocationError::Exhausted { .. })
-        ));
-    }
-
-    #[test]
-    fn concurrent_reservations_never_share_an_index() {
-        let dir = tempfile::tempdir().unwrap();
-        let got: Vec<u32> = std::thread::scope(|s| {
-            let hs: Vec<_> = (0..8)
-                .map(|t| {
-                    let taps = TapReservations::new(dir.path());
-                    s.spawn(move || {
-                        (0..50)
-                            .map(|i| {
-                                taps.reserve(
-                                    &owner("n", &format!("dpMvp{}", t * 50 + i)),
-                                    0,
-                                    |_| false,
-                                )
-                                .unwrap()
-                            })
-                            .collect::<Vec<_>>()
-                    })
-                })
-                .collect();
-            hs.into_iter().flat_map(|h| h.join().unwrap()).collect()
-        });
-        let unique: std::collections::BTreeSet<_> = got.iter().collect();
-        assert_eq!(unique.len(), 400);
-        assert_eq!(
-            TapReservations::new(dir.path()).of_node("n").unwrap().len(),
-            400
-        );
+    fn a_record_write_cut_at_any_step_leaves_the_old_or_the_new_record() {
+        use crate::durable::tests::{CutAfter, REPLACE_STEPS};
+        use crate::durable::{Step, sweep_temps};
+        for step in REPLACE_STEPS {
+            let dir = tempfile::tempdir().unwrap();
+            let nd = node_dir(dir.path(), "n1").unwrap();
+            let (old, new) = (record(TAP_INDEX_FIRST), record(TAP_INDEX_FIRST + 1));
+            old.write(&nd, "dpMvp0").unwrap();
+            let mut cut = CutAfter::new(Some(step));
+            assert!(new.write_cut(&nd, "dpMvp0", &mut cut).is_err());
+            let got = AllocationRecord::read(&nd, "dpMvp0").unwrap().unwrap();
+            let want = if cut.seen.contains(&Step::Visible) {
+                &new
+            } else {
+                &old
+            };
+            assert_eq!(&got, want, "{step:?}");
+            // Start-up sweeps the temporary file; only the record is left.
+            sweep_temps(&nd, ".").unwrap();
+            assert_eq!(AllocationRecord::device_ids(&nd).unwrap(), ["dpMvp0"]);
+            assert_eq!(fs::read_dir(&nd).unwrap().count(), 1, "{step:?}");
+        }
     }
 }

@@ -7,16 +7,24 @@
 //! - [`device`]: the device-ID scheme `<resource>Mvp<slot>`, the host link name `mvt` + 12 hex digits of XXH64, and
 //!   the ownership marker (ifalias) set on links the agent creates.
 //! - [`node_config`]: what one node serves ([`NodeConfig`]) and its validation.
-//! - [`allocation`]: what `Allocate` tells the CNI about a device ([`AllocationRecord`]), where it is kept, and the
-//!   kernel-wide tap-index reservations ([`TapReservations`]).
+//! - [`allocation`]: what `Allocate` tells the CNI about a device ([`AllocationRecord`]) and where it is kept.
+//! - [`attach_claim`]: the CNI's word that the tap at a device's index is the link it made for it
+//!   ([`AttachClaim`]), what PreStartContainer accepts a tap in another netns by.
+//! - [`reservation`]: the kernel-wide tap-index reservations ([`TapReservations`]).
+//! - [`durable`]: how the state directory's files are written so a crash at any instant leaves the old or the new
+//!   content.
 
 pub mod allocation;
+pub mod attach_claim;
 pub mod device;
+pub mod durable;
 pub mod mode;
 pub mod names;
 pub mod node_config;
+pub mod reservation;
 
-pub use allocation::{AllocationError, AllocationRecord, TapReservations, is_tap_index};
+pub use allocation::{AllocationError, AllocationRecord, is_tap_index};
+pub use attach_claim::AttachClaim;
 pub use mode::{MacvtapMode, UnknownMode};
 pub use names::{
     MAX_IFNAME_LEN, MAX_RESOURCE_NAME_LEN, NameError, validate_ifname, validate_resource_name,
@@ -24,3 +32,4 @@ pub use names::{
 pub use node_config::{
     DEFAULT_CAPACITY, DiscoveryConfig, InvalidNodeConfig, MAX_CAPACITY, NodeConfig, ResourceConfig,
 };
+pub use reservation::TapReservations;

@@ -1,3 +1,4 @@
+// Over 400 lines only by its unit tests (fake /dev and /sys trees for every refusal).
 //! The tap character device of a macvtap link, `/dev/tap<ifindex>`, and the proof that a node is that link's.
 //!
 //! Why a proof is needed: the kernel names the node after the link's ifindex *in the link's current netns*, but
@@ -53,6 +54,8 @@ pub struct TapNode {
     file: File,
     major: u64,
     minor: u64,
+    /// The inode of its `/sys/dev/char` entry: a new device (even one given the same number) gets a new one.
+    sysfs_node: u64,
 }
 
 impl TapNode {
@@ -90,10 +93,14 @@ impl TapNode {
         let (maj, min) = (major(md.rdev()), minor(md.rdev()));
         let char_dir = sys.join("dev/char");
         let suffix = owner_suffix(name, index);
-        let owner = std::fs::read_link(char_dir.join(format!("{maj}:{min}")))
+        let entry = char_dir.join(format!("{maj}:{min}"));
+        let owner = std::fs::read_link(&entry)
             .map_err(io(&char_dir))?
             .to_string_lossy()
             .into_owned();
+        let sysfs_node = std::fs::symlink_metadata(&entry)
+            .map_err(io(&char_dir))?
+            .ino();
         if !owner.ends_with(&suffix) {
             return Err(TapError::OtherDevice { path, owner });
         }
@@ -124,6 +131,7 @@ impl TapNode {
             file,
             major: maj,
             minor: min,
+            sysfs_node,
         })
     }
 
@@ -134,6 +142,11 @@ impl TapNode {
     /// The node's device number (major, minor).
     pub fn device(&self) -> (u64, u64) {
         (self.major, self.minor)
+    }
+
+    /// The inode of the device's `/sys/dev/char` entry ([`TapDevice::sysfs_node`]).
+    pub fn sysfs_node(&self) -> u64 {
+        self.sysfs_node
     }
 
     /// Change the node's owner and group; `None` leaves that one as it is.
@@ -157,11 +170,51 @@ fn owner_suffix(name: &str, index: u32) -> String {
     format!("/net/{name}/macvtap/tap{index}")
 }
 
-/// A macvtap's tap as `/sys/dev/char` shows it: the link's name and ifindex in its own netns.
+/// A macvtap's tap as `/sys/dev/char` shows it: the link's name and ifindex in its own netns, the device number,
+/// and the inode of the entry (what tells this device from a later one given the same number).
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct TapDevice {
     pub ifname: String,
     pub index: u32,
+    /// (major, minor).
+    pub device: (u64, u64),
+    pub sysfs_node: u64,
+}
+
+/// `<major>:<minor>`, a `/sys/dev/char` entry's name.
+fn parse_device(name: &std::ffi::OsStr) -> Option<(u64, u64)> {
+    let (maj, min) = name.to_str()?.split_once(':')?;
+    Some((maj.parse().ok()?, min.parse().ok()?))
+}
+
+/// The tap entry `entry` (a `/sys/dev/char` directory entry) names, if it is a macvtap's.
+fn tap_of(entry: &std::fs::DirEntry) -> Option<TapDevice> {
+    use std::os::unix::fs::DirEntryExt;
+    let device = parse_device(&entry.file_name())?;
+    // A device that went away while we looked has no tap any more.
+    let target = std::fs::read_link(entry.path()).ok()?;
+    let (ifname, index) = parse_tap_target(&target.to_string_lossy())?;
+    Some(TapDevice {
+        ifname,
+        index,
+        device,
+        sysfs_node: entry.ino(),
+    })
+}
+
+/// The device number of the tap of macvtap `name` with ifindex `index` in the netns whose sysfs is `sys` (its
+/// `class/net` shows only that netns's links); `None` when there is no such link or tap there.
+pub fn tap_device_in_netns(
+    sys: &Path,
+    name: &str,
+    index: u32,
+) -> std::io::Result<Option<(u64, u64)>> {
+    let path = sys.join(format!("class/net/{name}/macvtap/tap{index}/dev"));
+    match std::fs::read_to_string(&path) {
+        Ok(s) => Ok(parse_device(std::ffi::OsStr::new(s.trim()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Every macvtap tap on this machine, in any netns, from one read of `<sys>/dev/char` (not per-netns, unlike
@@ -170,13 +223,7 @@ pub struct TapDevice {
 pub fn tap_devices(sys: &Path) -> std::io::Result<Vec<TapDevice>> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir(sys.join("dev/char"))? {
-        // A device that went away while we looked has no tap any more.
-        let Ok(target) = std::fs::read_link(entry?.path()) else {
-            continue;
-        };
-        if let Some(tap) = parse_tap_target(&target.to_string_lossy()) {
-            out.push(tap);
-        }
+        out.extend(tap_of(&entry?));
     }
     out.sort();
     Ok(out)
@@ -199,6 +246,11 @@ impl TapScanner {
         }
     }
 
+    /// The sysfs it reads.
+    pub fn sys(&self) -> &Path {
+        &self.sys
+    }
+
     /// Every macvtap tap on this machine now.
     pub fn scan(&mut self) -> std::io::Result<Vec<TapDevice>> {
         use std::os::unix::fs::DirEntryExt;
@@ -209,10 +261,7 @@ impl TapScanner {
             let (name, ino) = (entry.file_name(), entry.ino());
             let tap = match self.seen.remove(&name) {
                 Some((seen_ino, tap)) if seen_ino == ino => tap,
-                // A device that went away while we looked has no tap any more.
-                _ => std::fs::read_link(entry.path())
-                    .ok()
-                    .and_then(|t| parse_tap_target(&t.to_string_lossy())),
+                _ => tap_of(&entry),
             };
             out.extend(tap.clone());
             next.insert(name, (ino, tap));
@@ -224,14 +273,11 @@ impl TapScanner {
 }
 
 /// `../../devices/virtual/net/<ifname>/macvtap/tap<index>` → its name and index.
-fn parse_tap_target(target: &str) -> Option<TapDevice> {
+fn parse_tap_target(target: &str) -> Option<(String, u32)> {
     let (rest, tap) = target.rsplit_once("/macvtap/tap")?;
     let index = tap.parse().ok()?;
     let (_, ifname) = rest.rsplit_once("/net/")?;
-    (!ifname.contains('/')).then(|| TapDevice {
-        ifname: ifname.to_string(),
-        index,
-    })
+    (!ifname.contains('/')).then(|| (ifname.to_string(), index))
 }
 
 #[cfg(test)]
@@ -287,6 +333,12 @@ mod tests {
         r.sysfs(10, 3, "something", 7);
         let tap = r.verify("mvt0123456789ab", 7).unwrap();
         assert_eq!(tap.device(), (246, 3));
+        assert_eq!(
+            tap.sysfs_node(),
+            std::fs::symlink_metadata(r.sys().join("dev/char/246:3"))
+                .unwrap()
+                .ino()
+        );
         // Held with O_PATH: the driver's open (which attaches a queue to a real tap) never ran.
         let fdinfo = std::fs::read_to_string(format!(
             "/proc/self/fdinfo/{}",
@@ -325,6 +377,11 @@ mod tests {
             parse_tap_target("../../devices/virtual/net/a/macvtap/tapx"),
             None
         );
+        assert_eq!(taps[1].device, (246, 4));
+        let ino = std::fs::symlink_metadata(r.sys().join("dev/char/246:4"))
+            .unwrap()
+            .ino();
+        assert_eq!(taps[1].sysfs_node, ino);
         assert!(tap_devices(Path::new("/nonexistent")).is_err());
         // The scanner answers the same, and sees a replaced entry (same name, new inode) afresh.
         let mut scanner = TapScanner::new(r.sys());
@@ -337,8 +394,20 @@ mod tests {
         )
         .unwrap();
         std::fs::rename(r.sys().join("dev/char/new"), r.sys().join("dev/char/246:4")).unwrap();
-        let again: Vec<u32> = scanner.scan().unwrap().iter().map(|t| t.index).collect();
-        assert_eq!(again, [7, 1_900_000_002]);
+        let again = scanner.scan().unwrap();
+        let indices: Vec<u32> = again.iter().map(|t| t.index).collect();
+        assert_eq!(indices, [7, 1_900_000_002]);
+        assert_ne!(again[1].sysfs_node, ino, "a new entry, a new inode");
+        // One netns's own view: its class/net.
+        let dir = r.sys().join("class/net/mvt0/macvtap/tap7");
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("dev"), "246:3\n").unwrap();
+        assert_eq!(
+            tap_device_in_netns(&r.sys(), "mvt0", 7).unwrap(),
+            Some((246, 3))
+        );
+        assert_eq!(tap_device_in_netns(&r.sys(), "mvt0", 8).unwrap(), None);
+        assert_eq!(tap_device_in_netns(&r.sys(), "other", 7).unwrap(), None);
     }
 
     #[test]

@@ -148,9 +148,10 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> anyhow::Resul
         .context("starting the netlink link monitor")?
     };
     let records = Arc::new(
-        NodeRecords::new(
+        NodeRecords::open(
             &opts.state,
             &crate::records::node_or_hostname(&opts.node_name),
+            metrics.state_repaired.clone(),
         )
         .context("the allocation record directory of this node")?,
     );

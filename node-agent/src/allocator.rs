@@ -1,5 +1,6 @@
-//! Allocation: which slots GetPreferredAllocation offers first, what Allocate does for one device ID, and what
-//! PreStartContainer does for a pod that has no network of ours.
+//! Allocation: what Allocate does for one device ID, and what PreStartContainer does (the host link for a pod
+//! that has no network of ours; no tap handed over that is not the device's). Which slots GetPreferredAllocation
+//! offers first is [`crate::preferred`].
 //!
 //! In-place attach (who does what): Allocate creates no link. It removes a stale host link of the device (a
 //! device-plugin-only pod's, or the original macvtap-cni's, adopted first, see [`crate::original`]), assigns the
@@ -19,12 +20,13 @@ use macvtap_core::device::slot_of;
 use tokio::sync::watch;
 use tonic::Status;
 
-use crate::cleanup::CleanupReport;
 use crate::link_writer::{LinkWriter, WriteTurn};
 use crate::metrics::Metrics;
-use crate::netmon::{self, LinkSnapshot};
+use crate::netmon;
 use crate::original;
 use crate::records::NodeRecords;
+use crate::tap_owner::{self, OwnTaps, TapOwner};
+use macvtap_link::tap::TapDevice;
 
 /// Device ID -> its last Allocate (since this process started), for cleanup's grace period.
 #[derive(Clone)]
@@ -75,6 +77,10 @@ fn refuse_unknown(cfg: &ResourceConfig, id: &str) -> Result<(), Status> {
             cfg.name, cfg.capacity
         ))),
     }
+}
+
+fn internal(cfg: &ResourceConfig, id: &str, what: &str, e: &dyn std::fmt::Display) -> Status {
+    Status::internal(format!("resource {}, device {id}: {what}: {e}", cfg.name))
 }
 
 fn lower_missing(cfg: &ResourceConfig) -> Status {
@@ -148,8 +154,9 @@ impl Allocator {
     }
 
     /// PreStartContainer of one device ID: when no link has its tap index yet (no CNI ADD made one in the pod),
-    /// the host link is created at that index, so the pod's `/dev/tapN` exists. Devices without a record (allocated
-    /// by an agent before in-place attach) already have their host link.
+    /// the host link is created at that index, so the pod's `/dev/tapN` exists. A tap at the index is accepted only
+    /// when it is provably this device's ([`crate::tap_owner`]); a squatter's is refused, named, never handed over.
+    /// Devices without a record (allocated by an agent before in-place attach) already have their host link.
     pub async fn pre_start(
         &self,
         cfg: &ResourceConfig,
@@ -157,31 +164,21 @@ impl Allocator {
         mode: macvtap_link::MacvtapMode,
     ) -> Result<(), Status> {
         refuse_unknown(cfg, id)?;
-        let internal = |what: &str, e: &dyn std::fmt::Display| {
-            Status::internal(format!("resource {}, device {id}: {what}: {e}", cfg.name))
-        };
         let Some(record) = self
             .records
-            .record(id)
-            .map_err(|e| internal("reading its allocation record", &e))?
+            .record_for(cfg, id)
+            .map_err(|e| internal(cfg, id, "reading its allocation record", &e))?
         else {
             return Ok(());
         };
         let index = record.tap_index;
-        let tapped = || -> Result<bool, Status> {
-            let taps = self
-                .records
-                .taps()
-                .map_err(|e| internal("listing taps", &e))?;
-            Ok(taps.iter().any(|t| t.index == index))
-        };
-        if tapped()? {
+        if self.tap_is_ours(cfg, id, index).await? {
             return Ok(());
         }
         let turn = self.writer.turn().await;
         self.recent.note(id);
         // Looked at again in our turn: another PreStart of this pod may have just made it.
-        if tapped()? {
+        if self.tap_is_ours(cfg, id, index).await? {
             return Ok(());
         }
         let link = turn
@@ -190,6 +187,8 @@ impl Allocator {
             .map_err(|e| match e {
                 macvtap_link::Error::LowerDeviceNotFound(_) => lower_missing(cfg),
                 other => internal(
+                    cfg,
+                    id,
                     &format!(
                         "creating the {mode} host link at index {index} on {}",
                         record.lower_device
@@ -201,7 +200,7 @@ impl Allocator {
         let taps = self
             .records
             .taps()
-            .map_err(|e| internal("listing taps", &e))?;
+            .map_err(|e| internal(cfg, id, "listing taps", &e))?;
         let owners: Vec<_> = taps.iter().filter(|t| t.index == index).collect();
         if owners.len() != 1 || owners[0].ifname != link.name {
             let _ = turn.delete_link(link.index).await;
@@ -213,6 +212,84 @@ impl Allocator {
         tracing::info!(resource = %cfg.name, device = %id, link = %link.name, tap_index = index,
             "host link created for a pod without a network of ours");
         Ok(())
+    }
+
+    /// Whether tap `index` is this device's now: `Ok(false)` when no link has it (the host link is to be made),
+    /// an error naming the squatter when only links that are not this device's have it.
+    async fn tap_is_ours(
+        &self,
+        cfg: &ResourceConfig,
+        id: &str,
+        index: u32,
+    ) -> Result<bool, Status> {
+        let taps = self
+            .records
+            .taps()
+            .map_err(|e| internal(cfg, id, "listing taps", &e))?;
+        if !taps.iter().any(|t| t.index == index) {
+            return Ok(false);
+        }
+        let handle = self.writer.read_handle();
+        let host_name = macvtap_link::host_link_name(id);
+        let host_link = match netmon::read_link(handle, &host_name).await {
+            Ok(Some(l)) if l.index == index && crate::cleanup::our_device_id(&l) == Some(id) => {
+                self.records
+                    .host_tap_device(&host_name, index)
+                    .map_err(|e| internal(cfg, id, "reading its host link's tap", &e))?
+            }
+            Ok(_) => None,
+            Err(e) => return Err(internal(cfg, id, "reading its host link", &e)),
+        };
+        let claim = self
+            .records
+            .claim(id)
+            .map_err(|e| internal(cfg, id, "reading the CNI's attach claim", &e))?;
+        let own = OwnTaps {
+            host_link: host_link.map(|d| (host_name.as_str(), d)),
+            claim: claim.as_ref(),
+            boot_id: self.records.boot_id(),
+        };
+        match tap_owner::judge(&taps, index, &own) {
+            TapOwner::Nobody => Ok(false),
+            TapOwner::Ours { tap, others } => {
+                if !others.is_empty() {
+                    tracing::warn!(resource = %cfg.name, device = %id, tap_index = index, tap = %tap.ifname,
+                        others = %self.describe(&others), "other links also have this device's tap index (without /dev/tapN); the device's own tap is handed over");
+                }
+                Ok(true)
+            }
+            TapOwner::Squatted(squatters) => {
+                let who = self.describe(&squatters);
+                tracing::warn!(resource = %cfg.name, device = %id, tap_index = index, squatters = %who,
+                    "tap index squatted: /dev/tapN is not handed over");
+                Err(Status::failed_precondition(format!(
+                    "resource {}, device {id}: tap index {index} is held by {who}, which is not this device's \
+                     (neither its host link nor the link the CNI made for it): /dev/tap{index} is not handed \
+                     over; the container cannot start while that link has the index",
+                    cfg.name
+                )))
+            }
+        }
+    }
+
+    /// `link <name> (tap <major>:<minor>) in the host network namespace | in another network namespace`, joined.
+    fn describe(&self, taps: &[&TapDevice]) -> String {
+        taps.iter()
+            .map(|t| {
+                let on_host = self
+                    .records
+                    .host_tap_device(&t.ifname, t.index)
+                    .is_ok_and(|d| d == Some(t.device));
+                let (maj, min) = t.device;
+                let ns = if on_host {
+                    "in the host network namespace"
+                } else {
+                    "in another network namespace (a pod's)"
+                };
+                format!("link {} (tap {maj}:{min}) {ns}", t.ifname)
+            })
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// Adopts the host link named for `id` if it is the original's link for it (see [`crate::original`]).
@@ -243,130 +320,5 @@ impl Allocator {
                 false
             }
         }
-    }
-}
-
-/// How willing GetPreferredAllocation is to offer a slot, lowest first.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
-pub enum SlotRank {
-    /// No host link for it and no pod holding it.
-    Free,
-    /// A host link of ours or the original's is still there: a stale one, or an Allocate whose pod has not been
-    /// set up yet. Allocate would replace it, so it is offered only after free slots.
-    LinkPresent,
-    /// PodResources says a pod holds it (the kubelet offered it anyway, e.g. after losing track).
-    Held,
-    /// Its host link name is taken by a link that is not ours: Allocate would refuse it.
-    Blocked,
-}
-
-/// The rank of `id` of `cfg` given the host links and the latest cleanup report.
-pub fn slot_rank(
-    cfg: &ResourceConfig,
-    id: &str,
-    links: &LinkSnapshot,
-    cleanup: &CleanupReport,
-) -> SlotRank {
-    let link = links.get(&macvtap_link::host_link_name(id));
-    match link {
-        Some(l)
-            if crate::cleanup::our_device_id(l) != Some(id)
-                && !original::is_originals_link(l, id, links.get(&cfg.lower_device)) =>
-        {
-            SlotRank::Blocked
-        }
-        _ if cleanup.is_held(&cfg.name, id) => SlotRank::Held,
-        Some(_) => SlotRank::LinkPresent,
-        None => SlotRank::Free,
-    }
-}
-
-/// GetPreferredAllocation: the required IDs first, then by [`SlotRank`] (free slots before slots whose host link
-/// is still there, held or blocked ones last), lowest slot first within a rank, so allocations stay compact and
-/// predictable and a slot whose link may be in use is not offered while others are free.
-pub fn preferred(
-    resource: &str,
-    available: &[String],
-    must: &[String],
-    size: usize,
-    rank: impl Fn(&str) -> SlotRank,
-) -> Vec<String> {
-    let mut out: Vec<String> = must.iter().take(size).cloned().collect();
-    let mut rest: Vec<(SlotRank, u32, &String)> = available
-        .iter()
-        .filter(|id| !out.contains(id))
-        .filter_map(|id| slot_of(resource, id).map(|s| (rank(id), s, id)))
-        .collect();
-    rest.sort();
-    out.extend(
-        rest.into_iter()
-            .map(|(_, _, id)| id.clone())
-            .take(size.saturating_sub(out.len())),
-    );
-    out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::netmon::HostLink;
-    use crate::netmon::tests::link;
-    use std::collections::BTreeMap;
-
-    #[test]
-    fn preferred_takes_required_then_lowest() {
-        let avail: Vec<String> = ["dpMvp10", "dpMvp2", "dpMvp7", "dpMvp3"]
-            .map(String::from)
-            .into();
-        let got = preferred("dp", &avail, &["dpMvp7".into()], 3, |_| SlotRank::Free);
-        assert_eq!(got, vec!["dpMvp7", "dpMvp2", "dpMvp3"]);
-    }
-
-    #[test]
-    fn preferred_offers_slots_with_a_lingering_link_last() {
-        let cfg = ResourceConfig {
-            name: "dp".into(),
-            lower_device: "eth1".into(),
-            mode: Default::default(),
-            capacity: 6,
-            pool: None,
-        };
-        let mut eth1 = link(2, "eth1", None);
-        let macvtap = |id: &str, index: u32, alias: Option<String>| HostLink {
-            index,
-            name: macvtap_link::host_link_name(id),
-            kind: Some("macvtap".into()),
-            parent_index: Some(2),
-            alias,
-            ..eth1.clone()
-        };
-        let mut links = BTreeMap::new();
-        // dpMvp0: the original's link; dpMvp1: ours, stale; dpMvp2: a foreign link with our scheme name.
-        for l in [
-            macvtap("dpMvp0", 10, None),
-            macvtap("dpMvp1", 11, Some(macvtap_link::ownership_alias("dpMvp1"))),
-            macvtap("dpMvp2", 12, Some("someone-else".into())),
-        ] {
-            links.insert(l.name.clone(), l);
-        }
-        eth1.index = 2;
-        links.insert("eth1".into(), eth1);
-        let links: LinkSnapshot = Arc::new(links);
-        let cleanup = CleanupReport {
-            held: Some([("dp".to_string(), ["dpMvp3".to_string()].into())].into()),
-            skipped: None,
-        };
-        let rank = |id: &str| slot_rank(&cfg, id, &links, &cleanup);
-        assert_eq!(rank("dpMvp0"), SlotRank::LinkPresent);
-        assert_eq!(rank("dpMvp1"), SlotRank::LinkPresent);
-        assert_eq!(rank("dpMvp2"), SlotRank::Blocked);
-        assert_eq!(rank("dpMvp3"), SlotRank::Held);
-        assert_eq!(rank("dpMvp4"), SlotRank::Free);
-        let all: Vec<String> = (0..6).map(|i| format!("dpMvp{i}")).collect();
-        assert_eq!(
-            preferred("dp", &all, &[], 6, rank),
-            ["dpMvp4", "dpMvp5", "dpMvp0", "dpMvp1", "dpMvp3", "dpMvp2"]
-        );
-        assert_eq!(preferred("dp", &all, &[], 1, rank), ["dpMvp4"]);
     }
 }

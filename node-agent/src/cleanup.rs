@@ -108,6 +108,9 @@ impl Cleanup {
         let mut unheld_since: HashMap<String, Instant> = HashMap::new();
         let mut unrecorded_since: HashMap<String, Instant> = HashMap::new();
         loop {
+            // The state directory first: a record a crash left unreadable is re-derived before anything reads it.
+            self.records.repair_records(&self.resources.borrow());
+            self.records.reclaim_unowned();
             if self.pass(&mut unheld_since).await {
                 self.records_pass(&mut unrecorded_since).await;
             }

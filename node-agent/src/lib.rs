@@ -6,10 +6,14 @@
 //! - [`config`]: the configuration sources (legacy `DP_MACVTAP_CONF`, a watched file with the same JSON, the
 //!   node's `MacvtapNodeState`).
 //! - [`device_plugin`]: per resource, its device pool, the kubelet device plugin gRPC service, and registration.
-//! - [`allocator`]: preferred allocation and Allocate of one device ID (the host link, the tap it answers).
+//! - [`allocator`]: Allocate and PreStartContainer of one device ID (the tap index it answers, the host link, no
+//!   squatter's tap); [`preferred`]: which slots GetPreferredAllocation offers first.
 //! - [`link_writer`]: the one writer of host links (Allocate, adoption, cleanup take turns).
 //! - [`resource_state`]: what each served resource reports (serving, registered, health, last error).
 //! - [`netmon`]: host links pushed from rtnetlink multicast events; discovery rules.
+//! - [`records`]: this node's allocation records and tap-index reservations, repaired of crash leftovers;
+//!   [`tap_index_key`]: the node-local secret that orders tap-index candidates; [`tap_owner`]: whose tap a
+//!   device's index is when PreStartContainer runs (no squatting).
 //! - [`cleanup`]: cleanup of host links no pod holds (asks the kubelet's PodResources).
 //! - [`original`]: the rule that adopts links the original kubevirt/macvtap-cni left for our slots.
 //! - [`status`]: the status writer. [`install`]: `install-cni`. [`health`]: the probes; [`metrics`]: the
@@ -31,9 +35,12 @@ pub mod link_writer;
 pub mod metrics;
 pub mod netmon;
 pub mod original;
+pub mod preferred;
 pub mod records;
 pub mod resource_state;
 pub mod status;
+pub mod tap_index_key;
+pub mod tap_owner;
 
 /// Version reported in `MacvtapNodeState.status.agentVersion`.
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");

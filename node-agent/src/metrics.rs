@@ -25,6 +25,12 @@ pub struct ReasonLabel {
     pub reason: &'static str,
 }
 
+/// What was repaired in the state directory: a fixed set of values (see [`crate::records::Repair`]).
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WhatLabel {
+    pub what: &'static str,
+}
+
 /// Every metric the agent exports.
 #[derive(Default)]
 pub struct Metrics {
@@ -44,6 +50,8 @@ pub struct Metrics {
     pub links_removed: Counter,
     /// Tap indices (and their allocation records) released by cleanup once no pod holds the device.
     pub tap_indices_released: Counter,
+    /// Leftovers of a crash or garbage found in the state directory and repaired, by what was done.
+    pub state_repaired: Family<WhatLabel, Counter>,
     /// Links of the original macvtap-cni adopted (marker set) for one of our slots.
     pub links_adopted: Counter,
     /// Cleanup passes that removed nothing on purpose, by reason (`pod_resources_unreachable`,
@@ -101,6 +109,11 @@ impl Metrics {
             "tap_indices_released",
             "Tap indices and allocation records released by cleanup",
             self.tap_indices_released.clone(),
+        );
+        r.register(
+            "state_repaired",
+            "Crash leftovers or garbage in the state directory repaired (temporary file removed, unowned reservation reclaimed, record re-derived or removed, tap-index key replaced)",
+            self.state_repaired.clone(),
         );
         r.register(
             "links_adopted",

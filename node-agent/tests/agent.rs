@@ -893,3 +893,140 @@ async fn status_until(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// No squatting (issue 20): a macvtap someone else made at a device's tap index before PreStartContainer, in a pod's
+/// netns or in the host netns (even under our host link's name, without our marker), is refused and named; the
+/// container never gets that `/dev/tapN`. Once it is gone, PreStart makes the device's own host link there.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pre_start_refuses_a_squatters_tap_and_never_hands_it_over() {
+    require_root();
+    let mut node = Node::new("agent-squat").await;
+    node.start_agent_with_file(
+        r#"[{"name":"dp","lowerDevice":"lower0","capacity":4}]"#,
+        &[],
+    );
+    let res = resource("dp");
+    node.wait_for_healthy(&res, 4).await;
+    // A macvtap at `index` on `lower` in `ns`, as anyone with CAP_NET_ADMIN there can make.
+    let squat = |ns: &macvtap_e2e::netns::Netns, name: &str, lower: &str, index: u32| {
+        let index = index.to_string();
+        ns.ip(&[
+            "link", "add", "link", lower, "name", name, "index", &index, "type", "macvtap",
+        ])
+        .unwrap();
+    };
+
+    // A device-plugin-only pod (no CNI ADD): another pod, with CAP_NET_ADMIN in its own netns, took the index first.
+    let id = "dpMvp0";
+    node.kubelet
+        .allocate_ids("default", "victim", "c", &res, &[id])
+        .await
+        .unwrap();
+    let index = node.record(id).unwrap().tap_index;
+    let pod = macvtap_e2e::netns::Netns::new("agent-squat-pod").unwrap();
+    pod.add_veth("slower0", "speer0").unwrap();
+    squat(&pod, "evil0", "slower0", index);
+    let err = node
+        .kubelet
+        .pre_start_container(&res, &[id])
+        .await
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("evil0")
+            && err.contains("another network namespace")
+            && err.contains(&format!("/dev/tap{index} is not handed over")),
+        "{err}"
+    );
+    let host_name = macvtap_link::host_link_name(id);
+    assert!(
+        node.link(&host_name).is_none(),
+        "nothing made at a squatted index"
+    );
+    // Gone: the device's own host link at the index.
+    pod.ip(&["link", "del", "evil0"]).unwrap();
+    node.kubelet.pre_start_container(&res, &[id]).await.unwrap();
+    let link = node.link(&host_name).expect("host link made");
+    assert_eq!(ifindex_of(&link), u64::from(index));
+    macvtap_link::tap::TapNode::verify(&host_name, index).expect("/dev/tapN is the host link's");
+
+    // In the host netns: a link of another name, then one with our host link's name but not our marker.
+    let id = "dpMvp1";
+    node.kubelet
+        .allocate_ids("default", "victim2", "c", &res, &[id])
+        .await
+        .unwrap();
+    let index = node.record(id).unwrap().tap_index;
+    let host_name = macvtap_link::host_link_name(id);
+    for squatter in ["squat1", host_name.as_str()] {
+        squat(&node.netns, squatter, "lower0", index);
+        let err = node
+            .kubelet
+            .pre_start_container(&res, &[id])
+            .await
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains(&format!("link {squatter} "))
+                && err.contains("in the host network namespace")
+                && err.contains("is not handed over"),
+            "{err}"
+        );
+        let l = node.link(squatter).expect("the squatter is left alone");
+        assert!(l["ifalias"].is_null(), "and not adopted");
+        node.ip(&["link", "del", squatter]);
+    }
+    node.kubelet.pre_start_container(&res, &[id]).await.unwrap();
+    let link = node.link(&host_name).unwrap();
+    assert_eq!(link["ifalias"], macvtap_link::ownership_alias(id));
+    assert_eq!(ifindex_of(&link), u64::from(index));
+    assert!(node.agent.as_mut().unwrap().is_running());
+}
+
+/// Durable state (issue 24): what a power loss leaves in the state directory — an empty record of a device a pod
+/// holds, temporary files, a garbage tap-index key — is repaired at the next start and counted; the record comes
+/// back with the device's index (from its reservation), so its pod's `/dev/tapN` is still the one announced.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_repairs_what_a_crash_left_in_the_state_directory() {
+    use std::os::unix::fs::MetadataExt;
+    require_root();
+    let mut node = Node::new("agent-durable").await;
+    let config = r#"[{"name":"dp","lowerDevice":"lower0","mode":"vepa","capacity":2}]"#;
+    node.start_agent_with_file(config, &[]);
+    let res = resource("dp");
+    node.wait_for_healthy(&res, 2).await;
+    let key = node.state_dir().join("tap-index.key");
+    assert_eq!(std::fs::metadata(&key).unwrap().mode() & 0o777, 0o600);
+    let id = "dpMvp0";
+    node.kubelet
+        .allocate_ids("default", "vm", "c", &res, &[id])
+        .await
+        .unwrap();
+    let record = node.record(id).unwrap();
+    node.agent.take().unwrap().stop(Duration::from_secs(5));
+
+    let node_dir = node.state_dir().join("nodes/test-node");
+    std::fs::write(node_dir.join(format!("{id}.json")), "").unwrap();
+    std::fs::write(node_dir.join(".dpMvp1.json.tmp"), "{\"reso").unwrap();
+    std::fs::write(node.state_dir().join("taps/.test-node@dpMvp1.tmp"), "test-").unwrap();
+    std::fs::write(&key, "garbage").unwrap();
+    node.start_agent_with_file(config, &[]);
+    node.wait_for_healthy(&res, 2).await;
+    let repaired = |what: &str| {
+        node.metric(&format!(
+            "macvtap_agent_state_repaired_total{{what=\"{what}\"}}"
+        ))
+    };
+    assert!(
+        eventually(T, || repaired("record_rederived") == Some(1.0)).await,
+        "{}",
+        node.log()
+    );
+    assert_eq!(node.record(id), Some(record), "the same record, re-derived");
+    assert_eq!(repaired("temp_file_removed"), Some(2.0));
+    assert_eq!(repaired("tap_index_key_replaced"), Some(1.0));
+    assert_eq!(std::fs::metadata(&key).unwrap().mode() & 0o777, 0o600);
+    assert_eq!(std::fs::read(&key).unwrap().len(), 32);
+    assert!(!node_dir.join(".dpMvp1.json.tmp").exists());
+    assert!(node.log().contains("state directory repaired"));
+}

@@ -57,17 +57,15 @@ NS_FILES="{ns_files}"
 CGROUP_ROOTS="{cgroups}"
 ns_ids=
 for f in $NS_FILES; do
-  i=$(stat -L -c %i "$f" 2>/dev/null) && [ "$(stat -f -c %T "$f" 2>/dev/null)" = nsfs ] && ns_ids="$ns_ids mnt:[$i]"
+  i=$(stat -L -c %i "$f" 2>/dev/null) && [ "$(stat -f -c %T "$f" 2>/dev/null)" = nsfs ] && ns_ids="$ns_ids $i"
 done
 round=0
 while [ $round -lt 50 ]; do
   pids=
-  if [ -n "$ns_ids" ]; then
-    for p in /proc/[0-9]*; do
-      m=$(readlink "$p/ns/mnt" 2>/dev/null) || continue
-      for id in $ns_ids; do [ "$m" = "$id" ] && pids="$pids ${{p#/proc/}}"; done
-    done
-  fi
+  # One find per namespace reads every process's link (a readlink per process would fork hundreds of times a round).
+  for id in $ns_ids; do
+    pids="$pids $(find /proc/[0-9]*/ns/mnt -maxdepth 0 -lname "mnt:\[$id\]" 2>/dev/null | cut -d/ -f3 | tr '\n' ' ')"
+  done
   for r in $CGROUP_ROOTS; do
     for h in /sys/fs/cgroup/*/; do
       [ -d "$h$r" ] && pids="$pids $(find "$h$r" -name cgroup.procs -exec cat {{}} + 2>/dev/null | tr '\n' ' ')"

@@ -13,10 +13,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tonic::Status;
 
-use crate::allocator::{Allocator, preferred, slot_rank};
+use crate::allocator::Allocator;
 use crate::cleanup::CleanupReport;
 use crate::metrics::{Metrics, ResourceLabel};
 use crate::netmon::LinkSnapshot;
+use crate::preferred::{preferred, slot_rank};
 use crate::resource_state::ResourceStates;
 
 /// The device list advertised for `cfg` given the host links: `capacity` synthetic IDs, all Healthy while the
@@ -94,7 +95,7 @@ impl DevicePool {
         &self.inputs.states
     }
 
-    /// GetPreferredAllocation, per container (see [`crate::allocator::preferred`]), over one snapshot of the
+    /// GetPreferredAllocation, per container (see [`crate::preferred::preferred`]), over one snapshot of the
     /// links and the pods' devices.
     pub fn preferred(
         &self,
