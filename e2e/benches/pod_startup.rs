@@ -1,13 +1,18 @@
 //! What our part costs a user at pod start, on the real cluster: pod create → Running for a busybox pod with
-//! one macvtap network (device plugin Allocate + Multus + our CNI) and for the same pod without it, one pod at a
-//! time so the two series see the same node, p50/p95 over `PODS` pods each (default 20; `PODS=n` to change).
+//! one macvtap network (device plugin Allocate + Multus + our CNI, with the kubelet's PodResources check) and for
+//! the same pod without it:
+//! - one pod at a time so the two series see the same node, p50/p95 over `PODS` pods each (default 20);
+//! - a burst: `BURST` pods created at once on one node (default 50, a node starting its VMs; `BURST=0` skips it),
+//!   without and then with the network: create → all Running and each pod's create → Ready p50/p95, from the pods'
+//!   own timestamps (creation, `Ready` condition: whole seconds), not from polling; and the sandboxes that failed.
 //!
 //! Run: `cargo bench -p macvtap-e2e --bench pod_startup` (root; `make tools images` first).
 
 use std::time::{Duration, Instant};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, PostParams};
 use macvtap_e2e::cluster::resources::pool_ready;
 use macvtap_e2e::cluster::{Cluster, ClusterOptions};
 use macvtap_e2e::workspace::config_file;
@@ -51,11 +56,61 @@ async fn series(c: &Cluster, macvtap: bool, n: usize) -> Result<Vec<Duration>> {
     Ok(times)
 }
 
+/// The burst's figures from the pods' timestamps: (all Running in s, per-pod p50 s, per-pod p95 s, failed sandboxes).
+async fn burst(c: &Cluster, macvtap: bool, n: usize) -> Result<(i64, i64, i64, usize)> {
+    let api = Api::<Pod>::namespaced(c.client(), "default");
+    let prefix = format!("burst-{}-", if macvtap { "mvt" } else { "plain" });
+    let names: Vec<String> = (0..n).map(|i| format!("{prefix}{i}")).collect();
+    let creates = names.iter().map(|name| {
+        let api = api.clone();
+        async move {
+            api.create(&PostParams::default(), &pod(name, macvtap))
+                .await
+        }
+    });
+    for r in futures::future::join_all(creates).await {
+        r?;
+    }
+    let mut spans = Vec::new();
+    let (mut first, mut last) = (i64::MAX, i64::MIN);
+    for name in &names {
+        let p = c
+            .wait_running("default", name, Duration::from_secs(600))
+            .await?;
+        let span = p
+            .create_to_ready_secs()
+            .context("creation and Ready timestamps")?;
+        let created = p
+            .pod
+            .metadata
+            .creation_timestamp
+            .as_ref()
+            .context("created")?
+            .0
+            .as_second();
+        spans.push(span);
+        first = first.min(created);
+        last = last.max(created + span);
+    }
+    let failed = c.failed_sandboxes("default", &prefix).await?.len();
+    for name in &names {
+        c.delete_pod("default", name, Duration::from_secs(120))
+            .await?;
+    }
+    spans.sort_unstable();
+    let pct = |p: f64| spans[((spans.len() - 1) as f64 * p).round() as usize];
+    Ok((last - first, pct(0.5), pct(0.95), failed))
+}
+
 fn main() -> Result<()> {
     let n: usize = std::env::var("PODS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(20);
+    let burst_n: usize = std::env::var("BURST")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50);
     let rt = tokio::runtime::Runtime::new()?;
     rt.block_on(async {
         let t0 = Instant::now();
@@ -90,6 +145,18 @@ fn main() -> Result<()> {
             diff(0.5),
             diff(0.95)
         );
+        if burst_n > 0 {
+            println!(
+                "{burst_n} pods created at once on node-a (figures from the pods' timestamps, whole seconds):"
+            );
+            for (what, macvtap) in [("without macvtap", false), ("with one macvtap network", true)] {
+                let (all, p50, p95, failed) = burst(&c, macvtap, burst_n).await?;
+                println!(
+                    "  {what:<26} all Running {all:>3} s  each create -> Ready p50 {p50:>3} s  p95 {p95:>3} s  \
+                     FailedCreatePodSandBox {failed}"
+                );
+            }
+        }
         Ok(())
     })
 }

@@ -71,6 +71,25 @@ impl RunningPod {
             .cloned())
     }
 
+    /// Seconds from the pod's creation to its `Ready` condition, from its own timestamps (whole seconds, the API's
+    /// resolution): no polling in the figure.
+    pub fn create_to_ready_secs(&self) -> Option<i64> {
+        let created = self.pod.metadata.creation_timestamp.as_ref()?.0.as_second();
+        let ready = self
+            .pod
+            .status
+            .as_ref()?
+            .conditions
+            .as_ref()?
+            .iter()
+            .find(|c| c.type_ == "Ready")?
+            .last_transition_time
+            .as_ref()?
+            .0
+            .as_second();
+        Some(ready - created)
+    }
+
     /// The pod's `net1` (where the NADs of these tests attach it); an error names the links it has instead.
     pub fn net1(&self) -> Result<serde_json::Value> {
         self.link("net1")?
@@ -237,6 +256,24 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// Messages of the `FailedCreatePodSandBox` events of the pods in `ns` whose names start with `prefix`.
+    pub async fn failed_sandboxes(&self, ns: &str, prefix: &str) -> Result<Vec<String>> {
+        let events = Api::<k8s_openapi::api::core::v1::Event>::namespaced(self.client(), ns)
+            .list(&kube::api::ListParams::default().fields("reason=FailedCreatePodSandBox"))
+            .await?;
+        Ok(events
+            .items
+            .into_iter()
+            .filter(|e| {
+                e.involved_object
+                    .name
+                    .as_deref()
+                    .is_some_and(|n| n.starts_with(prefix))
+            })
+            .map(|e| e.message.unwrap_or_default())
+            .collect())
     }
 
     /// `kubectl get events` of one object, for error messages.

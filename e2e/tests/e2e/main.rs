@@ -11,6 +11,8 @@ mod chart_pods;
 mod kube_ovn;
 mod node_events;
 mod pools;
+mod refusals;
+mod squatters;
 mod support;
 mod upgrade;
 
@@ -39,6 +41,8 @@ use chart_pods::*;
 use kube_ovn::*;
 use node_events::*;
 use pools::*;
+use refusals::*;
+use squatters::*;
 use support::*;
 use upgrade::*;
 
@@ -85,12 +89,24 @@ fn end_to_end() {
                 Box::pin(kubelet_restart(c))
             }),
             (
+                "kubelet killed, socket left: agent unready, node state says why, pool Degraded; back: Ready",
+                |c| Box::pin(kubelet_outage(c)),
+            ),
+            (
+                "refusals by the real kubelet: another pod's device, no request, another resource, 11",
+                |c| Box::pin(refusals_by_the_kubelet(c)),
+            ),
+            (
                 "agent pod deleted: recreated, links in use untouched, orphans cleaned",
                 |c| Box::pin(agent_recreated(c)),
             ),
             ("node drained: devices free again", |c| Box::pin(drain(c))),
-            ("20 pods at once on one node", |c| {
-                Box::pin(twenty_at_once(c))
+            (
+                "squatter with CAP_NET_ADMIN takes guessable and flooded tap indices: victims get their own",
+                |c| Box::pin(squatters(c)),
+            ),
+            ("50 pods at once on one node, through the kubelet's rate limit", |c| {
+                Box::pin(fifty_at_once(c))
             }),
             ("capacity used up: Pending, Unschedulable", |c| {
                 Box::pin(capacity_exhausted(c))

@@ -126,3 +126,136 @@ pub async fn drain(c: &mut Cluster) -> Result<()> {
     check_tap(&back)?;
     c.delete_pod(&back.namespace, &back.name, GONE).await
 }
+
+/// The same link, still up: index, MAC, MTU, admin state (its counters move on, and a fresh macvtap's operstate
+/// goes from UNKNOWN to UP by itself).
+pub fn same_net1(now: &serde_json::Value, before: &serde_json::Value) -> bool {
+    let up = |l: &serde_json::Value| {
+        l["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "UP"))
+    };
+    ["ifindex", "address", "mtu"]
+        .iter()
+        .all(|k| now[k] == before[k])
+        && up(now)
+}
+
+/// `GET /readyz` of node-a's agent (host network, the chart's `agent.metricsPort`): the HTTP status.
+fn agent_readyz(c: &Cluster, node: &str) -> Result<u16> {
+    use std::io::{Read, Write};
+    let addr = std::net::SocketAddr::from((c.node(node).spec.ip, 9808));
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n")?;
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)?;
+    reply
+        .split_whitespace()
+        .nth(1)
+        .and_then(|code| code.parse().ok())
+        .with_context(|| format!("an HTTP answer: {reply:?}"))
+}
+
+/// node-a's status of the `dataplane` resource, as its agent last wrote it.
+async fn dataplane_status(c: &Cluster) -> Result<Option<macvtap_api::NodeResourceStatus>> {
+    let state = Api::<macvtap_api::MacvtapNodeState>::all(c.client())
+        .get("node-a")
+        .await?;
+    Ok(state
+        .status
+        .and_then(|s| s.resources.into_iter().find(|r| r.name == "dataplane")))
+}
+
+/// The kubelet crashes and leaves its socket file: the agent is unready within 5 s, its node state says why, the
+/// pool is Degraded naming the node; a kubelet again → registered, ready, pool Ready. Pods keep their network.
+pub async fn kubelet_outage(c: &mut Cluster) -> Result<()> {
+    let holder = original_pod(c, "outage-holder", "node-a").await?;
+    let before = holder.net1()?;
+    wait::until("node-a's agent ready", RUN, || async {
+        Ok(agent_readyz(c, "node-a")? == 200)
+    })
+    .await?;
+    let socket = c
+        .node("node-a")
+        .dir
+        .join("kubelet/device-plugins/kubelet.sock");
+    c.node_mut("node-a").kill_kubelet();
+    let killed = std::time::Instant::now();
+    // Whatever the checks find, node-a gets its kubelet back (the next scenarios need it).
+    let outage = async {
+        ensure!(socket.exists(), "the killed kubelet's socket file stays");
+        wait::until("/readyz failing", Duration::from_secs(5), || async {
+            Ok(agent_readyz(c, "node-a")? != 200)
+        })
+        .await?;
+        let unready = killed.elapsed();
+        wait::until(
+            "node-a's status: not registered, kubelet not answering",
+            Duration::from_secs(30),
+            || async {
+                Ok(dataplane_status(c).await?.is_some_and(|r| {
+                    !r.registered
+                        && r.last_error
+                            .as_deref()
+                            .is_some_and(|e| e.contains("kubelet not answering"))
+                }))
+            },
+        )
+        .await?;
+        let reported = killed.elapsed();
+        let pool = c
+            .wait_pool("dataplane", Duration::from_secs(60), |p| {
+                p.status.as_ref().is_some_and(|s| {
+                    s.conditions.iter().any(|c| {
+                        c.type_ == "Degraded" && c.status == "True" && c.message.contains("node-a")
+                    })
+                })
+            })
+            .await?;
+        let degraded = killed.elapsed();
+        ensure!(
+            !pool_ready(&pool),
+            "the pool is not Ready while node-a has no kubelet"
+        );
+        let during = holder.net1()?;
+        ensure!(
+            same_net1(&during, &before),
+            "the pod's net1 changed during the outage: {before} -> {during}"
+        );
+
+        anyhow::Ok((unready, reported, degraded))
+    }
+    .await;
+    let kubeconfig = c.dir.join("node-a/kubelet.kubeconfig");
+    let ca = c.control_plane.ca_path().to_path_buf();
+    c.node_mut("node-a").start_kubelet(&kubeconfig, &ca)?;
+    let started = std::time::Instant::now();
+    let (unready, reported, degraded) = outage?;
+    wait::until("node-a's status: registered again", RUN, || async {
+        Ok(dataplane_status(c)
+            .await?
+            .is_some_and(|r| r.registered && r.last_error.is_none()))
+    })
+    .await?;
+    let registered = started.elapsed();
+    wait::until("node-a's agent ready again", RUN, || async {
+        Ok(agent_readyz(c, "node-a")? == 200)
+    })
+    .await?;
+    c.wait_pool("dataplane", Duration::from_secs(90), pool_ready)
+        .await?;
+    let ready = started.elapsed();
+    c.wait_nodes_ready().await?;
+    c.wait_running(&holder.namespace, &holder.name, RUN).await?;
+    ensure!(
+        same_net1(&holder.net1()?, &before),
+        "the pod's net1 changed after the outage"
+    );
+    eprintln!(
+        "    kubelet killed -> agent /readyz 503 {unready:.1?}, node state says why {reported:.1?}, pool Degraded \
+         {degraded:.1?}; kubelet started -> registered (status) {registered:.1?}, pool Ready {ready:.1?}"
+    );
+    c.delete_pod(&holder.namespace, &holder.name, GONE).await?;
+    Ok(())
+}

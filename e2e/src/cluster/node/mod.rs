@@ -228,6 +228,13 @@ impl Node {
         Ok(())
     }
 
+    /// Kills the kubelet (SIGKILL), as a crash would: its pods keep running, its socket files stay.
+    pub fn kill_kubelet(&mut self) {
+        if let Some(mut k) = self.kubelet.take() {
+            k.kill();
+        }
+    }
+
     /// Stops the kubelet (SIGTERM), leaving its pods running, as `systemctl stop kubelet` would.
     pub fn stop_kubelet(&mut self) {
         if let Some(mut k) = self.kubelet.take() {
