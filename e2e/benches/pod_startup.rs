@@ -92,7 +92,20 @@ async fn burst(c: &Cluster, macvtap: bool, n: usize) -> Result<(i64, i64, i64, u
         first = first.min(created);
         last = last.max(created + span);
     }
-    let failed = c.failed_sandboxes("default", &prefix).await?.len();
+    let failures = c.failed_sandboxes("default", &prefix).await?;
+    for f in &failures {
+        // Whose ADD failed and why: the end of the runtime's message names the network and the plugin's words.
+        let tail: String = f
+            .chars()
+            .rev()
+            .take(300)
+            .collect::<Vec<_>>()
+            .into_iter()
+            .rev()
+            .collect();
+        println!("    FailedCreatePodSandBox: ...{tail}");
+    }
+    let failed = failures.len();
     for name in &names {
         c.delete_pod("default", name, Duration::from_secs(120))
             .await?;
