@@ -12,8 +12,8 @@
 #   operator  ghcr.io/macvtap-operator/macvtap-operator:<chart appVersion>  static musl release build (cargo)
 #   agent     ghcr.io/macvtap-operator/macvtap-agent:<chart appVersion>     agent + `macvtap` CNI (cargo)
 #   pause     registry.k8s.io/pause:3.10      the CRI sandbox image: images/pause/pause.c, musl-gcc -static -Os;
-#                                             each node's containerd must name it as sandbox_image (its 1.6
-#                                             default is pause:3.6)
+#                                             each node's containerd must pin it as its sandbox image
+#                                             (`pinned_images.sandbox`)
 #   busybox   docker.io/library/busybox:latest  Debian busybox-static + /bin/<applet> links: what test pods'
 #                                             `image: busybox` resolves to
 #   vm        ghcr.io/macvtap-operator/macvtap-vm:<chart appVersion>  a VM pod as KubeVirt runs one: our

@@ -121,10 +121,7 @@ pub async fn data_path(c: &mut Cluster) -> Result<()> {
     let a = original_pod(c, "dp-a", "node-a").await?;
     let b = original_pod(c, "dp-b", "node-a").await?;
     let d = original_pod(c, "dp-c", "node-b").await?;
-    let mac = |p: &RunningPod| -> Result<[u8; 6]> {
-        parse_mac(p.net1()?["address"].as_str().unwrap_or_default()).context("MAC")
-    };
-    let (ma, mb, md) = (mac(&a)?, mac(&b)?, mac(&d)?);
+    let (ma, mb, md) = (net1_mac(&a)?, net1_mac(&b)?, net1_mac(&d)?);
     let mut ta = Tap::open(&check_tap(&a)?)?;
     let mut tb = Tap::open(&check_tap(&b)?)?;
     let mut td = Tap::open(&check_tap(&d)?)?;

@@ -46,14 +46,11 @@ async fn victim_untouched(
             "victim's net1 {key}: {before} -> {now}"
         );
     }
-    let mac = |p: &RunningPod| -> Result<[u8; 6]> {
-        parse_mac(p.net1()?["address"].as_str().unwrap_or_default()).context("MAC")
-    };
     let mut from = Tap::open(&check_tap(witness)?)?;
     let mut to = Tap::open(&check_tap(victim)?)?;
-    from.send(mac(victim)?, mac(witness)?, b"still yours")?;
+    from.send(net1_mac(victim)?, net1_mac(witness)?, b"still yours")?;
     ensure!(
-        to.receive(b"still yours", Duration::from_secs(5))? == Some(mac(witness)?),
+        to.receive(b"still yours", Duration::from_secs(5))? == Some(net1_mac(witness)?),
         "a frame to the victim's tap was lost"
     );
     c.wait_running(&victim.namespace, &victim.name, RUN).await?;

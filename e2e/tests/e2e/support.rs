@@ -85,6 +85,11 @@ pub fn check_tap(pod: &RunningPod) -> Result<std::path::PathBuf> {
     Ok(tap.host_path())
 }
 
+/// The MAC of the pod's `net1`.
+pub fn net1_mac(pod: &RunningPod) -> Result<[u8; 6]> {
+    parse_mac(pod.net1()?["address"].as_str().unwrap_or_default()).context("net1 MAC")
+}
+
 /// Edits a pool's capacity, as a user would with `kubectl patch`.
 pub async fn set_capacity(c: &Cluster, pool: &str, capacity: i64) -> Result<()> {
     let patch = Patch::Merge(serde_json::json!({"spec": {"capacity": capacity}}));
