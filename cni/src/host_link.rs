@@ -1,6 +1,7 @@
 //! Which host link ADD may take for `deviceID`, and on whose word.
 //!
-//! The link is named `host_link_name(deviceID)` (the original's scheme) and must be a macvtap. Two kinds pass:
+//! The link is named `host_link_name(deviceID)` (the original's scheme; its releases up to v0.13.1 name it
+//! `deviceID` itself, also found here when unmarked) and must be a macvtap. Two kinds pass:
 //! - **ours**: it carries the agent's marker for this device ID. Taken when the kubelet says the pod holds the
 //!   device, or, outside Kubernetes, when the node allows unchecked calls.
 //! - **the original's** (upgrade from kubevirt/macvtap-cni): no ifalias at all. The marker is missing, so the only
@@ -43,12 +44,25 @@ pub(crate) async fn find(
     device_id: &str,
     proof: &Proof,
 ) -> Result<HostLink, CniError> {
-    let name = host_link_name(device_id);
-    let Some(link) = nl
+    let mut name = host_link_name(device_id);
+    let mut found = nl
         .find_link(&name)
         .await
-        .map_err(sys("looking up the host link"))?
-    else {
+        .map_err(sys("looking up the host link"))?;
+    if found.is_none() && validate_ifname(device_id).is_ok() {
+        // kubevirt/macvtap-cni up to v0.13.1 names its link after the device ID: a device it allocated before the
+        // upgrade is attached like the original's link under our name (same checks below).
+        found = nl
+            .find_link(device_id)
+            .await
+            .ok()
+            .flatten()
+            .filter(|l| l.is_unmarked_original(device_id));
+        if found.is_some() {
+            name = device_id.to_string();
+        }
+    }
+    let Some(link) = found else {
         if validate_ifname(device_id).is_ok()
             && nl.find_link(device_id).await.ok().flatten().is_some()
         {

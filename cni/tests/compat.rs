@@ -10,16 +10,41 @@ use serde_json::json;
 
 /// What the original's Allocate leaves: `mvt<hash>` macvtap on the lower device, up, no alias.
 fn original_link(f: &Fixture, id: &str) -> macvtap_link::LinkInfo {
-    let name = host_link_name(id);
+    original_link_named(f, &host_link_name(id))
+}
+
+/// The same, named as the original's releases up to v0.13.1 name it: the device ID itself.
+fn original_link_named(f: &Fixture, name: &str) -> macvtap_link::LinkInfo {
     let at = unique_index().to_string();
     f.node
         .ip(&[
-            "link", "add", "link", "lower0", "name", &name, "index", &at, "type", "macvtap",
-            "mode", "bridge",
+            "link", "add", "link", "lower0", "name", name, "index", &at, "type", "macvtap", "mode",
+            "bridge",
         ])
         .unwrap();
-    f.node.ip(&["link", "set", &name, "up"]).unwrap();
-    f.node_link(&name).unwrap()
+    f.node.ip(&["link", "set", name, "up"]).unwrap();
+    f.node_link(name).unwrap()
+}
+
+/// An original's host link attaches for the pod holding its device: net1 is that link, now marked as ours, its tap
+/// the pod's; CHECK passes; DEL removes it.
+fn attaches_for_its_pod(f: &Fixture, id: &str, host: &macvtap_link::LinkInfo) {
+    assert!(host.is_unmarked_original(id) && !host.is_ours(id));
+    f.grant(&f.pod_name, id);
+    let c = conf("0.3.1", id, json!({}));
+    let res = f.call("ADD", "net1").run(&c).ok();
+    assert_eq!(res["interfaces"][0]["name"], "net1");
+    let link = f.pod_link("net1").unwrap();
+    assert_eq!(link.index, host.index);
+    // Adopted: from now on DEL and CHECK know it as ours.
+    assert_eq!(link.alias.as_deref(), Some(ownership_alias(id).as_str()));
+    let tap = f.pod_tap("net1");
+    assert_eq!(tap.node_dev, tap.sysfs_dev);
+    assert_eq!((tap.uid, tap.gid), (107, 107));
+    let c4 = conf("0.4.0", id, json!({}));
+    f.call("CHECK", "net1").run(&with_prev(&c4, &res)).ok();
+    f.call("DEL", "net1").run(&c).ok();
+    assert!(f.pod_link("net1").is_none());
 }
 
 #[test]
@@ -27,22 +52,28 @@ fn an_original_link_attaches_for_the_pod_holding_it() {
     let f = Fixture::new();
     let id = device_id("orig", 0);
     let host = original_link(&f, &id);
-    assert!(host.is_unmarked_original(&id) && !host.is_ours(&id));
-    f.grant(&f.pod_name, &id);
-    let c = conf("0.3.1", &id, json!({}));
-    let res = f.call("ADD", "net1").run(&c).ok();
-    assert_eq!(res["interfaces"][0]["name"], "net1");
-    let link = f.pod_link("net1").unwrap();
-    assert_eq!(link.index, host.index);
-    // Adopted: from now on DEL and CHECK know it as ours.
-    assert_eq!(link.alias.as_deref(), Some(ownership_alias(&id).as_str()));
-    let tap = f.pod_tap("net1");
-    assert_eq!(tap.node_dev, tap.sysfs_dev);
-    assert_eq!((tap.uid, tap.gid), (107, 107));
-    let c4 = conf("0.4.0", &id, json!({}));
-    f.call("CHECK", "net1").run(&with_prev(&c4, &res)).ok();
-    f.call("DEL", "net1").run(&c).ok();
-    assert!(f.pod_link("net1").is_none());
+    attaches_for_its_pod(&f, &id, &host);
+}
+
+/// kubevirt/macvtap-cni v0.13.1 (its latest release) names the link after the device ID: a device it allocated before
+/// the upgrade attaches for the pod holding it, never for another pod.
+#[test]
+fn a_v0_13_1_link_named_after_the_device_attaches_for_the_pod_holding_it() {
+    let f = Fixture::new();
+    let theirs = device_id("rel", 1);
+    original_link_named(&f, &theirs);
+    f.kubelet.grant(NAMESPACE, "victim", RESOURCE, &theirs);
+    let before = node_state(&f);
+    let msg = f
+        .call("ADD", "net1")
+        .run(&conf("0.3.1", &theirs, json!({})))
+        .err(107);
+    assert!(msg.contains(theirs.as_str()), "{msg}");
+    assert_eq!(node_state(&f), before, "another pod's device: node changed");
+
+    let id = device_id("rel", 0);
+    let host = original_link_named(&f, &id);
+    attaches_for_its_pod(&f, &id, &host);
 }
 
 #[test]

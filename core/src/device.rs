@@ -3,7 +3,10 @@
 //!
 //! - device ID of slot `i` of resource `name`: `<name>Mvp<i>` (the original's `fmt.Sprint(name, "Mvp", i)`);
 //! - host link of a device ID: `mvt` + 12 lowercase hex digits, the low 48 bits of XXH64 (seed 0) of the device ID,
-//!   zero-padded (the original's `TemporaryInterfaceName`): always 15 characters, fits IFNAMSIZ;
+//!   zero-padded (the original's `TemporaryInterfaceName`, on its main branch after v0.13.1): always 15 characters,
+//!   fits IFNAMSIZ. The original's releases up to v0.13.1 (its latest) name the link after the device ID itself
+//!   ([`released_original_link_name`]): links of a running v0.13.1 are recognised by that name and renamed to ours
+//!   when adopted;
 //! - ownership marker: the ifalias `macvtap-operator:<deviceID>` the agent sets on every link it creates (the
 //!   original sets none).
 
@@ -35,6 +38,15 @@ pub fn slot_of(resource: &str, device_id: &str) -> Option<u32> {
 pub fn host_link_name(device_id: &str) -> String {
     let h = xxhash_rust::xxh64::xxh64(device_id.as_bytes(), 0);
     format!("mvt{:012x}", h & 0xffff_ffff_ffff)
+}
+
+/// The host link name kubevirt/macvtap-cni's releases up to v0.13.1 give `device_id`'s link: the device ID itself
+/// (its Allocate creates the link named so). `None` when the ID is no valid interface name: the original cannot
+/// have made such a link.
+pub fn released_original_link_name(device_id: &str) -> Option<&str> {
+    crate::names::validate_ifname(device_id)
+        .is_ok()
+        .then_some(device_id)
 }
 
 /// The ifalias marker set on links created for `device_id`.
@@ -75,6 +87,25 @@ mod tests {
             assert_eq!(slot_of(resource, id), Some(slot));
             assert_eq!(host_link_name(id), link, "{id}");
         }
+    }
+
+    /// What kubevirt/macvtap-cni v0.13.1 names a link (seen on the real cluster: `dataplaneMvp19`), and an ID too
+    /// long to be an interface name, for which its Allocate could make no link.
+    #[test]
+    fn released_originals_name_its_links_after_the_device_id() {
+        assert_eq!(
+            released_original_link_name("dataplaneMvp19"),
+            Some("dataplaneMvp19")
+        );
+        assert_eq!(
+            released_original_link_name(&device_id("datapl", 4095)),
+            Some("dataplMvp4095")
+        );
+        assert_eq!(
+            released_original_link_name("dataplaneMvp100"),
+            Some("dataplaneMvp100")
+        );
+        assert_eq!(released_original_link_name("dataplane01Mvp10"), None);
     }
 
     #[test]

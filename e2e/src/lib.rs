@@ -18,6 +18,7 @@ pub mod netns;
 pub mod process;
 pub mod registry;
 pub mod tap;
+pub mod test_pods;
 pub mod tools;
 pub mod vm_pod;
 pub mod wait;

@@ -325,7 +325,17 @@ async fn child_process_helper() {
     let Ok(mode) = std::env::var(CHILD_ENV) else {
         return;
     };
-    let cp = ControlPlane::shared();
+    // An API server stopped and started again must be cleaned up like the first one.
+    let restarted;
+    let cp = if mode == "restart-abort" {
+        let mut cp = ControlPlane::start().expect("a control plane");
+        cp.stop_apiserver();
+        cp.start_apiserver().expect("the API server starts again");
+        restarted = cp;
+        &restarted
+    } else {
+        ControlPlane::shared()
+    };
     Api::<Namespace>::all(cp.admin_client())
         .list(&ListParams::default())
         .await
@@ -334,7 +344,7 @@ async fn child_process_helper() {
     println!("CHILD-INFO {a} {b} {}", cp.dir().display());
     use std::io::Write;
     std::io::stdout().flush().unwrap();
-    if mode == "abort" {
+    if mode.ends_with("abort") {
         // No unwinding, no atexit: only the pdeathsig and the reaper can clean up.
         std::process::abort();
     }
@@ -386,6 +396,54 @@ fn shared_control_plane_is_gone_after_the_test_process_aborts() {
     assert!(!out.status.success(), "{out:?}");
     let (pids, dir) = child_info(&out);
     assert_gone_within(&dir, &pids, Duration::from_secs(10));
+}
+
+#[test]
+fn api_server_started_again_is_gone_after_the_test_process_aborts() {
+    let out = run_child("restart-abort", &[]);
+    assert!(!out.status.success(), "{out:?}");
+    let (pids, dir) = child_info(&out);
+    assert_gone_within(&dir, &pids, Duration::from_secs(10));
+}
+
+/// An outage of the API server alone: clients fail while it is down; started again it serves the same objects
+/// (etcd kept them) at the same URL with the same credentials; drop stops the new process.
+#[tokio::test]
+async fn api_server_stopped_and_started_again_serves_the_same_objects() {
+    let mut cp = tokio::task::spawn_blocking(ControlPlane::start)
+        .await
+        .unwrap()
+        .expect("a control plane");
+    let cms = Api::<ConfigMap>::namespaced(cp.admin_client(), "default");
+    let cm = ConfigMap {
+        metadata: ObjectMeta {
+            name: Some("kept".into()),
+            ..Default::default()
+        },
+        ..Default::default()
+    };
+    cms.create(&PostParams::default(), &cm).await.unwrap();
+    let [_, first] = cp.pids();
+    cp.stop_apiserver();
+    assert!(!cp.apiserver_running());
+    assert!(!server_alive(first));
+    assert!(
+        cms.get("kept").await.is_err(),
+        "nothing answers while it is down"
+    );
+    let mut cp = tokio::task::spawn_blocking(move || cp.start_apiserver().map(|()| cp))
+        .await
+        .unwrap()
+        .expect("the API server starts again");
+    let [etcd, second] = cp.pids();
+    assert_ne!(first, second);
+    assert!(cp.apiserver_running() && server_alive(second));
+    // A client made before the outage reconnects; the object is still there.
+    assert!(cms.get("kept").await.is_ok());
+    assert!(cp.dir().join("kube-apiserver.1.log").is_file());
+    let dir = cp.dir().to_path_buf();
+    drop(cp);
+    assert_gone_within(&dir, &[etcd, second], Duration::ZERO);
 }
 
 #[test]

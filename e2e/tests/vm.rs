@@ -1,7 +1,8 @@
 //! A virtual machine on the tap, on the real cluster: VM pods (`images/vm`: the `vm-launcher` and QEMU) whose
 //! guest's virtio-net NIC runs on the `/dev/tapN` our device plugin handed out, the way KubeVirt uses macvtap.
-//! Each guest pings a pod on the other node over the macvtap network and is pinged back; with 2 queues; a VM
-//! pod deleted frees its link and device for the next; a guest gets its kube-ovn IPAM address.
+//! Each guest pings a pod on the other node over the macvtap network and is pinged back; with 2 queues (that pod
+//! written without its device limit: the operator's injector adds it); a VM pod deleted frees its link and device
+//! for the next; a guest gets its kube-ovn IPAM address.
 //!
 //! Needs root, the tools (`make tools`) and the images including the VM image (`make images`); QEMU runs with
 //! TCG here (no usable KVM, no vhost-net: see the README), so a guest takes 5 s idle and up to a minute or two
@@ -57,9 +58,18 @@ fn qemu_tap_fds(pod: &RunningPod, tap: &str) -> Result<usize> {
         .count())
 }
 
+/// Whether a VM pod carries its device limit or gets it from the operator's injector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Limits {
+    Written,
+    Injected,
+}
+
 /// Runs a VM pod on node-a pinging the peer, waits for the guest's ping report, checks the launcher's and the
 /// guest's account of MAC, address, queues, accelerator and vhost, then the way back: with the pod's own copy of
-/// the address removed from net1, only the guest can answer the peer's ping.
+/// the address removed from net1, only the guest can answer the peer's ping. With `limits: Limits::Injected` the pod is
+/// created without its `resources` (a KubeVirt launcher pod under `ExternalNetResourceInjection`): the operator's
+/// injector must add the device.
 async fn vm_pings_and_is_pinged(
     c: &Cluster,
     image: &str,
@@ -67,6 +77,7 @@ async fn vm_pings_and_is_pinged(
     mac: &str,
     ip: &str,
     queues: u8,
+    limits: Limits,
 ) -> Result<RunningPod> {
     let spec = VmPod {
         name,
@@ -76,7 +87,33 @@ async fn vm_pings_and_is_pinged(
         ping: Some(PEER_IP),
         node: Some("node-a"),
     };
-    let vm = c.run_pod(spec.pod()?, RUN).await?;
+    let mut pod = spec.pod()?;
+    if limits == Limits::Injected {
+        pod.spec.as_mut().context("pod spec")?.containers[0].resources = None;
+    }
+    let vm = c.run_pod(pod, RUN).await?;
+    if limits == Limits::Injected {
+        let injected = vm
+            .pod
+            .spec
+            .as_ref()
+            .and_then(|s| s.containers[0].resources.clone());
+        let has = |q: Option<
+            &std::collections::BTreeMap<
+                String,
+                k8s_openapi::apimachinery::pkg::api::resource::Quantity,
+            >,
+        >| {
+            q.and_then(|m| m.get(&resource_name("dataplane")))
+                .is_some_and(|v| v.0 == "1")
+        };
+        ensure!(
+            injected
+                .as_ref()
+                .is_some_and(|r| has(r.limits.as_ref()) && has(r.requests.as_ref())),
+            "VM pod {name} without resources: the injector set {injected:?}"
+        );
+    }
     let log = wait_log_line(
         c,
         "default",
@@ -125,7 +162,16 @@ async fn vm_pings_and_is_pinged(
 // ------------------------------------------------------------------------------------------------------------
 
 async fn vm_on_dataplane(c: &mut Cluster, image: &str) -> Result<()> {
-    vm_pings_and_is_pinged(c, image, "vm-1", "02:00:0a:c8:00:0a", "10.200.0.10", 1).await?;
+    vm_pings_and_is_pinged(
+        c,
+        image,
+        "vm-1",
+        "02:00:0a:c8:00:0a",
+        "10.200.0.10",
+        1,
+        Limits::Written,
+    )
+    .await?;
     Ok(())
 }
 
@@ -157,8 +203,16 @@ async fn vm_deleted(c: &mut Cluster, _image: &str) -> Result<()> {
 }
 
 async fn vm_two_queues(c: &mut Cluster, image: &str) -> Result<()> {
-    let vm =
-        vm_pings_and_is_pinged(c, image, "vm-2", "02:00:0a:c8:00:0b", "10.200.0.11", 2).await?;
+    let vm = vm_pings_and_is_pinged(
+        c,
+        image,
+        "vm-2",
+        "02:00:0a:c8:00:0b",
+        "10.200.0.11",
+        2,
+        Limits::Injected,
+    )
+    .await?;
     c.delete_pod(&vm.namespace, &vm.name, GONE).await?;
     wait::until("vm-2's link gone from node-a (CNI DEL)", GONE, || async {
         Ok(c.node_macvtaps("node-a")?.is_empty())
@@ -261,7 +315,7 @@ fn vm_on_the_tap() {
                 Box::pin(vm_deleted(c, i))
             }),
             (
-                "VM with 2 queues on the freed device: guest <-> pod on the other node",
+                "VM with 2 queues on the freed device, its pod without limits (the injector adds the device): guest <-> pod on the other node",
                 |c, i| Box::pin(vm_two_queues(c, i)),
             ),
             ("VM with kube-ovn IPAM: the address in the guest", |c, i| {

@@ -44,6 +44,7 @@ pub use links::{LinkChange, Netlink};
 pub use mac::{format_mac, parse_mac, random_local_mac};
 pub use macvtap_core::device::{
     ALIAS_PREFIX, device_id, device_id_from_alias, host_link_name, ownership_alias,
+    released_original_link_name,
 };
 pub use macvtap_core::{MAX_IFNAME_LEN, MacvtapMode};
 pub use netns::{block_on, in_netns, in_netns_here};

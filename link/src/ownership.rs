@@ -9,7 +9,7 @@
 //!   tap-index range, which no other link gets: [`LinkInfo::is_in_place`]. In a pod, ours is either
 //!   ([`LinkInfo::is_ours_in_pod`]).
 
-use macvtap_core::device::{device_id_from_alias, host_link_name};
+use macvtap_core::device::{device_id_from_alias, host_link_name, released_original_link_name};
 use macvtap_core::is_tap_index;
 
 use crate::LinkInfo;
@@ -49,10 +49,14 @@ impl LinkInfo {
     }
 
     /// A link as the original (kubevirt/macvtap-cni) left it for `device_id`: macvtap, named after the device ID by
-    /// the shared scheme, and no ifalias at all (the original never sets one; any alias is someone's marker). This is
-    /// no proof of ownership by itself: the CNI also needs the kubelet's word that the pod holds the device.
+    /// the shared scheme or, as its releases up to v0.13.1 do, the device ID itself, and no ifalias at all (the
+    /// original never sets one; any alias is someone's marker). This is no proof of ownership by itself: the CNI
+    /// also needs the kubelet's word that the pod holds the device.
     pub fn is_unmarked_original(&self, device_id: &str) -> bool {
-        self.is_macvtap() && self.name == host_link_name(device_id) && self.alias.is_none()
+        self.is_macvtap()
+            && (self.name == host_link_name(device_id)
+                || Some(self.name.as_str()) == released_original_link_name(device_id))
+            && self.alias.is_none()
     }
 
     /// Why [`LinkInfo::is_ours`] is false, for error messages.
@@ -117,6 +121,11 @@ mod tests {
         assert!(original.is_unmarked_original(id));
         assert!(!original.is_ours(id));
         assert!(!macvtap(&name, Some("someone-else")).is_unmarked_original(id));
+        // v0.13.1 names the link after the device ID; only the device's own ID counts.
+        assert!(macvtap(id, None).is_unmarked_original(id));
+        assert!(!macvtap(id, None).is_ours(id));
+        assert!(!macvtap(id, Some("someone-else")).is_unmarked_original(id));
+        assert!(!macvtap("dpMvp2", None).is_unmarked_original(id));
 
         assert!(in_pod.is_ours_in_pod() && !in_pod.is_in_place());
         let in_place = LinkInfo {

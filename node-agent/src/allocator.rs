@@ -134,9 +134,16 @@ impl Allocator {
         cfg: &ResourceConfig,
         id: &str,
     ) -> Result<(), Status> {
+        // v0.13.1's link for the slot (named after the device ID) is adopted first, which renames it to our name,
+        // so that the deletion below finds it.
+        if let Some(name) = macvtap_link::released_original_link_name(id) {
+            self.adopt_originals_link(turn, cfg, id, name).await;
+        }
         let mut removed = turn.delete_our_link(id).await;
         if let Err(macvtap_link::Error::NotOurs { .. }) = &removed
-            && self.adopt_originals_link(turn, cfg, id).await
+            && self
+                .adopt_originals_link(turn, cfg, id, &macvtap_link::host_link_name(id))
+                .await
         {
             removed = turn.delete_our_link(id).await;
         }
@@ -292,17 +299,17 @@ impl Allocator {
             .join(", ")
     }
 
-    /// Adopts the host link named for `id` if it is the original's link for it (see [`crate::original`]).
+    /// Adopts the host link `name` if it is the original's link for `id` (see [`crate::original`]).
     async fn adopt_originals_link(
         &self,
         turn: &WriteTurn<'_>,
         cfg: &ResourceConfig,
         id: &str,
+        name: &str,
     ) -> bool {
         let handle = turn.handle();
-        let name = macvtap_link::host_link_name(id);
         let (Ok(Some(link)), Ok(lower)) = (
-            netmon::read_link(handle, &name).await,
+            netmon::read_link(handle, name).await,
             netmon::read_link(handle, &cfg.lower_device).await,
         ) else {
             return false;

@@ -316,8 +316,11 @@ impl Cleanup {
             match original::adopt(&turn, &link, &id).await {
                 Ok(()) => {
                     self.metrics.links_adopted.inc();
-                    if let Some(l) = links.get_mut(&name) {
+                    // Adoption may rename (a v0.13.1 link): the link is listed under our name from now on.
+                    if let Some(mut l) = links.remove(&name) {
                         l.alias = Some(macvtap_link::ownership_alias(&id));
+                        l.name = macvtap_link::host_link_name(&id);
+                        links.insert(l.name.clone(), l);
                     }
                 }
                 Err(e) => {

@@ -1,22 +1,25 @@
 //! Links left behind by the original (kubevirt/macvtap-cni), adopted as ours.
 //!
-//! The original names its host links exactly as we do (`mvt` + 12 hex digits of XXH64(deviceID)) and creates them
-//! in the host network namespace on the resource's lower device, but sets no ifalias. After an upgrade such a link
+//! The original creates its host links in the host network namespace on the resource's lower device and sets no
+//! ifalias. Its releases up to v0.13.1 (the latest) name a link after the device ID itself (`dataplaneMvp19`); its
+//! main branch since then as we do (`mvt` + 12 hex digits of XXH64(deviceID)). After an upgrade such a link
 //! would otherwise block its slot for good: Allocate would refuse to replace a link that is not ours, cleanup would
 //! never remove it, and preferred allocation would keep offering the slot.
 //!
 //! The rule: a link in the agent's (host) network namespace is *the original's link for one of our slots*, and is
 //! adopted, when all of these hold:
 //! - its kind is `macvtap`;
-//! - its name is exactly `host_link_name(id)` for a device ID `id` of a resource served now (`<name>Mvp<slot>`,
-//!   slot below the capacity);
+//! - its name is exactly `host_link_name(id)` or `id` itself, for a device ID `id` of a resource served now
+//!   (`<name>Mvp<slot>`, slot below the capacity);
 //! - its parent is that resource's lower device, in this namespace (`IFLA_LINK` is the lower device's ifindex,
 //!   no `IFLA_LINK_NETNSID`);
 //! - it has no ifalias at all (the original never sets one; any alias, ours for another device included, means
 //!   someone else's link).
 //!
-//! Adopting sets our marker (`macvtap-operator:<id>`) on the link; from then on it is ours by the usual strict check
-//! and follows the usual rules: Allocate recreates it (as the original itself does on Allocate), cleanup removes it
+//! Adopting sets our marker (`macvtap-operator:<id>`) on the link, and renames a v0.13.1 link to `host_link_name(id)`
+//! (same link, ifindex and tap; the kernel renames only a link that is down, so a link in use by a device-plugin-only
+//! pod drops frames for the moment between the two requests); from then on it is ours by the usual strict check and
+//! follows the usual rules: Allocate recreates it (as the original itself does on Allocate), cleanup removes it
 //! only when no pod holds its device for the grace period. Nothing else is ever touched: other names, other kinds,
 //! other lower devices, links with any alias, our scheme's name for a slot we do not serve.
 
@@ -41,20 +44,21 @@ pub struct Slot {
     pub lower_device: String,
 }
 
-/// Every slot of the served resources by host link name (at most a few thousand names, hashed per pass).
+/// Every slot of the served resources by the names the original gives its host link, ours and v0.13.1's (at
+/// most a few thousand names, hashed per pass).
 pub fn slots_by_link_name(resources: &BTreeMap<String, ResourceConfig>) -> HashMap<String, Slot> {
     resources
         .values()
         .flat_map(|r| {
-            (0..r.capacity).map(move |i| {
+            (0..r.capacity).flat_map(move |i| {
                 let device_id = macvtap_link::device_id(&r.name, i);
-                (
-                    macvtap_link::host_link_name(&device_id),
-                    Slot {
-                        device_id,
-                        lower_device: r.lower_device.clone(),
-                    },
-                )
+                let slot = Slot {
+                    device_id: device_id.clone(),
+                    lower_device: r.lower_device.clone(),
+                };
+                let released = macvtap_link::released_original_link_name(&device_id)
+                    .map(|n| (n.to_string(), slot.clone()));
+                std::iter::once((macvtap_link::host_link_name(&device_id), slot)).chain(released)
             })
         })
         .collect()
@@ -75,18 +79,43 @@ pub fn find_adoptable<'a>(
         .collect()
 }
 
-/// Sets our marker on the original's link `link` for `device_id`: it is ours from now on.
+/// Sets our marker on the original's link `link` for `device_id`, renamed to our name if v0.13.1 named it: it is
+/// ours from now on.
 pub async fn adopt(
     netlink: &macvtap_link::Netlink,
     link: &HostLink,
     device_id: &str,
 ) -> Result<(), macvtap_link::Error> {
-    let change = macvtap_link::LinkChange {
+    let ours = macvtap_link::host_link_name(device_id);
+    let mut change = macvtap_link::LinkChange {
         alias: Some(macvtap_link::ownership_alias(device_id)),
         ..Default::default()
     };
-    netlink.set_link(link.index, &change).await?;
-    tracing::info!(device = %device_id, link = %link.name, ifindex = link.index,
+    if link.name != ours {
+        // The kernel renames only a link that is down (EBUSY otherwise): down, then name, marker and up again.
+        if link.admin_up {
+            let down = macvtap_link::LinkChange {
+                up: Some(false),
+                ..Default::default()
+            };
+            netlink.set_link(link.index, &down).await?;
+        }
+        change.name = Some(ours.clone());
+        change.up = link.admin_up.then_some(true);
+        if let Err(e) = netlink.set_link(link.index, &change).await {
+            if link.admin_up {
+                let up = macvtap_link::LinkChange {
+                    up: Some(true),
+                    ..Default::default()
+                };
+                let _ = netlink.set_link(link.index, &up).await;
+            }
+            return Err(e);
+        }
+    } else {
+        netlink.set_link(link.index, &change).await?;
+    }
+    tracing::info!(device = %device_id, link = %link.name, renamed_to = %ours, ifindex = link.index,
         "adopted the original macvtap-cni's link for this slot (ownership marker set)");
     Ok(())
 }
@@ -117,7 +146,7 @@ mod tests {
         )]
         .into();
         let slots = slots_by_link_name(&resources);
-        assert_eq!(slots.len(), 4);
+        assert_eq!(slots.len(), 8, "each slot under our name and v0.13.1's");
         let name = |id: &str| macvtap_link::host_link_name(id);
         let eth1 = link(2, "eth1", None);
         let eth2 = link(3, "eth2", None);
@@ -140,6 +169,16 @@ mod tests {
             !slots.contains_key(&beyond_capacity.name) && !slots.contains_key(&other_name.name)
         );
         assert!(is_originals_link(&original, "dpMvp1", Some(&eth1)));
+        // v0.13.1's name for a slot: the device ID; another slot's ID is no match.
+        let released = macvtap("dpMvp2", 18, 2, None);
+        assert_eq!(slots["dpMvp2"].device_id, "dpMvp2");
+        assert!(is_originals_link(&released, "dpMvp2", Some(&eth1)));
+        assert!(!is_originals_link(&released, "dpMvp1", Some(&eth1)));
+        assert!(!is_originals_link(
+            &macvtap("dpMvp2", 18, 2, Some("someone-else")),
+            "dpMvp2",
+            Some(&eth1)
+        ));
         assert!(
             !is_originals_link(&original, "dpMvp1", None),
             "no lower device"
@@ -157,14 +196,22 @@ mod tests {
             aliased,
             beyond_capacity,
             other_name,
+            released.clone(),
+            macvtap("dpMvp4", 19, 2, None),
         ]
         .into_iter()
         .map(|l| (l.name.clone(), l))
         .collect();
-        let found: Vec<(String, String)> = find_adoptable(&all, &slots)
+        let mut found: Vec<(String, String)> = find_adoptable(&all, &slots)
             .into_iter()
             .map(|(l, id)| (l.name.clone(), id))
             .collect();
-        assert_eq!(found, vec![(original.name.clone(), "dpMvp1".to_string())]);
+        found.sort();
+        let mut want = vec![
+            (original.name.clone(), "dpMvp1".to_string()),
+            ("dpMvp2".to_string(), "dpMvp2".to_string()),
+        ];
+        want.sort();
+        assert_eq!(found, want, "dpMvp4 is beyond the capacity");
     }
 }

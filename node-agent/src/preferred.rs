@@ -29,11 +29,16 @@ pub fn slot_rank(
     links: &LinkSnapshot,
     cleanup: &CleanupReport,
 ) -> SlotRank {
-    let link = links.get(&macvtap_link::host_link_name(id));
+    let lower = links.get(&cfg.lower_device);
+    // v0.13.1's link for the slot, until cleanup adopts it under our name: Allocate removes it, it blocks nothing.
+    let released = macvtap_link::released_original_link_name(id)
+        .and_then(|n| links.get(n))
+        .filter(|l| original::is_originals_link(l, id, lower));
+    let link = links.get(&macvtap_link::host_link_name(id)).or(released);
     match link {
         Some(l)
             if crate::cleanup::our_device_id(l) != Some(id)
-                && !original::is_originals_link(l, id, links.get(&cfg.lower_device)) =>
+                && !original::is_originals_link(l, id, lower) =>
         {
             SlotRank::Blocked
         }

@@ -13,12 +13,16 @@ const T: Duration = Duration::from_secs(10);
 
 /// A link as the original creates it: a macvtap named by the scheme on `lower`, no alias.
 fn originals_link(node: &Node, device_id: &str, lower: &str) -> u64 {
-    let name = host_link_name(device_id);
+    originals_link_named(node, &host_link_name(device_id), lower)
+}
+
+/// The same as the original's releases up to v0.13.1 name it: the device ID itself.
+fn originals_link_named(node: &Node, name: &str, lower: &str) -> u64 {
     node.ip(&[
-        "link", "add", "link", lower, "name", &name, "type", "macvtap", "mode", "bridge",
+        "link", "add", "link", lower, "name", name, "type", "macvtap", "mode", "bridge",
     ]);
-    node.ip(&["link", "set", &name, "up"]);
-    ifindex_of(&node.link(&name).unwrap())
+    node.ip(&["link", "set", name, "up"]);
+    ifindex_of(&node.link(name).unwrap())
 }
 
 /// (ifindex, alias, parent) of a link, to show it unchanged.
@@ -165,9 +169,9 @@ async fn the_originals_links_are_adopted_and_unrelated_links_are_never_touched()
     assert_eq!(after, before, "unrelated links changed");
 
     // Phase 2: cleanup running (1 s passes, 2 s grace). The original's links for two more slots: dpMvp6 held by a
-    // pod (allocated by the original before the upgrade), dpMvp7 held by nobody.
+    // pod (allocated by the original before the upgrade) and named as v0.13.1 names it, dpMvp7 held by nobody.
     node.agent.take().unwrap().stop(Duration::from_secs(5));
-    let original6 = originals_link(&node, "dpMvp6", "lower0");
+    let original6 = originals_link_named(&node, "dpMvp6", "lower0");
     originals_link(&node, "dpMvp7", "lower0");
     node.kubelet
         .record_pod("ns", "vm-old", "c", &res, &["dpMvp6"]);
@@ -180,10 +184,19 @@ async fn the_originals_links_are_adopted_and_unrelated_links_are_never_touched()
         "the original's unheld link not cleaned\n{}",
         node.log()
     );
-    // Held: adopted (marker set, same link), never removed while a pod holds it.
+    // Held: adopted (marker set, same link, renamed to our name, up again), never removed while a pod holds it.
+    let renamed = eventually(T, || node.link(&host_link_name("dpMvp6")).is_some()).await;
+    assert!(renamed, "v0.13.1's link not renamed\n{}", node.log());
     let held = node.link(&host_link_name("dpMvp6")).unwrap();
     assert_eq!(ifindex_of(&held), original6);
     assert_eq!(held["ifalias"], ownership_alias("dpMvp6"));
+    assert!(
+        held["flags"]
+            .as_array()
+            .is_some_and(|f| f.iter().any(|f| f == "UP")),
+        "{held}"
+    );
+    assert!(node.link("dpMvp6").is_none(), "the old name is gone");
     // Links of ours held by vm-a and vm-b stay too.
     for id in ["dpMvp0", "dpMvp1"] {
         assert!(node.link(&host_link_name(id)).is_some(), "{id} is held");

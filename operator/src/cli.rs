@@ -16,6 +16,11 @@ use tracing::{error, info, warn};
 
 use crate::controller::{self, FIELD_MANAGER, Settings};
 use crate::health::Health;
+use crate::injector;
+use crate::injector::certs::{CertSettings, service_dns_names};
+use crate::injector::metrics::InjectorMetrics;
+use crate::injector::mutate::{DEFAULT_PREFIX, ResourceFilter};
+use crate::injector::tls_secret::{CertSource, SecretSettings};
 use crate::metrics::Metrics;
 
 /// Reconciles MacvtapPools into per-node MacvtapNodeStates and reports pool status.
@@ -59,6 +64,33 @@ pub struct Args {
     /// Log format.
     #[arg(long, value_enum, env = "LOG_FORMAT", default_value = "text")]
     pub log_format: LogFormat,
+    /// Serve the network-resources injector and the NAD warnings (HTTPS) on this address; unset: no webhooks.
+    #[arg(long)]
+    pub webhook_addr: Option<SocketAddr>,
+    /// The webhook's Service (its DNS names go into the serving certificate).
+    #[arg(long, default_value = "macvtap-operator-webhook")]
+    pub webhook_service: String,
+    /// The Secret holding the webhook's certificates (in the pod's namespace).
+    #[arg(long, default_value = "macvtap-operator-webhook-tls")]
+    pub webhook_secret: String,
+    /// Who makes the certificates: the operator, or someone else such as cert-manager (then only read).
+    #[arg(long, value_enum, default_value = "operator")]
+    pub webhook_certs: CertSource,
+    /// Lifetime of the serving certificate the operator makes (renewed with a third left; the CA lives ten).
+    #[arg(long, default_value_t = 365 * 24 * 3600, value_parser = clap::value_parser!(u64).range(60..))]
+    pub webhook_cert_validity_seconds: u64,
+    /// How often every replica reads the Secret (picks up a renewal) and checks the CA bundle.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub webhook_cert_check_seconds: u64,
+    /// The MutatingWebhookConfiguration whose caBundle the operator writes.
+    #[arg(long, default_value = "macvtap-operator-injector")]
+    pub mutating_webhook_config: String,
+    /// The ValidatingWebhookConfiguration (NAD warnings) whose caBundle the operator writes; empty: none.
+    #[arg(long, default_value = "macvtap-operator-nad-warnings")]
+    pub validating_webhook_config: String,
+    /// Resource name prefixes the injector adds (repeatable).
+    #[arg(long = "injector-resource-prefix", default_values_t = [DEFAULT_PREFIX.to_string()])]
+    pub injector_resource_prefixes: Vec<String>,
 }
 
 impl Args {
@@ -68,6 +100,32 @@ impl Args {
                 .map(|h| h.trim().to_string())
                 .unwrap_or_else(|_| "unknown".into());
             format!("{host}-{}", std::process::id())
+        })
+    }
+
+    /// The injector's settings, when it runs.
+    pub fn injector(&self) -> Option<injector::Settings> {
+        let addr = self.webhook_addr?;
+        let validity = Duration::from_secs(self.webhook_cert_validity_seconds);
+        Some(injector::Settings {
+            addr,
+            filter: ResourceFilter::new(self.injector_resource_prefixes.clone()),
+            secret: SecretSettings {
+                namespace: self.leader_election_namespace.clone(),
+                secret: self.webhook_secret.clone(),
+                source: self.webhook_certs,
+                cert: CertSettings {
+                    dns_names: service_dns_names(
+                        &self.webhook_service,
+                        &self.leader_election_namespace,
+                    ),
+                    validity,
+                },
+                mutating_config: self.mutating_webhook_config.clone(),
+                validating_config: Some(self.validating_webhook_config.clone())
+                    .filter(|v| !v.is_empty()),
+                check_every: Duration::from_secs(self.webhook_cert_check_seconds),
+            },
         })
     }
 
@@ -96,7 +154,26 @@ pub async fn run(args: Args) -> anyhow::Result<()> {
     let metrics = Metrics::default();
     let mut registry = Registry::default();
     metrics.register(&mut registry);
-    let health = Arc::new(Health::default());
+    let injector_metrics = InjectorMetrics::default();
+    let injector = args.injector();
+    if injector.is_some() {
+        injector_metrics.register(&mut registry);
+    }
+    let health = Arc::new(Health {
+        webhook_enabled: injector.is_some(),
+        ..Health::default()
+    });
+    // Every replica serves the webhooks, leader or not: started before the election.
+    if let Some(settings) = injector {
+        injector::start(
+            client.clone(),
+            settings,
+            injector_metrics,
+            health.webhook_ready.clone(),
+        )
+        .await
+        .context("starting the admission webhooks")?;
+    }
     let admin = AdminServer::bind(args.metrics_addr)
         .await
         .with_context(|| format!("binding {}", args.metrics_addr))?;

@@ -15,6 +15,10 @@ pub struct Health {
     pub leading: AtomicBool,
     /// The leader's caches are filled (shared with the controllers).
     pub synced: Arc<AtomicBool>,
+    /// This replica serves the admission webhooks (every replica does when the injector is on).
+    pub webhook_enabled: bool,
+    /// The webhook has a serving certificate: until then the Service must not send it requests.
+    pub webhook_ready: Arc<AtomicBool>,
 }
 
 impl Health {
@@ -23,6 +27,7 @@ impl Health {
     pub fn ready(&self) -> bool {
         self.started.load(Ordering::Acquire)
             && (!self.leading.load(Ordering::Acquire) || self.synced.load(Ordering::Acquire))
+            && (!self.webhook_enabled || self.webhook_ready.load(Ordering::Acquire))
     }
 }
 

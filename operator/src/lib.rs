@@ -5,6 +5,7 @@ pub mod cli;
 pub mod controller;
 pub mod health;
 pub mod heartbeats;
+pub mod injector;
 pub mod metrics;
 pub mod pool_status;
 pub mod selection;

@@ -72,3 +72,26 @@ values file still sets it. */}}
 {{- define "macvtap.agent.metricsPort" -}}
 {{- if hasKey .Values.agent "port" }}{{ .Values.agent.port }}{{ else }}{{ .Values.agent.metricsPort }}{{ end }}
 {{- end }}
+
+{{/* The injector's objects: the Service the API server dials, the Secret of its certificates, the webhook
+configurations (cluster-scoped: named after the release). */}}
+{{- define "macvtap.injector.serviceName" -}}
+{{- printf "%s-webhook" (include "macvtap.fullname" .) }}
+{{- end }}
+
+{{- define "macvtap.injector.secretName" -}}
+{{- printf "%s-webhook-tls" (include "macvtap.fullname" .) }}
+{{- end }}
+
+{{- define "macvtap.injector.mutatingName" -}}
+{{- printf "%s-injector" (include "macvtap.fullname" .) }}
+{{- end }}
+
+{{- define "macvtap.injector.validatingName" -}}
+{{- printf "%s-nad-warnings" (include "macvtap.fullname" .) }}
+{{- end }}
+
+{{/* True (non-empty) when the operator serves the webhooks. */}}
+{{- define "macvtap.injector.enabled" -}}
+{{- if and .Values.operator.enabled .Values.injector.enabled }}true{{ end }}
+{{- end }}

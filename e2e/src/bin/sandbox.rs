@@ -109,6 +109,26 @@ async fn run(keep: bool, nodes: usize, vm: bool) -> Result<()> {
         .await?;
     show_pod(&cluster, &pod)?;
 
+    step(
+        "the same pod without its resource limits: the operator's injector adds macvtap.network.kubevirt.io/dataplane",
+    );
+    let no_limits = cluster
+        .run_pod_yaml(
+            &without_limits(&pod_yaml).replace("name: pod\n", "name: pod-no-limits\n"),
+            Duration::from_secs(120),
+        )
+        .await?;
+    let limits = no_limits
+        .pod
+        .spec
+        .as_ref()
+        .and_then(|s| s.containers[0].resources.clone());
+    println!(
+        "   pod-no-limits: resources set at admission {}",
+        serde_json::to_string(&limits)?
+    );
+    show_pod(&cluster, &no_limits)?;
+
     step("data path: a frame written to one pod's tap arrives at another pod's tap (bridge mode)");
     let peer = cluster
         .run_pod_yaml(
@@ -167,7 +187,7 @@ async fn run(keep: bool, nodes: usize, vm: bool) -> Result<()> {
         "tearing down (pods deleted through the kubelet, then everything else; Ctrl-C again skips the first part)",
     );
     let delete_pods = async {
-        for p in [&pod, &peer].into_iter().chain(&vm_pods) {
+        for p in [&pod, &no_limits, &peer].into_iter().chain(&vm_pods) {
             cluster
                 .delete_pod(&p.namespace, &p.name, Duration::from_secs(30))
                 .await?;
@@ -189,6 +209,15 @@ async fn run(keep: bool, nodes: usize, vm: bool) -> Result<()> {
     cluster.stop();
     println!("   done: everything else removed in {:.1?}", t.elapsed());
     Ok(())
+}
+
+/// The original README's pod YAML without its `resources` block (the last lines of config/original/pod.yaml).
+fn without_limits(pod_yaml: &str) -> String {
+    pod_yaml
+        .split("    resources:")
+        .next()
+        .unwrap_or(pod_yaml)
+        .to_string()
 }
 
 /// A VM pod and its peer (config/vm/), the guest's report from the pod's log, and a ping back from the peer.

@@ -19,14 +19,24 @@ pub const FAST_CLEANUP: [&str; 2] = [
     "agent.extraArgs[1]=--cleanup-interval-secs=3",
 ];
 
+/// The scenario clusters' webhook certificate lives 90 s: renewed every minute, its CA replaced every ~13 minutes, so
+/// every pod the suites create goes through a webhook whose certificate keeps rotating.
+pub const FAST_CERT_ROTATION: &str = "injector.certificates.validitySeconds=90";
+
 impl Cluster {
-    /// A cluster of the default shape with the chart installed as the scenario suites run it ([`FAST_CLEANUP`]).
+    /// A cluster of the default shape with the chart installed as the scenario suites run it ([`FAST_CLEANUP`],
+    /// [`FAST_CERT_ROTATION`]).
     pub async fn start_with_chart() -> Result<Cluster> {
         let cluster = Cluster::start(super::ClusterOptions::default())
             .await
             .context("the cluster starts")?;
+        let values: Vec<String> = FAST_CLEANUP
+            .iter()
+            .chain([&FAST_CERT_ROTATION])
+            .map(|s| s.to_string())
+            .collect();
         cluster
-            .install_chart(&FAST_CLEANUP.map(String::from))
+            .install_chart(&values)
             .await
             .context("the chart installs and its pods run")?;
         Ok(cluster)

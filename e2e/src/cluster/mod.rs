@@ -34,6 +34,7 @@ use crate::kube_ovn::KubeOvnDaemon;
 use crate::netns::Netns;
 use crate::registry::{Registry, image_archives};
 use crate::workspace;
+pub use chart::FAST_CLEANUP;
 use network::{ClusterSlot, MAX_NODES, Segments};
 use node::{NODE_MOUNTS, Node, NodeSpec};
 use teardown::{Teardown, TeardownPlan};
@@ -138,7 +139,6 @@ impl Cluster {
             host_link: format!("mvte2e{}", slot.index()),
             dirs: vec![dir.clone()],
             own_slot_lock: slot.lock_path().to_path_buf(),
-            shared_dirs: vec![PathBuf::from(node::TAP_RESERVATIONS)],
             ..Default::default()
         };
         let teardown = Teardown::arm(&plan, &Path::new(RUN_DIR).join(format!("teardown-{id}.sh")))?;
@@ -208,6 +208,7 @@ impl Cluster {
                 registry_hosts_dir: registry_hosts_dir.clone(),
                 pause_image: pause_image.clone(),
                 cgroup_root,
+                tap_reservations: dir.join("taps"),
             };
             let node_dir = dir.join(name);
             let mut node = Node::create(spec, netns, node_dir.clone(), mount_ns)?;
@@ -219,6 +220,13 @@ impl Cluster {
             control_plane.write_node_kubeconfig(name, &kubeconfig)?;
             node.start_kubelet(&kubeconfig, control_plane.ca_path())?;
             node.start_kube_proxy(&node_admin_kubeconfig)?;
+            // The API server (on the machine) calls admission webhooks at their pods' IPs: the node's pod network
+            // is reached through the node. The route goes with the machine's link into the segment at teardown.
+            sh(&format!(
+                "ip route replace {} via {}",
+                slot.pod_cidr(n),
+                slot.node_ip(n)
+            ))?;
             nodes.push(node);
         }
 

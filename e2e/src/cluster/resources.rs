@@ -1,8 +1,10 @@
-//! What a user watches on the cluster: pools and their status, the macvtap resources on each Node.
+//! What a user watches on the cluster: pools and their status, the macvtap resources on each Node, and which pod
+//! the kubelet gave which device.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
-use anyhow::{Result, bail};
+use anyhow::{Context, Result, bail};
 use k8s_openapi::api::core::v1::Node as NodeObject;
 use kube::api::Api;
 use macvtap_api::MacvtapPool;
@@ -129,5 +131,74 @@ impl Cluster {
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+    }
+}
+
+/// The kubelet's own record of which pod holds which devices (its device manager checkpoint,
+/// `/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint`): pod UID → device IDs of `resource`. The kubelet
+/// keeps it across device plugins, so it names the devices the original's plugin allocated as well as ours.
+pub fn checkpoint_devices(
+    checkpoint: &serde_json::Value,
+    resource: &str,
+) -> BTreeMap<String, BTreeSet<String>> {
+    let mut out: BTreeMap<String, BTreeSet<String>> = BTreeMap::new();
+    let entries = checkpoint["Data"]["PodDeviceEntries"].as_array();
+    for e in entries.into_iter().flatten() {
+        if e["ResourceName"] != resource {
+            continue;
+        }
+        let Some(uid) = e["PodUID"].as_str() else {
+            continue;
+        };
+        // `DeviceIDs` is keyed by NUMA node ("-1" without topology).
+        let ids = e["DeviceIDs"].as_object().into_iter().flatten();
+        let ids = ids.flat_map(|(_, v)| v.as_array().into_iter().flatten());
+        out.entry(uid.to_string())
+            .or_default()
+            .extend(ids.filter_map(|id| id.as_str().map(String::from)));
+    }
+    out
+}
+
+impl Cluster {
+    /// [`checkpoint_devices`] of `node`'s kubelet, read from the node's directory.
+    pub fn kubelet_devices(
+        &self,
+        node: &str,
+        resource: &str,
+    ) -> Result<BTreeMap<String, BTreeSet<String>>> {
+        let path = self
+            .node(node)
+            .dir
+            .join("kubelet/device-plugins/kubelet_internal_checkpoint");
+        let text = std::fs::read_to_string(&path).with_context(|| path.display().to_string())?;
+        let json = serde_json::from_str(&text).with_context(|| path.display().to_string())?;
+        Ok(checkpoint_devices(&json, resource))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checkpoint_devices_per_pod_of_one_resource() {
+        let cp = serde_json::json!({"Data": {"PodDeviceEntries": [
+            {"PodUID": "a", "ContainerName": "c", "ResourceName": "macvtap.network.kubevirt.io/dp",
+             "DeviceIDs": {"-1": ["dpMvp3"]}, "AllocResp": "xx"},
+            {"PodUID": "b", "ContainerName": "c", "ResourceName": "macvtap.network.kubevirt.io/dp",
+             "DeviceIDs": {"0": ["dpMvp1"], "1": ["dpMvp2"]}},
+            {"PodUID": "c", "ContainerName": "c", "ResourceName": "other", "DeviceIDs": {"-1": ["x"]}},
+        ], "RegisteredDevices": {}}, "Checksum": 1});
+        let got = checkpoint_devices(&cp, "macvtap.network.kubevirt.io/dp");
+        let want: BTreeMap<String, BTreeSet<String>> = [
+            ("a".to_string(), ["dpMvp3".to_string()].into()),
+            (
+                "b".to_string(),
+                ["dpMvp1".to_string(), "dpMvp2".to_string()].into(),
+            ),
+        ]
+        .into();
+        assert_eq!(got, want);
     }
 }

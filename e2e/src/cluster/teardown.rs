@@ -32,9 +32,6 @@ pub struct TeardownPlan {
     /// Mount points this cluster created on the machine, removed when empty (in reverse order), and only when no
     /// other cluster runs: removing a directory detaches the mounts on it in every other mount namespace.
     pub created_mount_points: Vec<PathBuf>,
-    /// Directories every cluster on the machine shares (the kernel-wide tap reservations), removed with
-    /// everything in them by the last cluster's teardown: with no cluster running, nothing in them is in use.
-    pub shared_dirs: Vec<PathBuf>,
     /// This cluster's slot lock file; every other `slot-*.lock` beside it that is held is another live cluster.
     pub own_slot_lock: PathBuf,
 }
@@ -103,7 +100,6 @@ for f in "$(dirname '{own_lock}')"/slot-*.lock; do
 done
 if [ -z "$others" ]; then
   for d in {created}; do rmdir "$d" 2>/dev/null; done
-  for d in {shared}; do rm -rf "$d"; done
 fi
 rm -f "$0"
 exit 0
@@ -115,7 +111,6 @@ exit 0
             host_link = self.host_link,
             dirs = paths(&self.dirs),
             created = paths(&created),
-            shared = paths(&self.shared_dirs),
             own_lock = self.own_slot_lock.display(),
         )
     }
@@ -192,7 +187,6 @@ mod tests {
             dirs: vec!["/tmp/c".into()],
             created_mount_points: vec!["/opt/cni".into(), "/opt/cni/bin".into()],
             own_slot_lock: "/run/x/slot-0.lock".into(),
-            shared_dirs: vec!["/run/x/taps".into()],
         };
         let s = plan.script();
         for needle in [
@@ -202,7 +196,6 @@ mod tests {
             "macvtap-e2e-1-a",
             "/tmp/c",
             "rm -rf \"$d\"; done",
-            "/run/x/taps",
         ] {
             assert!(s.contains(needle), "{needle} missing");
         }

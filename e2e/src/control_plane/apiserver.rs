@@ -1,7 +1,7 @@
 //! kube-apiserver for one control plane: its command line (API only, or the control plane of a cluster with
 //! nodes) and its readiness (`/readyz` with the admin client).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
@@ -14,16 +14,30 @@ use super::{ClusterSpec, Error, io_err};
 
 const APISERVER_READY_TIMEOUT: Duration = Duration::from_secs(120);
 
+/// Everything the API server's command line is made of: kept by the control plane so that a server stopped by a
+/// test starts again as the same server (port, certificates, etcd).
+#[derive(Debug, Clone)]
+pub(super) struct Launch {
+    pub bin: PathBuf,
+    pub dir: PathBuf,
+    pub server_url: String,
+    pub port: u16,
+    pub etcd_url: String,
+    pub certs: Certs,
+    pub cluster: Option<ClusterSpec>,
+}
+
 /// The API server on `port`, storing in `etcd_url`, with the run's certificates; `cluster` adds what nodes need.
-pub(super) fn command(
-    bin: &Path,
-    dir: &Path,
-    server_url: &str,
-    port: u16,
-    etcd_url: &str,
-    certs: &Certs,
-    cluster: Option<&ClusterSpec>,
-) -> Command {
+pub(super) fn command(launch: &Launch) -> Command {
+    let Launch {
+        bin,
+        dir,
+        server_url,
+        port,
+        etcd_url,
+        certs,
+        cluster,
+    } = launch;
     let mut cmd = Command::new(bin);
     cmd.arg(format!("--etcd-servers={etcd_url}"))
         .arg(format!("--secure-port={port}"))
@@ -67,7 +81,10 @@ pub(super) fn command(
                     "--kubelet-client-key={}",
                     certs.kubelet_client_key.display()
                 ))
-                .arg("--kubelet-preferred-address-types=InternalIP");
+                .arg("--kubelet-preferred-address-types=InternalIP")
+                // Admission webhooks (the injector) are dialled at their endpoints' pod IPs, which the machine
+                // routes to the nodes; a ClusterIP would need kube-proxy's DNAT, which runs only in the nodes.
+                .arg("--enable-aggregator-routing=true");
         }
         // API only: no nodes, no controller-manager to create `default` ServiceAccounts (which that admission
         // plugin would require), no endpoint bookkeeping for the `kubernetes` Service.

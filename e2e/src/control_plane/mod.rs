@@ -14,6 +14,10 @@
 //! "reaper" blocks on a pipe from this process; when the process ends (exit, abort, SIGKILL), the pipe closes and
 //! the reaper kills the servers and removes the temp dir.
 //!
+//! Outages: [`ControlPlane::stop_apiserver`] and [`ControlPlane::start_apiserver`] stop kube-apiserver and start it
+//! again from the same command line ([`apiserver::command`]); the reaper is told of each pid it should forget or
+//! kill, so the restarted server is owned like the first.
+//!
 //! Clients are tied to the tokio runtime they are made in (kube's client spawns a buffer task), so every
 //! `*client*` function builds a fresh one and must be called inside a runtime: `#[tokio::test]` gives one per test.
 //!
@@ -118,6 +122,10 @@ pub struct ControlPlane {
     etcd_url: String,
     etcd: Child,
     apiserver: Child,
+    /// How [`ControlPlane::start_apiserver`] starts the same server again.
+    apiserver_launch: apiserver::Launch,
+    /// Starts of kube-apiserver so far (each start after the first keeps the previous log beside the new one).
+    apiserver_starts: u32,
     /// kube-controller-manager and kube-scheduler, when started for a cluster.
     controllers: Vec<Child>,
     reaper: Option<Child>,
@@ -225,6 +233,69 @@ impl ControlPlane {
     /// Process ids of etcd and kube-apiserver.
     pub fn pids(&self) -> [u32; 2] {
         [self.etcd.id(), self.apiserver.id()]
+    }
+
+    /// Stops kube-apiserver with SIGKILL, as a crash or a lost control-plane machine looks to its clients (their
+    /// connections reset); etcd, the controllers and everything on the nodes keep running. The reaper forgets its
+    /// pid, so a later reuse of that pid is never killed at exit.
+    pub fn stop_apiserver(&mut self) {
+        kill_and_wait(&mut self.apiserver);
+        self.tell_reaper(&format!("-{}", self.apiserver.id()));
+    }
+
+    /// Whether kube-apiserver runs (false after [`ControlPlane::stop_apiserver`] or a crash).
+    pub fn apiserver_running(&mut self) -> bool {
+        matches!(self.apiserver.try_wait(), Ok(None))
+    }
+
+    /// Starts kube-apiserver again with the command line of the first start (same port, certificates and etcd,
+    /// so every client's URL and credentials stay valid) and waits until `/readyz` answers ok. Nothing to do when
+    /// it runs. The new process is owned like the first (killed on drop, by the parent-death signal and by the
+    /// reaper). Blocking; fine to call from async tests.
+    pub fn start_apiserver(&mut self) -> Result<()> {
+        if self.apiserver_running() {
+            return Ok(());
+        }
+        let log = self.dir.join("kube-apiserver.log");
+        let previous = self
+            .dir
+            .join(format!("kube-apiserver.{}.log", self.apiserver_starts));
+        fs::rename(&log, &previous).map_err(io_err(format!("keeping {}", log.display())))?;
+        let mut apiserver = start::spawn_logged(apiserver::command(&self.apiserver_launch), &log)?;
+        self.apiserver_starts += 1;
+        self.tell_reaper(&apiserver.id().to_string());
+        let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig_path)?;
+        let etcd_log = self.dir.join("etcd.log");
+        let etcd = &mut self.etcd;
+        // `wait_ready` runs a runtime of its own, which cannot block inside the caller's: a plain thread.
+        let ready = std::thread::scope(|s| {
+            s.spawn(|| {
+                apiserver::wait_ready(
+                    &mut apiserver,
+                    etcd,
+                    kubeconfig,
+                    [log.as_path(), etcd_log.as_path()],
+                )
+                .map(drop)
+                .map_err(|(e, _)| e)
+            })
+            .join()
+            .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+        });
+        // Owned either way: a server that did not get ready is still killed on drop.
+        self.apiserver = apiserver;
+        if ready.is_err() {
+            self.stop_apiserver();
+        }
+        ready
+    }
+
+    /// One line to the reaper: a pid to kill at exit, or `-<pid>` to forget one.
+    fn tell_reaper(&mut self, line: &str) {
+        use std::io::Write;
+        if let Some(stdin) = self.reaper.as_mut().and_then(|r| r.stdin.as_mut()) {
+            let _ = writeln!(stdin, "{line}");
+        }
     }
 
     /// Client config of the admin user.

@@ -11,6 +11,7 @@ use rcgen::{
 use super::kubeconfig::write_private;
 use super::{ClusterSpec, Result};
 
+#[derive(Debug, Clone)]
 pub(super) struct Certs {
     pub ca: PathBuf,
     pub serving_cert: PathBuf,

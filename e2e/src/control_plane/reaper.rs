@@ -7,10 +7,16 @@ use std::process::{Child, Command, Stdio};
 use super::{KEEP_ENV, Result, io_err};
 
 /// Reads pids from stdin until EOF (this process ended or dropped the handle), then kills them and removes the
-/// dir. Ignores the signals a Ctrl-C or hang-up sends to the whole process group.
+/// dir; `-<pid>` forgets a pid the harness stopped itself (a server started again). Ignores the signals a Ctrl-C
+/// or hang-up sends to the whole process group.
 const REAPER_SCRIPT: &str = r#"trap '' INT HUP TERM PIPE
 dir=$1 keep=$2 pids=
-while read -r p; do pids="$pids $p"; done
+while read -r p; do
+  case $p in
+    -*) kept=; for q in $pids; do [ "$q" = "${p#-}" ] || kept="$kept $q"; done; pids=$kept ;;
+    *) pids="$pids $p" ;;
+  esac
+done
 [ -n "$pids" ] && kill -9 $pids 2>/dev/null
 # Give the kernel a moment to tear the processes down before removing their files.
 i=0

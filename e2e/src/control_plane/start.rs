@@ -113,16 +113,16 @@ fn start_attempt(
     }
 
     let apiserver_log = dir.join("kube-apiserver.log");
-    let api_cmd = apiserver::command(
-        apiserver_bin,
-        dir,
-        &server_url,
-        api_port,
-        &etcd_url,
-        certs,
-        cluster,
-    );
-    let mut apiserver = spawn_logged(api_cmd, &apiserver_log).map_err(|e| {
+    let launch = apiserver::Launch {
+        bin: apiserver_bin.to_path_buf(),
+        dir: dir.to_path_buf(),
+        server_url: server_url.clone(),
+        port: api_port,
+        etcd_url: etcd_url.clone(),
+        certs: certs.clone(),
+        cluster: cluster.cloned(),
+    };
+    let mut apiserver = spawn_logged(apiserver::command(&launch), &apiserver_log).map_err(|e| {
         kill_and_wait(&mut etcd);
         (e, false)
     })?;
@@ -155,6 +155,8 @@ fn start_attempt(
             etcd_url,
             etcd,
             apiserver,
+            apiserver_launch: launch,
+            apiserver_starts: 1,
             controllers: Vec::new(),
             reaper: None,
             admin_config,

@@ -1,7 +1,8 @@
 //! A local OCI registry for the real cluster: nothing can be pulled from the internet, yet pods name
-//! `image: busybox` (implicitly `:latest`, so imagePullPolicy `Always`) and the chart names
-//! `ghcr.io/macvtap-operator/...`. Every node's containerd therefore uses this registry as the mirror of the
-//! registries in [`mirror_hosts`], and the harness copies the OCI archives of `images/build.sh` into it.
+//! `image: busybox` (implicitly `:latest`, so imagePullPolicy `Always`), the chart names
+//! `ghcr.io/macvtap-operator/...` and the original's DaemonSet `quay.io/kubevirt/macvtap-cni`. Every node's
+//! containerd therefore uses this registry as the mirror of the registries in [`mirror_hosts`], and the harness
+//! copies the OCI archives of `images/build.sh` into it.
 //!
 //! - **Server**: the CNCF distribution registry (`registry`, built by `e2e/tools/build-tools.sh` with
 //!   `CGO_ENABLED=0`), run as `registry serve <dir>/config.yml`: plain HTTP on the given address, no auth,
@@ -53,10 +54,10 @@ use crate::tools;
 /// How long the registry may take to answer `GET /v2/` (it starts in well under a second when idle).
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// The registries whose images this one serves: Docker Hub (`image: busybox`), the chart's registry and the
-/// CRI sandbox image's.
+/// The registries whose images this one serves: Docker Hub (`image: busybox`), the chart's registry, the
+/// CRI sandbox image's, and quay.io (the original kubevirt/macvtap-cni's image, for the upgrade test).
 pub fn mirror_hosts() -> &'static [&'static str] {
-    &["docker.io", "ghcr.io", "registry.k8s.io"]
+    &["docker.io", "ghcr.io", "registry.k8s.io", "quay.io"]
 }
 
 #[derive(Debug, thiserror::Error)]

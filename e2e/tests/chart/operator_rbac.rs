@@ -262,7 +262,97 @@ async fn operator_service_account_can_do_its_job_and_nothing_more() {
         .await
         .unwrap();
 
-    // Never secrets, nor anything else.
+    // The injector: its own webhook Secret (create, get, update by name), the CA bundle of its own webhook
+    // configurations (get, patch), NADs read from a watched cache; nothing else of either.
+    let secrets: Api<Secret> = Api::namespaced(op.clone(), namespace);
+    let secret_name = format!("{release}-macvtap-operator-webhook-tls");
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": secret_name}, "type": "kubernetes.io/tls",
+        "stringData": {"tls.crt": "x", "tls.key": "y"}
+    }))
+    .unwrap();
+    assert_allowed(
+        "create the webhook secret",
+        secrets.create(&PostParams::default(), &secret).await,
+    );
+    let got = assert_allowed("get the webhook secret", secrets.get(&secret_name).await);
+    assert_allowed(
+        "update the webhook secret",
+        secrets
+            .replace(&secret_name, &PostParams::default(), &got)
+            .await,
+    );
+    assert_forbidden(
+        "delete the webhook secret (unused)",
+        secrets.delete(&secret_name, &DeleteParams::default()).await,
+    );
+    assert_forbidden("watch secrets (unused)", watch_allowed(&secrets).await);
+    use k8s_openapi::api::admissionregistration::v1::{
+        MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+    };
+    let mwcs: Api<MutatingWebhookConfiguration> = Api::all(op.clone());
+    let mwc = format!("{release}-macvtap-operator-injector");
+    assert_allowed(
+        "get its mutating webhook configuration",
+        mwcs.get(&mwc).await,
+    );
+    let no_op = Patch::Merge(json!({"metadata": {"labels": {"x": "y"}}}));
+    assert_allowed(
+        "patch its mutating webhook configuration",
+        mwcs.patch(&mwc, &PatchParams::default(), &no_op).await,
+    );
+    assert_forbidden(
+        "list mutating webhook configurations",
+        mwcs.list(&ListParams::default()).await,
+    );
+    assert_forbidden(
+        "delete its mutating webhook configuration",
+        mwcs.delete(&mwc, &DeleteParams::default()).await,
+    );
+    let vwcs: Api<ValidatingWebhookConfiguration> = Api::all(op.clone());
+    let vwc = format!("{release}-macvtap-operator-nad-warnings");
+    assert_allowed(
+        "patch its validating webhook configuration",
+        vwcs.patch(&vwc, &PatchParams::default(), &no_op).await,
+    );
+    assert_forbidden(
+        "list validating webhook configurations",
+        vwcs.list(&ListParams::default()).await,
+    );
+    let nad_crd = std::fs::read_to_string(
+        workspace::root().join("e2e/manifests/network-attachment-definition-crd.yaml"),
+    )
+    .unwrap();
+    macvtap_e2e::apply::apply_objects(
+        &cp().admin_client(),
+        &macvtap_e2e::apply::parse_objects(&nad_crd).unwrap(),
+        "default",
+    )
+    .await
+    .unwrap();
+    let nad_gvk = GroupVersionKind::gvk("k8s.cni.cncf.io", "v1", "NetworkAttachmentDefinition");
+    let nad_ar =
+        kube::api::ApiResource::from_gvk_with_plural(&nad_gvk, "network-attachment-definitions");
+    let nads: Api<DynamicObject> = Api::all_with(op.clone(), &nad_ar);
+    wait::until("NAD CRD established", Duration::from_secs(30), || async {
+        Ok(nads.list(&ListParams::default()).await.is_ok())
+    })
+    .await
+    .unwrap();
+    assert_allowed("watch NADs", watch_allowed(&nads).await);
+    let nad: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "k8s.cni.cncf.io/v1", "kind": "NetworkAttachmentDefinition",
+        "metadata": {"name": "x", "namespace": "default"}, "spec": {"config": "{}"}
+    }))
+    .unwrap();
+    assert_forbidden(
+        "create a NAD",
+        Api::<DynamicObject>::namespaced_with(op.clone(), "default", &nad_ar)
+            .create(&PostParams::default(), &nad)
+            .await,
+    );
+
+    // Never other secrets, nor anything else.
     assert_forbidden(
         "get a secret",
         Api::<Secret>::namespaced(op.clone(), namespace)

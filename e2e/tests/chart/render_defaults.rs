@@ -60,6 +60,11 @@ fn default_render_is_least_privilege_and_matches_the_binaries_interfaces() {
         "PodDisruptionBudget/rel-macvtap-operator-operator",
         "DaemonSet/rel-macvtap-operator-agent",
         "Service/rel-macvtap-operator-agent-metrics",
+        "Role/rel-macvtap-operator-operator-webhook-certs",
+        "RoleBinding/rel-macvtap-operator-operator-webhook-certs",
+        "Service/rel-macvtap-operator-webhook",
+        "MutatingWebhookConfiguration/rel-macvtap-operator-injector",
+        "ValidatingWebhookConfiguration/rel-macvtap-operator-nad-warnings",
     ]
     .into_iter()
     .map(String::from)
@@ -72,6 +77,8 @@ fn default_render_is_least_privilege_and_matches_the_binaries_interfaces() {
                 | "ClusterRoleBinding"
                 | "ValidatingAdmissionPolicy"
                 | "ValidatingAdmissionPolicyBinding"
+                | "MutatingWebhookConfiguration"
+                | "ValidatingWebhookConfiguration"
         );
         assert_eq!(
             o["metadata"]["namespace"].is_string(),
@@ -108,6 +115,14 @@ fn default_render_is_least_privilege_and_matches_the_binaries_interfaces() {
             "--leader-election-id=rel-macvtap-operator-operator",
             "--log-format=json",
             "--agent-stale-after-seconds=120",
+            "--webhook-addr=0.0.0.0:9443",
+            "--webhook-service=rel-macvtap-operator-webhook",
+            "--webhook-secret=rel-macvtap-operator-webhook-tls",
+            "--webhook-certs=operator",
+            "--webhook-cert-validity-seconds=31536000",
+            "--mutating-webhook-config=rel-macvtap-operator-injector",
+            "--validating-webhook-config=rel-macvtap-operator-nad-warnings",
+            "--injector-resource-prefix=macvtap.network.kubevirt.io/",
         ]
     );
     assert_eq!(c["env"][0], json!({"name": "RUST_LOG", "value": "info"}));
@@ -117,7 +132,10 @@ fn default_render_is_least_privilege_and_matches_the_binaries_interfaces() {
     );
     assert_eq!(
         c["ports"],
-        json!([{"name": "http-metrics", "containerPort": 8080, "protocol": "TCP"}])
+        json!([
+            {"name": "http-metrics", "containerPort": 8080, "protocol": "TCP"},
+            {"name": "https-webhook", "containerPort": 9443, "protocol": "TCP"}
+        ])
     );
     assert_eq!(
         c["livenessProbe"]["httpGet"],
@@ -163,6 +181,9 @@ fn default_render_is_least_privilege_and_matches_the_binaries_interfaces() {
     );
     assert_eq!(c["livenessProbe"]["httpGet"]["path"], "/healthz");
     assert_eq!(c["readinessProbe"]["httpGet"]["path"], "/readyz");
+    // A busy node's slow answer must not restart the agent.
+    assert_eq!(c["livenessProbe"]["timeoutSeconds"], 5);
+    assert_eq!(c["readinessProbe"]["timeoutSeconds"], 5);
     assert_eq!(c["ports"][0]["containerPort"], 9808);
     let host_paths: BTreeSet<String> = pod["volumes"]
         .as_array()
@@ -215,8 +236,8 @@ fn default_render_is_least_privilege_and_matches_the_binaries_interfaces() {
     );
     assert!(init["securityContext"]["capabilities"]["add"].is_null());
 
-    // RBAC: exactly the calls the binaries make (each checked against a real API server below); nothing about
-    // secrets anywhere.
+    // RBAC: exactly the calls the binaries make (each checked against a real API server below); secrets only in
+    // the webhook certificates' Role.
     let op = find(&objs, "ClusterRole", "rel-macvtap-operator-operator");
     let g = "macvtap.network.kubevirt.io";
     let mut want: BTreeSet<_> = BTreeSet::new();
@@ -229,7 +250,78 @@ fn default_render_is_least_privilege_and_matches_the_binaries_interfaces() {
     ));
     want.extend(grant("", "nodes", &["list", "watch"]));
     want.extend(grant("events.k8s.io", "events", &["create", "patch"]));
+    want.extend(grant(
+        "k8s.cni.cncf.io",
+        "network-attachment-definitions",
+        &["get", "list", "watch"],
+    ));
+    let a = "admissionregistration.k8s.io";
+    want.extend(grant(a, "mutatingwebhookconfigurations", &["get", "patch"]));
+    want.extend(grant(
+        a,
+        "validatingwebhookconfigurations",
+        &["get", "patch"],
+    ));
     assert_eq!(grants(op), want);
+    for (groups, _, _, names) in rules(op) {
+        if groups.contains(a) {
+            assert_eq!(names.len(), 1, "only its own webhook configurations");
+        }
+    }
+    let certs = rules(find(
+        &objs,
+        "Role",
+        "rel-macvtap-operator-operator-webhook-certs",
+    ));
+    assert_eq!(certs.len(), 2);
+    for (_, resources, verbs, names) in &certs {
+        assert_eq!(strs(&json!(resources)), ["secrets"]);
+        if verbs.contains("create") {
+            assert_eq!(verbs.len(), 1);
+        } else {
+            assert_eq!(strs(&json!(names)), ["rel-macvtap-operator-webhook-tls"]);
+            assert_eq!(strs(&json!(verbs)), ["get", "update"]);
+        }
+    }
+
+    // The injector: only pods naming a Multus network, never the release namespace or kube-system, the chosen
+    // failurePolicy; no caBundle in the chart (the operator writes it).
+    let mwc = find(
+        &objs,
+        "MutatingWebhookConfiguration",
+        "rel-macvtap-operator-injector",
+    );
+    let hook = &mwc["webhooks"][0];
+    assert_eq!(hook["failurePolicy"], "Fail");
+    assert_eq!(hook["timeoutSeconds"], 5);
+    assert_eq!(
+        hook["clientConfig"],
+        json!({"service": {"name": "rel-macvtap-operator-webhook", "namespace": "macvtap-system",
+               "path": "/mutate-pods", "port": 443}})
+    );
+    assert_eq!(strs(&hook["rules"][0]["operations"]), ["CREATE"]);
+    assert_eq!(
+        hook["namespaceSelector"]["matchExpressions"][0],
+        json!({"key": "kubernetes.io/metadata.name", "operator": "NotIn",
+               "values": ["macvtap-system", "kube-system"]})
+    );
+    let cond = hook["matchConditions"][0]["expression"].as_str().unwrap();
+    assert!(
+        cond.contains("'k8s.v1.cni.cncf.io/networks' in object.metadata.annotations")
+            && cond.contains("'v1.multus-cni.io/default-network' in object.metadata.annotations"),
+        "{cond}"
+    );
+    let vwc = find(
+        &objs,
+        "ValidatingWebhookConfiguration",
+        "rel-macvtap-operator-nad-warnings",
+    );
+    assert_eq!(
+        vwc["webhooks"][0]["failurePolicy"], "Ignore",
+        "NADs are never refused"
+    );
+    let svc = find(&objs, "Service", "rel-macvtap-operator-webhook");
+    assert_eq!(svc["spec"]["ports"][0]["targetPort"], "https-webhook");
     let lease_role = find(
         &objs,
         "Role",
@@ -258,7 +350,8 @@ fn default_render_is_least_privilege_and_matches_the_binaries_interfaces() {
     assert_eq!(grants(agent), want);
     for o in &objs {
         assert!(
-            !o.to_string().contains("secrets"),
+            o["metadata"]["name"] == "rel-macvtap-operator-operator-webhook-certs"
+                || !o.to_string().contains("\"secrets\""),
             "{} mentions secrets",
             o["metadata"]["name"]
         );

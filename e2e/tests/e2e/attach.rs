@@ -99,21 +99,7 @@ pub async fn device_plugin_only(c: &mut Cluster) -> Result<()> {
         "no CNI interface expected: {names:?}"
     );
     // PreStartContainer made the link on the node (no CNI ADD made one); the container's tap is that link's.
-    let out = c
-        .node(&pod.node)
-        .netns
-        .ip(&["-j", "link", "show", "type", "macvtap"])?;
-    let links: serde_json::Value = serde_json::from_str(&out)?;
-    let ifindex = taps[0].ifindex().context("tap name")?;
-    ensure!(
-        links
-            .as_array()
-            .into_iter()
-            .flatten()
-            .any(|l| l["ifindex"] == ifindex),
-        "no macvtap with ifindex {ifindex} on {}: {links}",
-        pod.node
-    );
+    host_link(c, &pod.node, taps[0].ifindex().context("tap name")?)?;
     c.delete_pod(&pod.namespace, &pod.name, GONE).await
 }
 
@@ -212,18 +198,8 @@ pub async fn fifty_at_once(c: &mut Cluster) -> Result<()> {
         let rdev = std::os::unix::fs::MetadataExt::rdev(&std::fs::metadata(&tap)?);
         taps.insert(tap);
         devices.insert(rdev);
-        let index = p.net1()?["ifindex"].as_u64().context("net1 ifindex")?;
-        let of: Vec<&String> = records
-            .iter()
-            .filter(|(_, r)| u64::from(r.tap_index) == index)
-            .map(|(id, _)| id)
-            .collect();
-        ensure!(
-            of.len() == 1,
-            "{}: net1 ifindex {index} is the tap index of {of:?}",
-            p.name
-        );
-        ids.insert(of[0].clone());
+        let index = p.net1()?["ifindex"].as_u64().context("net1 ifindex")? as u32;
+        ids.insert(device_with_tap(&records, index).with_context(|| format!("{}'s net1", p.name))?);
     }
     ensure!(
         taps.len() == BURST && devices.len() == BURST,

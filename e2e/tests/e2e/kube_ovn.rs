@@ -5,6 +5,11 @@ use super::*;
 /// kube-ovn as IPAM: its real CNI binary, against a stand-in daemon per node that answers from the pod's
 /// annotations as kube-ovn-controller would have written them (subnet of config/kube-ovn/subnet-p4p1.yaml).
 pub async fn kube_ovn(c: &mut Cluster) -> Result<()> {
+    kube_ovn_cases(c, false).await
+}
+
+/// The four kube-ovn examples; `without_limits`: with their `resources` removed, so the injector must add them.
+pub async fn kube_ovn_cases(c: &mut Cluster, without_limits: bool) -> Result<()> {
     c.apply_file(&config_file("pools/p4p1.yaml")).await?;
     c.wait_pool("p4p1", Duration::from_secs(90), pool_ready)
         .await?;
@@ -37,7 +42,10 @@ pub async fn kube_ovn(c: &mut Cluster) -> Result<()> {
         ),
     ];
     for (i, (file, ifname, ip, mac)) in cases.into_iter().enumerate() {
-        let manifest = example(file, None, None)?;
+        let mut manifest = example(file, None, None)?;
+        if without_limits {
+            manifest = without_resources(manifest);
+        }
         let name = manifest.name_any();
         let want_ip = ip
             .map(str::to_string)
@@ -69,6 +77,9 @@ pub async fn kube_ovn(c: &mut Cluster) -> Result<()> {
             .run_pod(manifest, RUN)
             .await
             .with_context(|| file.to_string())?;
+        if without_limits {
+            ensure_injected(c, &pod.namespace, &pod.name, "p4p1", 1).await?;
+        }
         let l = pod
             .link(ifname)?
             .with_context(|| format!("{file}: no {ifname}"))?;

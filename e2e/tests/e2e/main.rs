@@ -8,13 +8,15 @@
 
 mod attach;
 mod chart_pods;
+mod injector;
 mod kube_ovn;
 mod node_events;
+mod outages;
 mod pools;
+mod reboot;
 mod refusals;
 mod squatters;
 mod support;
-mod upgrade;
 
 use std::collections::BTreeSet;
 use std::future::Future;
@@ -30,7 +32,7 @@ use macvtap_api::MacvtapPool;
 use macvtap_e2e::cluster::Cluster;
 use macvtap_e2e::cluster::pods::RunningPod;
 use macvtap_e2e::cluster::resources::{pool_ready, resource_name};
-use macvtap_e2e::tap::{Tap, parse_mac};
+use macvtap_e2e::tap::Tap;
 use macvtap_e2e::wait;
 use macvtap_e2e::workspace::config_file;
 
@@ -38,13 +40,15 @@ type Scenario = for<'a> fn(&'a mut Cluster) -> Pin<Box<dyn Future<Output = Resul
 
 use attach::*;
 use chart_pods::*;
+use injector::*;
 use kube_ovn::*;
 use node_events::*;
+use outages::*;
 use pools::*;
+use reboot::*;
 use refusals::*;
 use squatters::*;
 use support::*;
-use upgrade::*;
 
 #[test]
 fn end_to_end() {
@@ -93,8 +97,20 @@ fn end_to_end() {
                 |c| Box::pin(kubelet_outage(c)),
             ),
             (
+                "node reboot: pods Running again at their tap indices, taps work, nothing left after",
+                |c| Box::pin(node_reboot(c)),
+            ),
+            (
                 "refusals by the real kubelet: another pod's device, no request, another resource, 11",
                 |c| Box::pin(refusals_by_the_kubelet(c)),
+            ),
+            (
+                "API server down 60 s: traffic, agents serving, links and our pods untouched; back: status current",
+                |c| Box::pin(apiserver_outage(c)),
+            ),
+            (
+                "agent outage: a device holder's container restart waits for PreStartContainer, traffic flows",
+                |c| Box::pin(agent_outage(c)),
             ),
             (
                 "agent pod deleted: recreated, links in use untouched, orphans cleaned",
@@ -111,9 +127,30 @@ fn end_to_end() {
             ("capacity used up: Pending, Unschedulable", |c| {
                 Box::pin(capacity_exhausted(c))
             }),
-            ("upgrade from the original: its links on our slots", |c| {
-                Box::pin(upgrade_from_original(c))
+            (
+                "injector: the original README's pods and the kube-ovn variants without limits run with net1",
+                |c| Box::pin(injector_original_pods(c)),
+            ),
+            (
+                "injector: one NAD twice, a NAD in another namespace, a limit already set, a missing NAD",
+                |c| Box::pin(injector_attachments(c)),
+            ),
+            (
+                "injector: pods without annotations, of kube-system and of the operator's namespace are never sent",
+                |c| Box::pin(injector_not_sent(c)),
+            ),
+            ("injector: kubectl warns about bad macvtap NADs", |c| {
+                Box::pin(injector_nad_warnings(c))
             }),
+            (
+                "injector: certificate rotation while pods are created",
+                |c| Box::pin(injector_rotation(c)),
+            ),
+            (
+                "injector: webhook down under Fail and under Ignore",
+                |c| Box::pin(injector_down(c)),
+            ),
+            ("injector: figures", |c| Box::pin(injector_figures(c))),
         ];
         // E2E_ONLY=<part of a name>[,...] runs the matching scenarios only (development); it must match one.
         let only = std::env::var("E2E_ONLY").ok();
@@ -147,6 +184,35 @@ fn end_to_end() {
                                 ])
                                 .unwrap_or_else(|e| e.to_string());
                             eprintln!("--- agent on {node}:\n{logs}");
+                            // A restarted agent: why its previous container ended, and its last words.
+                            let statuses = cluster
+                                .kubectl_out(&[
+                                    "get",
+                                    "pod",
+                                    "-n",
+                                    "macvtap-system",
+                                    &p.name_any(),
+                                    "-o",
+                                    "jsonpath={.status.containerStatuses}",
+                                ])
+                                .unwrap_or_else(|e| e.to_string());
+                            if statuses.contains("\"terminated\"") {
+                                let previous = cluster
+                                    .kubectl_out(&[
+                                        "logs",
+                                        "-n",
+                                        "macvtap-system",
+                                        &p.name_any(),
+                                        "-c",
+                                        "agent",
+                                        "--previous",
+                                        "--tail=40",
+                                    ])
+                                    .unwrap_or_else(|e| e.to_string());
+                                eprintln!(
+                                    "--- agent on {node} restarted: {statuses}\n--- its previous container:\n{previous}"
+                                );
+                            }
                         }
                     }
                     failed.push(format!("{name}: {e:#}"));

@@ -142,14 +142,25 @@ pub fn same_net1(now: &serde_json::Value, before: &serde_json::Value) -> bool {
 }
 
 /// `GET /readyz` of node-a's agent (host network, the chart's `agent.metricsPort`): the HTTP status.
-fn agent_readyz(c: &Cluster, node: &str) -> Result<u16> {
+pub fn agent_readyz(c: &Cluster, node: &str) -> Result<u16> {
     use std::io::{Read, Write};
     let addr = std::net::SocketAddr::from((c.node(node).spec.ip, 9808));
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n")?;
-    let mut reply = String::new();
-    s.read_to_string(&mut reply)?;
+    let ask = || -> std::io::Result<String> {
+        // Generous for a loaded 2-core machine; the kubelet's own probe is what decides in a cluster.
+        let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(5))?;
+        s.set_read_timeout(Some(Duration::from_secs(5)))?;
+        s.write_all(b"GET /readyz HTTP/1.0\r\n\r\n")?;
+        let mut reply = String::new();
+        s.read_to_string(&mut reply)?;
+        Ok(reply)
+    };
+    let t = std::time::Instant::now();
+    let reply = ask().with_context(|| {
+        format!(
+            "{node}'s agent /readyz ({addr}): no answer after {:.1?}",
+            t.elapsed()
+        )
+    })?;
     reply
         .split_whitespace()
         .nth(1)

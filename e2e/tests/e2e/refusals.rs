@@ -123,14 +123,21 @@ spec:
         "the refusal lists what the pod does hold: {events}"
     );
 
-    // A pod on the pool's own network without asking for a device: Multus has no device ID to give.
+    // A pod on the pool's own network without asking for a device: Multus has no device ID to give. The injector
+    // would add the request, so the pod is in kube-system, a namespace the injector never sees (as with the
+    // injector turned off, or down under failurePolicy Ignore).
+    let mut no_request = busybox(
+        "no-request",
+        Some("default/dataplane"),
+        None,
+        Some("node-a"),
+    );
+    no_request.metadata.namespace = Some("kube-system".into());
+    Api::<Pod>::namespaced(c.client(), "kube-system")
+        .create(&PostParams::default(), &no_request)
+        .await?;
+    sandbox_refused(c, "kube-system", "no-request", "deviceID is required").await?;
     let api = Api::<Pod>::namespaced(c.client(), "default");
-    api.create(
-        &PostParams::default(),
-        &busybox("no-request", Some("dataplane"), None, Some("node-a")),
-    )
-    .await?;
-    sandbox_refused(c, "default", "no-request", "deviceID is required").await?;
 
     // The node file points at a PodResources socket nobody answers on: 11, nothing created, and the kubelet's
     // retry attaches the pod once the node file is right again.
@@ -169,7 +176,7 @@ spec:
     for (ns, name) in [
         ("tenant", "thief"),
         ("tenant", "holder-of-other"),
-        ("default", "no-request"),
+        ("kube-system", "no-request"),
         ("default", "unasked"),
         ("default", "victim"),
         ("default", "witness"),

@@ -59,7 +59,7 @@ fn registry_serves_pushed_archives_under_their_mirror_paths() {
         reg.local_ref("registry.k8s.io/pause:3.10").unwrap(),
         format!("{addr}/pause:3.10")
     );
-    assert!(reg.local_ref("quay.io/some/image:1").is_err());
+    assert!(reg.local_ref("gcr.io/some/image:1").is_err());
     let log = reg.log_path();
     assert!(
         fs::read_to_string(&log)

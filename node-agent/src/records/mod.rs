@@ -241,6 +241,20 @@ impl NodeRecords {
                 current,
             });
         }
+        // A record whose reservation is gone (removed by hand, or by an agent that took its owner for its own) is
+        // listed as current all the same, so cleanup drops it once no pod holds the device; releasing the missing
+        // reservation is then a no-op.
+        for device_id in AllocationRecord::device_ids(&self.node_dir)? {
+            if let Ok(Some(r)) = self.record(&device_id)
+                && !out.iter().any(|o| o.current && o.device_id == device_id)
+            {
+                out.push(Reservation {
+                    index: r.tap_index,
+                    device_id,
+                    current: true,
+                });
+            }
+        }
         Ok(out)
     }
 

@@ -102,6 +102,22 @@ fn a_device_keeps_its_index_until_a_link_still_has_it() {
 }
 
 #[test]
+fn a_record_whose_reservation_is_gone_is_still_forgotten() {
+    let f = Fixture::new();
+    let a = f.records("node-a");
+    let n = a
+        .assign(&cfg("eth1"), "dpMvp0", MacvtapMode::Bridge)
+        .unwrap();
+    std::fs::remove_file(f.dir.path().join(format!("taps/{n}"))).unwrap();
+    let res = a.reservations().unwrap();
+    assert_eq!(res.len(), 1);
+    assert!(res[0].current && res[0].index == n && res[0].device_id == "dpMvp0");
+    a.forget(&res[0]).unwrap();
+    assert!(a.record("dpMvp0").unwrap().is_none());
+    assert!(a.reservations().unwrap().is_empty());
+}
+
+#[test]
 fn nodes_on_one_kernel_never_share_an_index() {
     let f = Fixture::new();
     let (a, b) = (f.records("node-a"), f.records("node-b"));

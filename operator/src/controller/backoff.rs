@@ -1,4 +1,5 @@
-//! Per-object retry delays after failed reconciles: exponential, reset by a success.
+//! Retry delays: per object after failed reconciles (exponential, reset by a success), and of the watches after
+//! the API server failed them.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -25,9 +26,64 @@ impl Backoff {
     }
 }
 
+/// First retry of a failed watch.
+const WATCH_RETRY_MIN: Duration = Duration::from_millis(500);
+/// Longest wait between retries of a failed watch. kube's default backoff grows to 30 s with up to as much again of
+/// jitter, so after an API server outage of a minute the operator's caches, and the pool status computed from
+/// them, could stay stale for up to a minute after the server was back; three watches of one leader retrying every
+/// few seconds cost the server nothing.
+pub(super) const WATCH_RETRY_MAX: Duration = Duration::from_secs(4);
+
+/// The watches' retry delays: 0.5 s doubling up to [`WATCH_RETRY_MAX`], back to 0.5 s after an event arrives
+/// (`StreamBackoff` resets it).
+#[derive(Debug, Clone)]
+pub(super) struct WatchBackoff {
+    next: Duration,
+}
+
+impl Default for WatchBackoff {
+    fn default() -> Self {
+        Self {
+            next: WATCH_RETRY_MIN,
+        }
+    }
+}
+
+impl Iterator for WatchBackoff {
+    type Item = Duration;
+
+    fn next(&mut self) -> Option<Duration> {
+        let now = self.next;
+        self.next = (now * 2).min(WATCH_RETRY_MAX);
+        Some(now)
+    }
+}
+
+impl kube::runtime::utils::Backoff for WatchBackoff {
+    fn reset(&mut self) {
+        *self = Self::default();
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_watch_retries_within_seconds_however_long_the_outage() {
+        let mut b = WatchBackoff::default();
+        let first: Vec<u64> = b.by_ref().take(5).map(|d| d.as_millis() as u64).collect();
+        assert_eq!(first, [500, 1000, 2000, 4000, 4000]);
+        // A 10-minute outage: never a longer wait than the cap, so the watch is back within 4 s of the server.
+        let mut waited = Duration::ZERO;
+        while waited < Duration::from_secs(600) {
+            let d = b.next().unwrap();
+            assert!(d <= WATCH_RETRY_MAX, "{d:?}");
+            waited += d;
+        }
+        kube::runtime::utils::Backoff::reset(&mut b);
+        assert_eq!(b.next(), Some(WATCH_RETRY_MIN));
+    }
 
     fn secs(b: &Backoff, controller: &'static str, name: &str) -> u64 {
         b.failed(controller, name).as_secs()

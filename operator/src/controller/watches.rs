@@ -13,6 +13,7 @@ use kube::{Client, ResourceExt};
 use macvtap_api::{MacvtapNodeState, MacvtapPool};
 use tracing::{debug, warn};
 
+use super::backoff::WatchBackoff;
 use super::memory::{SeenGenerations, SeenPools};
 use super::triggers::{self, Triggered};
 use super::{NodeMeta, stale_node_resources};
@@ -56,7 +57,7 @@ fn config() -> watcher::Config {
 pub(super) async fn nodes(client: Client, cache: Writer<NodeMeta>, queues: Arc<Queues>) {
     let events = queues.clone();
     watch(Api::<NodeMeta>::all(client), config())
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .reflect(cache)
         .inspect(move |ev| {
             if let Ok(ev) = ev {
@@ -90,7 +91,7 @@ pub(super) async fn pools(
     let metrics = queues.metrics.clone();
     let mut seen = SeenPools::default();
     watch(Api::<MacvtapPool>::all(client.clone()), config())
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .reflect(cache)
         .for_each(move |ev| {
             match ev {
@@ -132,7 +133,7 @@ pub(super) async fn node_states(
 ) {
     let mut generations = SeenGenerations::default();
     watch(Api::<MacvtapNodeState>::all(client), config())
-        .default_backoff()
+        .backoff(WatchBackoff::default())
         .reflect(cache)
         .for_each(move |ev| {
             match ev {

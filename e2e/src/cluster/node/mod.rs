@@ -20,8 +20,10 @@ use std::time::Duration;
 use anyhow::{Context, Result, anyhow, bail};
 
 mod files;
+mod reboot;
 
 pub use files::cgroup_hierarchies;
+pub use reboot::Reboot;
 
 use super::network::ifindex_base;
 use crate::netns::Netns;
@@ -33,7 +35,7 @@ use crate::wait::{LOCAL_INTERVAL, poll_blocking};
 pub const NODE_MOUNTS: [(&str, &str); 13] = [
     ("kubelet", "/var/lib/kubelet"),
     // The agent's state directory (the chart's default `agent.stateDir`); its `taps/` is bound over by
-    // [`TAP_RESERVATIONS`].
+    // [`NodeSpec::tap_reservations`].
     ("macvtap-state", "/var/lib/macvtap-operator"),
     ("containerd", "/var/lib/containerd"),
     ("run-containerd", "/run/containerd"),
@@ -49,11 +51,6 @@ pub const NODE_MOUNTS: [(&str, &str); 13] = [
     ("openvswitch", "/run/openvswitch"),
     ("etc-kubernetes", "/etc/kubernetes"),
 ];
-
-/// The tap-index reservations of every agent of every cluster on this machine: `/dev/tapN` is one name per kernel,
-/// and all clusters' nodes share this kernel. Bound over each node's `/var/lib/macvtap-operator/taps`; removed by
-/// the teardown of the last cluster (see `TeardownPlan::shared_dirs`).
-pub const TAP_RESERVATIONS: &str = "/run/macvtap-e2e/taps";
 
 /// The CNI network every pod gets first (Multus' `clusterNetwork`): a bridge with the node's pod network.
 pub const CLUSTER_NETWORK_NAME: &str = "cluster";
@@ -75,6 +72,12 @@ pub struct NodeSpec {
     pub pause_image: String,
     /// cgroup root of this node's pods, relative to every hierarchy (the kubelet gets it with a leading `/`).
     pub cgroup_root: String,
+    /// The tap-index reservations every node of the cluster shares (bound over its
+    /// `/var/lib/macvtap-operator/taps`): `/dev/tapN` is one name per kernel, and all the cluster's nodes share this
+    /// kernel. One directory per cluster, not per machine: the agents know a reservation's owner by node name and
+    /// device ID, which another cluster's nodes repeat (its agents would release ours as superseded); the agents'
+    /// check of the kernel's taps at every assignment keeps clusters' indices apart.
+    pub tap_reservations: PathBuf,
 }
 
 /// A running node. Dropping it stops its programs; the cluster's teardown script removes the rest.
@@ -107,8 +110,9 @@ impl Node {
             ));
         }
         script.push_str(&format!(
-            "mkdir -p '{TAP_RESERVATIONS}' /var/lib/macvtap-operator/taps\n\
-             mount --bind '{TAP_RESERVATIONS}' /var/lib/macvtap-operator/taps\n"
+            "mkdir -p '{taps}' /var/lib/macvtap-operator/taps\n\
+             mount --bind '{taps}' /var/lib/macvtap-operator/taps\n",
+            taps = spec.tap_reservations.display()
         ));
         let out = Command::new("nsenter")
             .arg(format!("--net={}", netns.path().display()))
