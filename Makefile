@@ -16,7 +16,8 @@ sandbox: tools images
 	$(CARGO) run --locked -p macvtap-e2e --bin sandbox -- $(if $(KEEP),--keep,) $(if $(NODES),--nodes $(NODES),) $(if $(VM),--vm,)
 
 ## Install missing Debian packages (runc, nftables, skopeo, ...) and Rust parts, then build containerd 2.x, the
-## Kubernetes programs, etcd, helm, Multus, kube-ovn's CNI and the registry from the Go module proxy (cached).
+## Kubernetes programs, etcd, helm, Multus, kube-ovn (CNI, controller, daemon) and the registry from the Go module
+## proxy (cached).
 tools:
 	e2e/tools/install-deps.sh
 	e2e/tools/build-tools.sh

@@ -1,10 +1,14 @@
-//! IPAM by the real kube-ovn CNI binary (built by e2e/tools/build-tools.sh) against the stand-in kube-ovn daemon.
-//! A missing binary fails every test here, naming the build script.
+//! IPAM by the real kube-ovn CNI binary (built by e2e/tools/build-tools.sh) against the stand-in kube-ovn daemon: what
+//! our CNI sends kube-ovn (the stand-in records each request: `deviceID` stripped, DEL sent, CHECK) and answers the
+//! real daemon cannot be made to give on demand (a MAC in the answer, as for an OVN provider; no answer at all).
+//! What kube-ovn itself decides (addresses from the Subnet, fixed IPs, MACs, release) is tested against the real
+//! controller and daemons on the real cluster (e2e `kube-ovn` scenario). A missing binary fails every test here,
+//! naming the build script.
 
 mod common;
 
 use common::*;
-use macvtap_e2e::kube_ovn::KubeOvnDaemon;
+use macvtap_e2e::kube_ovn::stand_in::KubeOvnDaemon;
 use macvtap_link::device_id;
 use serde_json::{Value, json};
 

@@ -2,7 +2,7 @@
 //! node-b), p50 over `RUNS` VMs (default 5; `RUNS=n`), split into our part and the rest:
 //!
 //! - **ours**: the agent's Allocate (its own `allocated … elapsed_us` log line) + our CNI's ADD (timed by a
-//!   wrapper around the `macvtap` binary on node-a, see [`wrap_cni`]);
+//!   wrapper around the `macvtap` binary on node-a, see `macvtap_e2e::cni_timing`);
 //! - **the rest**, from the pod's log timestamps (containerd's, `kubectl logs --timestamps`; the bench's clock for
 //!   the create, same machine): create → launcher running (scheduling, sandbox, CNI, container start), launcher
 //!   running → QEMU exec'd (waiting for the network status to reach the downward API file), QEMU → the guest's
@@ -17,6 +17,7 @@ use k8s_openapi::jiff::Timestamp;
 use kube::ResourceExt;
 use macvtap_e2e::cluster::resources::pool_ready;
 use macvtap_e2e::cluster::{Cluster, ClusterOptions};
+use macvtap_e2e::cni_timing;
 use macvtap_e2e::vm_pod::{VmPod, dataplane_ips, peer_pod, pod_log, push_vm_image, wait_log_line};
 use macvtap_e2e::workspace::config_file;
 
@@ -79,44 +80,6 @@ async fn allocate_ms(c: &Cluster) -> Result<f64> {
     Ok(us.parse::<f64>().context("elapsed_us")? / 1000.0)
 }
 
-/// Times every call of our CNI on node-a: its `macvtap` (installed by the agent's init container) is wrapped by a
-/// script that notes nanosecond clock readings before and after the real binary (the wrapper's own cost, a shell
-/// and two `date`, is a few ms on top). Multus's own log has whole seconds only. The log goes to the node's
-/// `/var/lib/cni`: the kubelet's log GC removes what it does not know in `/var/log/pods`.
-fn wrap_cni(c: &Cluster) -> Result<std::path::PathBuf> {
-    let bin = c.dir.join("node-a/cni-bin");
-    let times = c.dir.join("node-a/cni-state/macvtap-cni-times.log");
-    std::fs::rename(bin.join("macvtap"), bin.join("macvtap.real"))
-        .context("node-a's /opt/cni/bin/macvtap (agent's install-cni)")?;
-    let script = "#!/bin/sh\n\
-                  s=$(date +%s%N)\n\
-                  /opt/cni/bin/macvtap.real \"$@\"\n\
-                  rc=$?\n\
-                  e=$(date +%s%N)\n\
-                  echo \"$CNI_COMMAND $s $e $CNI_ARGS\" >>/var/lib/cni/macvtap-cni-times.log\n\
-                  exit $rc\n";
-    std::fs::write(bin.join("macvtap"), script)?;
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(bin.join("macvtap"), std::fs::Permissions::from_mode(0o755))?;
-    Ok(times)
-}
-
-/// Our CNI's ADD for `pod`, from the wrapper's log.
-fn cni_add_ms(times: &std::path::Path, pod: &str) -> Result<f64> {
-    let log = std::fs::read_to_string(times)?;
-    let line = log
-        .lines()
-        .find(|l| l.starts_with("ADD ") && l.contains(&format!("K8S_POD_NAME={pod};")))
-        .with_context(|| format!("no ADD of {pod} in {}", times.display()))?;
-    let f: Vec<f64> = line
-        .split_whitespace()
-        .skip(1)
-        .take(2)
-        .map(|x| x.parse().unwrap_or(0.0))
-        .collect();
-    Ok((f[1] - f[0]) / 1e6)
-}
-
 struct Run {
     total: f64,
     allocate_ms: f64,
@@ -152,7 +115,7 @@ async fn one(c: &Cluster, image: &str, name: &str, times: &std::path::Path) -> R
     let run = Run {
         total: ping - t0,
         allocate_ms: allocate_ms(c).await?,
-        cni_add_ms: cni_add_ms(times, name)?,
+        cni_add_ms: cni_timing::call_ms(times, "ADD", name)?,
         to_launcher: launcher - t0,
         to_qemu: qemu - launcher,
         to_ping: ping - qemu,
@@ -172,7 +135,7 @@ fn main() -> Result<()> {
         let c = Cluster::start(ClusterOptions::default()).await?;
         c.install_chart(&[]).await?;
         let image = push_vm_image(&c)?;
-        let times = wrap_cni(&c)?;
+        let times = cni_timing::wrap_cni(&c, "node-a")?;
         c.apply_file(&config_file("pools/dataplane.yaml")).await?;
         c.wait_pool("dataplane", Duration::from_secs(120), pool_ready)
             .await?;

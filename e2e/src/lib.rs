@@ -1,6 +1,6 @@
 //! Test harness shared by every crate's tests: a local control plane (real etcd + kube-apiserver), a real
 //! multi-node cluster on this machine (kubelet + containerd + runc per node, see [`cluster`]), network namespaces,
-//! a local OCI registry, a kubelet stand-in for the agent's protocol tests, a kube-ovn daemon stand-in, and VM pods
+//! a local OCI registry, a kubelet stand-in for the agent's protocol tests, kube-ovn (real, and a daemon stand-in for CNI faults), VM pods
 //! (QEMU guests on the pod's tap, see [`vm_pod`]).
 //!
 //! And the one copy of what every crate's tests do again and again: polling until something holds ([`wait`]),
@@ -10,6 +10,7 @@
 pub mod agent;
 pub mod apply;
 pub mod cluster;
+pub mod cni_timing;
 pub mod control_plane;
 pub mod forward;
 pub mod kube_ovn;

@@ -1,4 +1,5 @@
-//! Where the Go-built test tools (kube-apiserver, etcd, kubectl, helm, multus, kube-ovn) live.
+//! Where the Go-built test tools (kube-apiserver, etcd, kubectl, helm, multus, kube-ovn and its controller and daemon)
+//! live.
 //!
 //! Tests never skip when a tool is missing: they fail, telling how to build it (CI always builds them first).
 

@@ -19,7 +19,7 @@ use kube::api::{Api, Patch, PatchParams};
 use macvtap_api::MacvtapPool;
 use macvtap_e2e::cluster::Cluster;
 use macvtap_e2e::cluster::pods::RunningPod;
-use macvtap_e2e::cluster::resources::{pool_ready, resource_name};
+use macvtap_e2e::cluster::resources::resource_name;
 use macvtap_e2e::vm_pod::{
     VmPod, dataplane_ips, peer_pod, ping_from, pod_log, push_vm_image, vm_image, wait_log_line,
 };
@@ -227,51 +227,30 @@ fn p4p1_limit() -> serde_json::Value {
     limits.into()
 }
 
-/// kube-ovn as IPAM (its real CNI binary, the daemon stand-in answering as kube-ovn-controller would): the guest
-/// gets the address and MAC kube-ovn assigned to the pod, and reaches a kube-ovn peer on the other node.
+/// kube-ovn as IPAM (the real controller and daemons): the guest gets the address kube-ovn's controller assigned to
+/// the pod from the Subnet, with the MAC of the network selection (kube-ovn gives none for this provider), and
+/// reaches a kube-ovn peer on the other node.
 async fn vm_kube_ovn(c: &mut Cluster, image: &str) -> Result<()> {
-    c.apply_file(&config_file("pools/p4p1.yaml")).await?;
-    c.wait_pool("p4p1", Duration::from_secs(90), pool_ready)
-        .await?;
-    c.apply_file(&config_file("kube-ovn/nad-p4p1.yaml")).await?;
+    c.kube_ovn_examples_network().await?;
     let (vm_ip, vm_mac, peer_ip) = ("172.17.100.40", "02:00:ac:11:64:40", "172.17.100.41");
-    for (pod, ip, mac) in [
-        ("vm-ovn", vm_ip, vm_mac),
-        ("ovn-peer", peer_ip, "02:00:ac:11:64:41"),
-    ] {
-        for node in &c.nodes {
-            let daemon = c.kube_ovn(node.name());
-            for (k, v) in [
-                ("ip_address", ip),
-                ("mac_address", mac),
-                ("cidr", "172.17.100.0/24"),
-                ("gateway", "172.17.100.1"),
-                ("default_route", "false"),
-            ] {
-                daemon.set_annotation(
-                    "default",
-                    pod,
-                    &format!("p4p1.default.kubernetes.io/{k}"),
-                    v,
-                );
-            }
-        }
-    }
+    let fixed_ip = "p4p1.default.kubernetes.io/ip_address";
     let mut peer = serde_json::to_value(peer_pod("node-b")?)?;
     peer["metadata"]["name"] = "ovn-peer".into();
     peer["metadata"]["annotations"]["k8s.v1.cni.cncf.io/networks"] = "default/p4p1".into();
+    peer["metadata"]["annotations"][fixed_ip] = peer_ip.into();
     peer["spec"]["containers"][0]["resources"]["limits"] = p4p1_limit();
     let peer = c.run_pod(serde_json::from_value(peer)?, RUN).await?;
     let spec = VmPod {
         name: "vm-ovn",
         image,
-        networks: "default/p4p1".into(),
+        networks: format!(r#"[{{"name": "p4p1", "namespace": "default", "mac": "{vm_mac}"}}]"#),
         queues: 1,
         ping: Some(peer_ip),
         node: Some("node-a"),
     };
     let mut pod: serde_json::Value = serde_json::to_value(spec.pod()?)?;
     pod["spec"]["containers"][0]["resources"]["limits"] = p4p1_limit();
+    pod["metadata"]["annotations"][fixed_ip] = vm_ip.into();
     let vm = c.run_pod(serde_json::from_value(pod)?, RUN).await?;
     let log = wait_log_line(
         c,

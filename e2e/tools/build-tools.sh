@@ -169,14 +169,33 @@ module_copy() {
 }
 
 build_kube_ovn() {
-  have kube-ovn "$KUBEOVN_VERSION" && return 0
+  # The CNI binary our CNI delegates IPAM to, and the controller and daemon that answer it, from one module version;
+  # plus what the cluster needs of the module besides programs: its CRDs and the OVSDB schemas its models expect.
+  local key="$KUBEOVN_VERSION controller+daemon" share="$CACHE/share/kube-ovn"
+  have kube-ovn "$key" && have kube-ovn-controller "$key" && have kube-ovn-daemon "$key" &&
+    [[ -f $share/.version && $(cat "$share/.version") == "$key" ]] && return 0
   need_go
-  local t0=$SECONDS
-  log "kube-ovn CNI $KUBEOVN_VERSION"
+  local t0=$SECONDS d s
+  log "kube-ovn CNI, controller and daemon $KUBEOVN_VERSION (cold: ~5 min on 2 cores)"
   # Its go.mod has replace directives (all to module versions), so build inside a copy of the module.
-  cd "$(module_copy github.com/kubeovn/kube-ovn "$KUBEOVN_VERSION" kube-ovn)"
+  d=$(module_copy github.com/kubeovn/kube-ovn "$KUBEOVN_VERSION" kube-ovn)
+  cd "$d"
   heartbeat kube-ovn go build -trimpath -buildvcs=false -ldflags "$LDFLAGS_BASE" -o "$BIN/kube-ovn" ./cmd/cni
-  stamp kube-ovn "$KUBEOVN_VERSION"
+  heartbeat kube-ovn-controller go build -trimpath -buildvcs=false -ldflags "$LDFLAGS_BASE" \
+    -o "$BIN/kube-ovn-controller" ./cmd/controller
+  heartbeat kube-ovn-daemon go build -trimpath -buildvcs=false -ldflags "$LDFLAGS_BASE" \
+    -o "$BIN/kube-ovn-daemon" ./cmd/daemon
+  # Debian's OVS/OVN schemas are older than the columns kube-ovn's models map (libovsdb refuses such a database):
+  # the databases are created from the schemas the models embed, as raw JSON literals in each model.go.
+  rm -rf "$share" && mkdir -p "$share"
+  for s in ovnnb ovnsb vswitch; do
+    sed -n '/^var schema = `{$/,/^}`$/p' "pkg/ovsdb/$s/model.go" | sed -e '1s/^var schema = `//' -e '$s/`$//' \
+      >"$share/$s.ovsschema"
+    jq -e .name "$share/$s.ovsschema" >/dev/null || { echo "no schema in pkg/ovsdb/$s/model.go" >&2; exit 1; }
+  done
+  cp charts/kube-ovn/templates/kube-ovn-crd.yaml "$share/crd.yaml"
+  for c in kube-ovn kube-ovn-controller kube-ovn-daemon; do stamp "$c" "$key"; done
+  echo "$key" >"$share/.version"
   log "kube-ovn done in $((SECONDS - t0))s"
 }
 

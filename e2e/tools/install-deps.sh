@@ -11,6 +11,8 @@ pkgs=(protobuf-compiler containernetworking-plugins iproute2 openssl buildah jq 
 # skopeo, which copies the OCI archives of images/build.sh into the local registry the nodes pull from. file:
 # images/build.sh checks binaries.
 pkgs+=(runc iptables nftables conntrack busybox-static skopeo file)
+# kube-ovn's daemon (e2e/src/kube_ovn) refuses to start without ipset (and iptables-legacy, which iptables brings).
+pkgs+=(ipset)
 # install_missing [apt-get options --] PACKAGE...: installs those not installed yet (one apt-get update if any).
 install_missing() {
   local opts=() missing=() p
@@ -31,6 +33,18 @@ install_missing "${pkgs[@]}"
 # The VM pod image (images/build.sh vm) copies Debian's QEMU and its firmware (SeaBIOS comes with it) into a FROM
 # scratch image. Without recommends: they would add ~150 packages of GUI, audio and GPU libraries it never loads.
 install_missing --no-install-recommends -- qemu-system-x86
+
+# The real kube-ovn control side and per-node daemons (e2e/src/kube_ovn): Open vSwitch and OVN userspace programs
+# (ovsdb-server, ovs-vswitchd, ovn-northd, ovn-controller and their *-ctl tools). The cluster starts its own
+# instances; a policy-rc.d keeps the packages' scripts from starting the machine-wide services while installing.
+if ! dpkg-query -W -f='${Status}' ovn-host 2>/dev/null | grep -q "install ok installed"; then
+  own_policy=
+  if [[ ! -e /usr/sbin/policy-rc.d ]]; then
+    printf '#!/bin/sh\nexit 101\n' >/usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d && own_policy=1
+  fi
+  install_missing --no-install-recommends -- openvswitch-switch ovn-central ovn-host
+  [[ -z $own_policy ]] || rm -f /usr/sbin/policy-rc.d
+fi
 
 toolchain=$(sed -n 's/^channel *= *"\(.*\)"/\1/p' rust-toolchain.toml)
 if ! rustup target list --installed --toolchain "$toolchain" 2>/dev/null | grep -q x86_64-unknown-linux-musl; then

@@ -61,7 +61,7 @@ async fn run(keep: bool, nodes: usize, vm: bool) -> Result<()> {
     step(&format!(
         "starting the cluster: control plane, image registry, {nodes} nodes (containerd + runc + kubelet + kube-proxy)"
     ));
-    let cluster = Cluster::start(ClusterOptions::with_nodes(nodes)).await?;
+    let mut cluster = Cluster::start(ClusterOptions::with_nodes(nodes)).await?;
     println!(
         "   API server {}  registry {}",
         cluster.control_plane.server_url(),
@@ -155,6 +155,31 @@ async fn run(keep: bool, nodes: usize, vm: bool) -> Result<()> {
             other => bail!("frame not received through the taps (got {other:?})"),
         }
     }
+    step(
+        "kube-ovn as IPAM (config/kube-ovn/, as written): its controller and daemons, the Subnet p4p1, a pod with a fixed address",
+    );
+    let started = cluster.kube_ovn_examples_network().await?;
+    println!(
+        "   kube-ovn-controller, OVN databases, every node's Open vSwitch + ovn-controller + daemon: serving in {started:.1?}"
+    );
+    print!(
+        "{}",
+        cluster.kubectl_out(&["get", "subnets.kubeovn.io", "p4p1"])?
+    );
+    let ovn_pod = cluster
+        .run_pod_yaml(
+            &std::fs::read_to_string(config_file("kube-ovn/pod-fixed-ip.yaml"))?,
+            Duration::from_secs(120),
+        )
+        .await?;
+    show_pod(&cluster, &ovn_pod)?;
+    println!(
+        "   {}",
+        cluster
+            .kubectl_out(&["get", "ips.kubeovn.io", "-o", "custom-columns=IP OBJECT:.metadata.name,ADDRESS:.spec.ipAddress,POD:.spec.podName,SUBNET:.spec.subnet"])?
+            .trim_end()
+            .replace('\n', "\n   ")
+    );
     let vm_pods = if vm { run_vm(&cluster).await? } else { vec![] };
     println!("   ready in {:.0?}", t0.elapsed());
 
@@ -187,7 +212,10 @@ async fn run(keep: bool, nodes: usize, vm: bool) -> Result<()> {
         "tearing down (pods deleted through the kubelet, then everything else; Ctrl-C again skips the first part)",
     );
     let delete_pods = async {
-        for p in [&pod, &no_limits, &peer].into_iter().chain(&vm_pods) {
+        for p in [&pod, &no_limits, &peer, &ovn_pod]
+            .into_iter()
+            .chain(&vm_pods)
+        {
             cluster
                 .delete_pod(&p.namespace, &p.name, Duration::from_secs(30))
                 .await?;
@@ -304,9 +332,9 @@ fn show_pod(cluster: &Cluster, pod: &RunningPod) -> Result<()> {
         );
     }
     print!(
-        "   kubectl exec {} -- ip link show net1:\n{}",
+        "   kubectl exec {} -- ip addr show net1:\n{}",
         pod.name,
-        cluster.kubectl_out(&["exec", &pod.name, "--", "ip", "link", "show", "net1"])?
+        cluster.kubectl_out(&["exec", &pod.name, "--", "ip", "addr", "show", "net1"])?
     );
     Ok(())
 }

@@ -4,13 +4,14 @@
 //! installed with helm as a user would: the operator Deployment and the agent DaemonSet run as pods from our
 //! images, pulled from the registry.
 //!
-//! What is not the real thing, and why: the kube-ovn daemon (it needs OVS/OVN) is a stand-in of ours
-//! ([`crate::kube_ovn`]) behind the real kube-ovn CNI binary; Multus and the CNI config are installed by the
-//! harness (what Multus's own install DaemonSet would do); kube-proxy runs as a node process, like the kubelet.
+//! What is not the real thing, and why: Multus and the CNI config are installed by the harness (what Multus's own
+//! install DaemonSet would do); kube-proxy and kube-ovn ([`crate::kube_ovn`], started by the first scenario that needs
+//! it) run as processes on the nodes and the machine, like the kubelet, not as pods.
 //!
 //! One cluster per process; several processes may each run one (see [`network::ClusterSlot`]).
 
 mod chart;
+mod kube_ovn;
 mod multus;
 pub mod network;
 pub mod node;
@@ -30,7 +31,7 @@ use kube::{Client, ResourceExt};
 
 use crate::apply;
 use crate::control_plane::{ClusterSpec, ControlPlane};
-use crate::kube_ovn::KubeOvnDaemon;
+use crate::kube_ovn::KubeOvn;
 use crate::netns::Netns;
 use crate::registry::{Registry, image_archives};
 use crate::workspace;
@@ -88,8 +89,8 @@ impl Default for ChartRelease {
 pub struct Cluster {
     pub dir: PathBuf,
     pub nodes: Vec<Node>,
-    /// kube-ovn daemon stand-ins, one per node (same order as `nodes`).
-    pub kube_ovn: Vec<KubeOvnDaemon>,
+    /// kube-ovn, once a scenario started it (see [`Cluster::start_kube_ovn`]).
+    kube_ovn: Option<KubeOvn>,
     pub registry: Registry,
     pub slot: ClusterSlot,
     pub chart: ChartRelease,
@@ -184,7 +185,6 @@ impl Cluster {
             .ok_or_else(|| anyhow!("images/build.sh names no pause image"))?;
 
         let mut nodes = Vec::new();
-        let mut kube_ovn = Vec::new();
         for (n, name) in options.nodes.iter().enumerate() {
             let netns = Netns::new(&format!("mvt-{name}"))?;
             plan.netns.push(netns.name().to_string());
@@ -212,9 +212,6 @@ impl Cluster {
             };
             let node_dir = dir.join(name);
             let mut node = Node::create(spec, netns, node_dir.clone(), mount_ns)?;
-            kube_ovn.push(KubeOvnDaemon::start(
-                node_dir.join("openvswitch/kube-ovn-daemon.sock"),
-            )?);
             node.start_containerd()?;
             let kubeconfig = node_dir.join("kubelet.kubeconfig");
             control_plane.write_node_kubeconfig(name, &kubeconfig)?;
@@ -233,7 +230,7 @@ impl Cluster {
         let cluster = Cluster {
             dir,
             nodes,
-            kube_ovn,
+            kube_ovn: None,
             registry,
             slot,
             chart: ChartRelease::default(),
@@ -339,16 +336,6 @@ impl Cluster {
         Ok(())
     }
 
-    /// The kube-ovn daemon stand-in of `node`.
-    pub fn kube_ovn(&self, node: &str) -> &KubeOvnDaemon {
-        let i = self
-            .nodes
-            .iter()
-            .position(|n| n.name() == node)
-            .unwrap_or_else(|| panic!("no node {node}"));
-        &self.kube_ovn[i]
-    }
-
     /// The segment switch (its bridges `br0`, `br1` carry the nodes' `eth0` and `p4p1`).
     pub fn switch(&self) -> &Netns {
         &self.segments.switch
@@ -360,10 +347,10 @@ impl Cluster {
 
 impl Drop for Cluster {
     fn drop(&mut self) {
-        // Stop the node programs gracefully while the API server is still there, and the stand-ins while their
-        // sockets exist; then the script.
+        // Stop the node programs gracefully while the API server is still there, kube-ovn's after the kubelets (the
+        // pods' DELs may still ask its daemons); then the script.
         self.nodes.clear();
-        self.kube_ovn.clear();
+        self.kube_ovn = None;
         self.teardown.update(&self.plan).ok();
         self.teardown.run();
     }

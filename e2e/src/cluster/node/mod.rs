@@ -32,7 +32,7 @@ use crate::tools;
 use crate::wait::{LOCAL_INTERVAL, poll_blocking};
 
 /// Paths every node has privately: (name of the node's directory, path inside the node).
-pub const NODE_MOUNTS: [(&str, &str); 13] = [
+pub const NODE_MOUNTS: [(&str, &str); 17] = [
     ("kubelet", "/var/lib/kubelet"),
     // The agent's state directory (the chart's default `agent.stateDir`); its `taps/` is bound over by
     // [`NodeSpec::tap_reservations`].
@@ -47,8 +47,13 @@ pub const NODE_MOUNTS: [(&str, &str); 13] = [
     ("pod-logs", "/var/log/pods"),
     ("container-logs", "/var/log/containers"),
     ("netns", "/run/netns"),
-    // The kube-ovn daemon's socket dir (a stand-in of ours serves it, see crate::kube_ovn).
+    // kube-ovn's node programs (crate::kube_ovn::node_side): the daemon's socket and Open vSwitch's run dir, OVN's,
+    // Open vSwitch's database and the chassis name, and the daemon's log dir (it refuses to start without it).
     ("openvswitch", "/run/openvswitch"),
+    ("run-ovn", "/run/ovn"),
+    ("etc-openvswitch", "/etc/openvswitch"),
+    ("log-kube-ovn", "/var/log/kube-ovn"),
+    ("log-openvswitch", "/var/log/openvswitch"),
     ("etc-kubernetes", "/etc/kubernetes"),
 ];
 

@@ -21,10 +21,15 @@ use anyhow::{Context, Result, bail, ensure};
 use super::{NODE_MOUNTS, Node, cgroup_hierarchies};
 use crate::cluster::Cluster;
 use crate::cluster::network::LOWER_DEVICES;
-use crate::kube_ovn::KubeOvnDaemon;
 
 /// Directories of the node's own under which a real host has tmpfs (`/run`): emptied.
-const RUN_DIRS: [&str; 4] = ["run-containerd", "run-nri", "netns", "openvswitch"];
+const RUN_DIRS: [&str; 5] = [
+    "run-containerd",
+    "run-nri",
+    "netns",
+    "openvswitch",
+    "run-ovn",
+];
 
 impl Node {
     /// Powers the node off: see the module doc. Start it again with `start_containerd`, `start_kubelet` and
@@ -251,11 +256,8 @@ impl Cluster {
         std::thread::sleep(off_for);
         let node = &mut self.nodes[n];
         node.start_containerd()?;
-        // The daemon's socket went with /run/openvswitch; the old one must be gone before the new one binds (its drop
-        // removes the socket file by path).
-        drop(self.kube_ovn.remove(n));
-        let daemon = KubeOvnDaemon::start(node.dir.join("openvswitch/kube-ovn-daemon.sock"))?;
-        self.kube_ovn.insert(n, daemon);
+        self.restart_kube_ovn_on(n)?;
+        let node = &mut self.nodes[n];
         let kubeconfig = node.dir.join("kubelet.kubeconfig");
         let started = Instant::now();
         node.start_kubelet(&kubeconfig, self.control_plane.ca_path())?;

@@ -10,7 +10,7 @@
 //! any non-200 into CNI error 11).
 //!
 //! ```no_run
-//! use macvtap_e2e::kube_ovn::KubeOvnDaemon;
+//! use macvtap_e2e::kube_ovn::stand_in::KubeOvnDaemon;
 //! let d = KubeOvnDaemon::start("/tmp/kube-ovn-test.sock").unwrap();
 //! d.set_annotation("default", "vm1", "macvtap-nad.default.kubernetes.io/ip_address", "10.16.0.5");
 //! d.set_annotation("default", "vm1", "macvtap-nad.default.kubernetes.io/cidr", "10.16.0.0/16");
