@@ -22,7 +22,6 @@ use tonic::Status;
 
 use crate::link_writer::{LinkWriter, WriteTurn};
 use crate::metrics::Metrics;
-use crate::netmon;
 use crate::original;
 use crate::records::NodeRecords;
 use crate::tap_owner::{self, OwnTaps, TapOwner};
@@ -236,14 +235,12 @@ impl Allocator {
         if !taps.iter().any(|t| t.index == index) {
             return Ok(false);
         }
-        let handle = self.writer.read_handle();
         let host_name = macvtap_link::host_link_name(id);
-        let host_link = match netmon::read_link(handle, &host_name).await {
-            Ok(Some(l)) if l.index == index && crate::cleanup::our_device_id(&l) == Some(id) => {
-                self.records
-                    .host_tap_device(&host_name, index)
-                    .map_err(|e| internal(cfg, id, "reading its host link's tap", &e))?
-            }
+        let host_link = match self.writer.reader().find_link(&host_name).await {
+            Ok(Some(l)) if l.index == index && l.is_ours(id) => self
+                .records
+                .host_tap_device(&host_name, index)
+                .map_err(|e| internal(cfg, id, "reading its host link's tap", &e))?,
             Ok(_) => None,
             Err(e) => return Err(internal(cfg, id, "reading its host link", &e)),
         };
@@ -307,10 +304,9 @@ impl Allocator {
         id: &str,
         name: &str,
     ) -> bool {
-        let handle = turn.handle();
         let (Ok(Some(link)), Ok(lower)) = (
-            netmon::read_link(handle, name).await,
-            netmon::read_link(handle, &cfg.lower_device).await,
+            turn.find_link(name).await,
+            turn.find_link(&cfg.lower_device).await,
         ) else {
             return false;
         };

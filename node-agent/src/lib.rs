@@ -10,7 +10,7 @@
 //!   squatter's tap); [`preferred`]: which slots GetPreferredAllocation offers first.
 //! - [`link_writer`]: the one writer of host links (Allocate, adoption, cleanup take turns).
 //! - [`resource_state`]: what each served resource reports (serving, registered, health, last error).
-//! - [`netmon`]: host links pushed from rtnetlink multicast events; discovery rules.
+//! - [`netmon`]: host links pushed on link changes (the link crate's subscription); discovery rules.
 //! - [`records`]: this node's allocation records and tap-index reservations, repaired of crash leftovers;
 //!   [`tap_index_key`]: the node-local secret that orders tap-index candidates; [`tap_owner`]: whose tap a
 //!   device's index is when PreStartContainer runs (no squatting).

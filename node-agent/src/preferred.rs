@@ -36,10 +36,7 @@ pub fn slot_rank(
         .filter(|l| original::is_originals_link(l, id, lower));
     let link = links.get(&macvtap_link::host_link_name(id)).or(released);
     match link {
-        Some(l)
-            if crate::cleanup::our_device_id(l) != Some(id)
-                && !original::is_originals_link(l, id, lower) =>
-        {
+        Some(l) if !l.is_ours(id) && !original::is_originals_link(l, id, lower) => {
             SlotRank::Blocked
         }
         _ if cleanup.is_held(&cfg.name, id) => SlotRank::Held,
