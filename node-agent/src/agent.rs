@@ -14,7 +14,7 @@ use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::allocator::{Allocator, RecentAllocations};
+use crate::allocator::Allocator;
 use crate::cleanup::{Cleanup, CleanupReport};
 use crate::config::{ConfigSource, ConfigState};
 use crate::device_plugin::{DevicePluginDir, PoolInputs, ResourceServer};
@@ -22,6 +22,7 @@ use crate::health::Health;
 use crate::link_writer::LinkWriter;
 use crate::metrics::Metrics;
 use crate::netmon::{self, HostLink};
+use crate::recent::RecentAllocations;
 use crate::records::{NodeRecords, StateDirs};
 use crate::resource_state::ResourceStates;
 use crate::status::StatusWriter;
@@ -171,6 +172,7 @@ pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> anyhow::Resul
         cleanup: cleanup_rx.clone(),
         allocator: Allocator {
             writer: writer.clone(),
+            links: monitor.links.clone(),
             recent: recent.clone(),
             metrics: metrics.clone(),
             records: records.clone(),

@@ -19,11 +19,11 @@ use macvtap_api::ResourceConfig;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::allocator::RecentAllocations;
 use crate::link_writer::LinkWriter;
 use crate::metrics::{Metrics, ReasonLabel};
 use crate::netmon::{self, HostLink};
 use crate::original;
+use crate::recent::RecentAllocations;
 use crate::records::NodeRecords;
 
 /// Device IDs held by pods, by resource name (without the `macvtap.network.kubevirt.io/` prefix).
@@ -286,31 +286,16 @@ impl Cleanup {
             .map(|(l, id)| (l.name.clone(), id))
             .collect();
         for (name, id) in found {
+            let Some(slot) = slots.get(&name) else {
+                continue;
+            };
             let turn = self.writer.turn().await;
-            // Read again in our turn: act only on what is there now.
-            let fresh = turn.find_link(&name).await;
-            let lower = match slots.get(&name) {
-                Some(slot) => turn.find_link(&slot.lower_device).await,
-                None => continue,
-            };
-            let (Ok(Some(link)), Ok(lower)) = (fresh, lower) else {
-                continue;
-            };
-            if !original::is_originals_link(&link, &id, lower.as_ref()) {
-                continue;
-            }
-            match original::adopt(&turn, &link, &id).await {
-                Ok(()) => {
-                    self.metrics.links_adopted.inc();
-                    // Adoption may rename (a v0.13.1 link): the link is listed under our name from now on.
-                    if let Some(mut l) = links.remove(&name) {
-                        l.alias = Some(macvtap_link::ownership_alias(&id));
-                        l.name = macvtap_link::host_link_name(&id);
-                        links.insert(l.name.clone(), l);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(device = %id, link = %name, "adopting the original's link: {e}")
+            if original::adopt_if_originals(&turn, &name, slot, &self.metrics).await {
+                // Adoption may rename (a v0.13.1 link): the link is listed under our name from now on.
+                if let Some(mut l) = links.remove(&name) {
+                    l.alias = Some(macvtap_link::ownership_alias(&id));
+                    l.name = macvtap_link::host_link_name(&id);
+                    links.insert(l.name.clone(), l);
                 }
             }
         }

@@ -14,8 +14,10 @@
 //! - [`records`]: this node's allocation records and tap-index reservations, repaired of crash leftovers;
 //!   [`tap_index_key`]: the node-local secret that orders tap-index candidates; [`tap_owner`]: whose tap a
 //!   device's index is when PreStartContainer runs (no squatting).
-//! - [`cleanup`]: cleanup of host links no pod holds (asks the kubelet's PodResources).
-//! - [`original`]: the rule that adopts links the original kubevirt/macvtap-cni left for our slots.
+//! - [`cleanup`]: cleanup of host links no pod holds (asks the kubelet's PodResources); [`recent`]: the devices
+//!   allocated lately, which Allocate notes and cleanup's grace period reads.
+//! - [`original`]: the rule that adopts links the original kubevirt/macvtap-cni left for our slots, and the one
+//!   adoption Allocate and cleanup both call.
 //! - [`status`]: the status writer. [`install`]: `install-cni`. [`health`]: the probes; [`metrics`]: the
 //!   agent's metrics (both served by `macvtap_telemetry::admin`).
 //!
@@ -36,6 +38,7 @@ pub mod metrics;
 pub mod netmon;
 pub mod original;
 pub mod preferred;
+pub mod recent;
 pub mod records;
 pub mod resource_state;
 pub mod status;

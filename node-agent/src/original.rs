@@ -27,6 +27,8 @@ use std::collections::{BTreeMap, HashMap};
 
 use macvtap_api::ResourceConfig;
 
+use crate::link_writer::WriteTurn;
+use crate::metrics::Metrics;
 use crate::netmon::HostLink;
 
 /// The original's link for `device_id` of a resource whose lower device is `lower`: see the module rule.
@@ -79,9 +81,40 @@ pub fn find_adoptable<'a>(
         .collect()
 }
 
+/// Adopts the host link `name` if it is the original's link for `slot`: the one way Allocate and cleanup adopt.
+/// Both the link and the lower device are read again here, in the writer's turn, because they may have changed since
+/// the caller looked and a link someone else made is changed only as it is now. A failed read or adoption counts as
+/// "not adopted" (logged): the caller goes on as it would for a link that is not the original's.
+pub async fn adopt_if_originals(
+    turn: &WriteTurn<'_>,
+    name: &str,
+    slot: &Slot,
+    metrics: &Metrics,
+) -> bool {
+    let (Ok(Some(link)), Ok(lower)) = (
+        turn.find_link(name).await,
+        turn.find_link(&slot.lower_device).await,
+    ) else {
+        return false;
+    };
+    if !is_originals_link(&link, &slot.device_id, lower.as_ref()) {
+        return false;
+    }
+    match adopt(turn, &link, &slot.device_id).await {
+        Ok(()) => {
+            metrics.links_adopted.inc();
+            true
+        }
+        Err(e) => {
+            tracing::warn!(device = %slot.device_id, link = %name, "adopting the original's link: {e}");
+            false
+        }
+    }
+}
+
 /// Sets our marker on the original's link `link` for `device_id`, renamed to our name if v0.13.1 named it: it is
 /// ours from now on.
-pub async fn adopt(
+async fn adopt(
     netlink: &macvtap_link::Netlink,
     link: &HostLink,
     device_id: &str,
