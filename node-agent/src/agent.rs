@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use macvtap_api::{NodeConfig, ResourceConfig};
-use macvtap_core::validate_resource_name;
+use macvtap_core::{NodeConfig, ResourceConfig, validate_resource_name};
 use macvtap_telemetry::admin::AdminServer;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -372,7 +371,7 @@ fn follow_config(
 mod tests {
     use super::*;
     use crate::netmon::tests::link;
-    use macvtap_api::{DiscoveryConfig, MacvtapMode};
+    use macvtap_core::{DiscoveryConfig, MacvtapMode};
 
     #[test]
     fn explicit_resources_win_over_discovered_names() {

@@ -15,8 +15,8 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use macvtap_api::ResourceConfig;
-use macvtap_core::device::slot_of;
+use macvtap_core::ResourceConfig;
+use macvtap_core::device::{host_link_name, released_original_link_name, slot_of};
 use tokio::sync::watch;
 use tonic::Status;
 
@@ -120,18 +120,12 @@ impl Allocator {
             device_id: id.to_string(),
             lower_device: cfg.lower_device.clone(),
         };
-        if let Some(name) = macvtap_link::released_original_link_name(id) {
+        if let Some(name) = released_original_link_name(id) {
             original::adopt_if_originals(turn, name, &slot, &self.metrics).await;
         }
         let mut removed = turn.delete_our_link(id).await;
         if let Err(macvtap_link::Error::NotOurs { .. }) = &removed
-            && original::adopt_if_originals(
-                turn,
-                &macvtap_link::host_link_name(id),
-                &slot,
-                &self.metrics,
-            )
-            .await
+            && original::adopt_if_originals(turn, &host_link_name(id), &slot, &self.metrics).await
         {
             removed = turn.delete_our_link(id).await;
         }
@@ -219,7 +213,7 @@ impl Allocator {
         if !taps.iter().any(|t| t.index == index) {
             return Ok(false);
         }
-        let host_name = macvtap_link::host_link_name(id);
+        let host_name = host_link_name(id);
         let host_link = match self.writer.reader().find_link(&host_name).await {
             Ok(Some(l)) if l.index == index && l.is_ours(id) => self
                 .records

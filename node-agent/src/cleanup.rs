@@ -15,7 +15,8 @@ use std::time::{Duration, Instant};
 
 use kubelet_api::podresources::ListPodResourcesRequest;
 use kubelet_api::podresources::pod_resources_lister_client::PodResourcesListerClient;
-use macvtap_api::ResourceConfig;
+use macvtap_core::ResourceConfig;
+use macvtap_core::device::{host_link_name, ownership_alias};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
@@ -293,8 +294,8 @@ impl Cleanup {
             if original::adopt_if_originals(&turn, &name, slot, &self.metrics).await {
                 // Adoption may rename (a v0.13.1 link): the link is listed under our name from now on.
                 if let Some(mut l) = links.remove(&name) {
-                    l.alias = Some(macvtap_link::ownership_alias(&id));
-                    l.name = macvtap_link::host_link_name(&id);
+                    l.alias = Some(ownership_alias(&id));
+                    l.name = host_link_name(&id);
                     links.insert(l.name.clone(), l);
                 }
             }

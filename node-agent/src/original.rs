@@ -25,7 +25,8 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use macvtap_api::ResourceConfig;
+use macvtap_core::ResourceConfig;
+use macvtap_core::device::{host_link_name, ownership_alias, released_original_link_name};
 
 use crate::link_writer::WriteTurn;
 use crate::metrics::Metrics;
@@ -53,14 +54,14 @@ pub fn slots_by_link_name(resources: &BTreeMap<String, ResourceConfig>) -> HashM
         .values()
         .flat_map(|r| {
             (0..r.capacity).flat_map(move |i| {
-                let device_id = macvtap_link::device_id(&r.name, i);
+                let device_id = macvtap_core::device::device_id(&r.name, i);
                 let slot = Slot {
                     device_id: device_id.clone(),
                     lower_device: r.lower_device.clone(),
                 };
-                let released = macvtap_link::released_original_link_name(&device_id)
-                    .map(|n| (n.to_string(), slot.clone()));
-                std::iter::once((macvtap_link::host_link_name(&device_id), slot)).chain(released)
+                let released =
+                    released_original_link_name(&device_id).map(|n| (n.to_string(), slot.clone()));
+                std::iter::once((host_link_name(&device_id), slot)).chain(released)
             })
         })
         .collect()
@@ -119,9 +120,9 @@ async fn adopt(
     link: &HostLink,
     device_id: &str,
 ) -> Result<(), macvtap_link::Error> {
-    let ours = macvtap_link::host_link_name(device_id);
+    let ours = host_link_name(device_id);
     let mut change = macvtap_link::LinkChange {
-        alias: Some(macvtap_link::ownership_alias(device_id)),
+        alias: Some(ownership_alias(device_id)),
         ..Default::default()
     };
     if link.name != ours {
@@ -180,7 +181,7 @@ mod tests {
         .into();
         let slots = slots_by_link_name(&resources);
         assert_eq!(slots.len(), 8, "each slot under our name and v0.13.1's");
-        let name = |id: &str| macvtap_link::host_link_name(id);
+        let name = |id: &str| host_link_name(id);
         let eth1 = link(2, "eth1", None);
         let eth2 = link(3, "eth2", None);
         let original = macvtap(&name("dpMvp1"), 10, 2, None);

@@ -7,7 +7,7 @@ use kubelet_api::deviceplugin::{
     ContainerAllocateResponse, ContainerPreferredAllocationRequest,
     ContainerPreferredAllocationResponse, Device, DeviceSpec,
 };
-use macvtap_api::ResourceConfig;
+use macvtap_core::ResourceConfig;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +31,7 @@ pub fn devices_for(cfg: &ResourceConfig, links: &LinkSnapshot) -> Vec<Device> {
     };
     (0..cfg.capacity)
         .map(|i| Device {
-            id: macvtap_link::device_id(&cfg.name, i),
+            id: macvtap_core::device::device_id(&cfg.name, i),
             health: health.to_string(),
             topology: None,
         })

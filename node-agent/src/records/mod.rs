@@ -19,8 +19,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use macvtap_api::ResourceConfig;
 use macvtap_core::AttachClaim;
+use macvtap_core::ResourceConfig;
 use macvtap_core::allocation::{self, AllocationError, AllocationRecord, node_dir};
 use macvtap_core::attach_claim;
 use macvtap_core::reservation::{TapReservations, owner};
