@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use macvtap_core::{NodeConfig, ResourceConfig, validate_resource_name};
+use macvtap_link::LinkInfo;
 use macvtap_telemetry::admin::AdminServer;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -21,7 +22,7 @@ use crate::device_plugin::{DevicePluginDir, PoolInputs, ResourceServer};
 use crate::health::Health;
 use crate::link_writer::LinkWriter;
 use crate::metrics::Metrics;
-use crate::netmon::{self, HostLink, LinkSnapshot};
+use crate::netmon::{self, LinkSnapshot};
 use crate::recent::RecentAllocations;
 use crate::records::{NodeRecords, StateDirs};
 use crate::resource_state::ResourceStates;
@@ -83,7 +84,7 @@ impl AgentOptions {
 /// The resources to serve: explicit ones, plus (with discovery) one per suitable link not already named.
 pub fn effective_resources(
     cfg: &NodeConfig,
-    links: &BTreeMap<String, HostLink>,
+    links: &BTreeMap<String, LinkInfo>,
     extra_kinds: &[String],
 ) -> BTreeMap<String, ResourceConfig> {
     let mut out: BTreeMap<String, ResourceConfig> = cfg

@@ -17,12 +17,13 @@ use kubelet_api::podresources::ListPodResourcesRequest;
 use kubelet_api::podresources::pod_resources_lister_client::PodResourcesListerClient;
 use macvtap_core::ResourceConfig;
 use macvtap_core::device::{host_link_name, ownership_alias};
+use macvtap_link::LinkInfo;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 use crate::link_writer::LinkWriter;
 use crate::metrics::{Metrics, ReasonLabel};
-use crate::netmon::{self, HostLink};
+use crate::netmon;
 use crate::original;
 use crate::recent::RecentAllocations;
 use crate::records::NodeRecords;
@@ -280,7 +281,7 @@ impl Cleanup {
     }
 
     /// Adopts the original's links for served slots; `links` is updated to show them as ours.
-    async fn adopt_originals(&self, links: &mut BTreeMap<String, HostLink>) {
+    async fn adopt_originals(&self, links: &mut BTreeMap<String, LinkInfo>) {
         let slots = original::slots_by_link_name(&self.resources.borrow());
         let found: Vec<(String, String)> = original::find_adoptable(links, &slots)
             .into_iter()

@@ -11,20 +11,17 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use macvtap_link::{LinkSubscription, Netlink};
+use macvtap_link::{LinkInfo, LinkSubscription, Netlink};
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-/// One link of the agent's network namespace: the link crate's [`macvtap_link::LinkInfo`], read by its one parser
-/// of link messages. [`HostLink::healthy`] says whether it can serve as a lower device.
-pub use macvtap_link::LinkInfo as HostLink;
-
-/// All links by name.
-pub type LinkSnapshot = Arc<BTreeMap<String, HostLink>>;
+/// All links of the agent's network namespace by name, as the link crate reads them ([`LinkInfo::healthy`]: usable
+/// as a lower device).
+pub type LinkSnapshot = Arc<BTreeMap<String, LinkInfo>>;
 
 /// Subscribes to link changes, then reads the table on that socket (a change in between is both in the table and an
 /// event).
-async fn subscribe() -> Result<(LinkSubscription, BTreeMap<String, HostLink>), macvtap_link::Error>
+async fn subscribe() -> Result<(LinkSubscription, BTreeMap<String, LinkInfo>), macvtap_link::Error>
 {
     let sub = Netlink::subscribe_links()?;
     let links = by_name(sub.links().await?);
@@ -57,7 +54,7 @@ pub async fn spawn(
     let (tx, links) = watch::channel(Arc::new(first));
     let (subscribed_tx, subscribed) = watch::channel(true);
     let mut fault = fault;
-    let publish = move |links: BTreeMap<String, HostLink>| {
+    let publish = move |links: BTreeMap<String, LinkInfo>| {
         tx.send_if_modified(|cur| {
             if **cur == links {
                 false
@@ -144,19 +141,19 @@ async fn fault_cleared(fault: &mut Option<watch::Receiver<bool>>) {
 /// Every link of the namespace, read now, by name.
 pub async fn link_table(
     netlink: &Netlink,
-) -> Result<BTreeMap<String, HostLink>, macvtap_link::Error> {
+) -> Result<BTreeMap<String, LinkInfo>, macvtap_link::Error> {
     Ok(by_name(netlink.list_links().await?))
 }
 
-fn by_name(links: Vec<HostLink>) -> BTreeMap<String, HostLink> {
+fn by_name(links: Vec<LinkInfo>) -> BTreeMap<String, LinkInfo> {
     links.into_iter().map(|l| (l.name.clone(), l)).collect()
 }
 
 /// Whether `link` is a lower device that `[]` discovery serves: a physical link or a bond, not loopback, not a
 /// bond member; `extra_kinds` adds link kinds (e.g. `veth` in test nodes, `team` on some hosts).
 pub fn suitable_for_discovery(
-    link: &HostLink,
-    links: &BTreeMap<String, HostLink>,
+    link: &LinkInfo,
+    links: &BTreeMap<String, LinkInfo>,
     extra_kinds: &[String],
 ) -> bool {
     if link.loopback {
@@ -184,8 +181,8 @@ pub(crate) mod tests {
     use super::*;
 
     /// An up, non-loopback link without master or alias, for tests here and in `agent`.
-    pub(crate) fn link(index: u32, name: &str, kind: Option<&str>) -> HostLink {
-        HostLink {
+    pub(crate) fn link(index: u32, name: &str, kind: Option<&str>) -> LinkInfo {
+        LinkInfo {
             index,
             name: name.into(),
             kind: kind.map(Into::into),

@@ -27,13 +27,13 @@ use std::collections::{BTreeMap, HashMap};
 
 use macvtap_core::ResourceConfig;
 use macvtap_core::device::{host_link_name, ownership_alias, released_original_link_name};
+use macvtap_link::LinkInfo;
 
 use crate::link_writer::WriteTurn;
 use crate::metrics::Metrics;
-use crate::netmon::HostLink;
 
 /// The original's link for `device_id` of a resource whose lower device is `lower`: see the module rule.
-pub fn is_originals_link(link: &HostLink, device_id: &str, lower: Option<&HostLink>) -> bool {
+pub fn is_originals_link(link: &LinkInfo, device_id: &str, lower: Option<&LinkInfo>) -> bool {
     // Kind, name and no alias: the link crate's rule for the original's links; the parent is this module's.
     link.is_unmarked_original(device_id)
         && link.parent_netnsid.is_none()
@@ -69,9 +69,9 @@ pub fn slots_by_link_name(resources: &BTreeMap<String, ResourceConfig>) -> HashM
 
 /// The links in `links` that are the original's for one of `slots`, with their device IDs.
 pub fn find_adoptable<'a>(
-    links: &'a BTreeMap<String, HostLink>,
+    links: &'a BTreeMap<String, LinkInfo>,
     slots: &HashMap<String, Slot>,
-) -> Vec<(&'a HostLink, String)> {
+) -> Vec<(&'a LinkInfo, String)> {
     links
         .values()
         .filter_map(|l| {
@@ -117,7 +117,7 @@ pub async fn adopt_if_originals(
 /// ours from now on.
 async fn adopt(
     netlink: &macvtap_link::Netlink,
-    link: &HostLink,
+    link: &LinkInfo,
     device_id: &str,
 ) -> Result<(), macvtap_link::Error> {
     let ours = host_link_name(device_id);
@@ -159,7 +159,7 @@ mod tests {
     use super::*;
     use crate::netmon::tests::link;
 
-    fn macvtap(name: &str, index: u32, parent: u32, alias: Option<&str>) -> HostLink {
+    fn macvtap(name: &str, index: u32, parent: u32, alias: Option<&str>) -> LinkInfo {
         let mut l = link(index, name, Some("macvtap"));
         l.parent_index = Some(parent);
         l.alias = alias.map(String::from);
@@ -222,7 +222,7 @@ mod tests {
             "another slot's name"
         );
 
-        let all: BTreeMap<String, HostLink> = [
+        let all: BTreeMap<String, LinkInfo> = [
             eth1,
             eth2,
             original.clone(),

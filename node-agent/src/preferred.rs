@@ -73,9 +73,9 @@ pub fn preferred(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netmon::HostLink;
     use crate::netmon::tests::link;
     use macvtap_core::device::ownership_alias;
+    use macvtap_link::LinkInfo;
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
@@ -98,7 +98,7 @@ mod tests {
             pool: None,
         };
         let mut eth1 = link(2, "eth1", None);
-        let macvtap = |id: &str, index: u32, alias: Option<String>| HostLink {
+        let macvtap = |id: &str, index: u32, alias: Option<String>| LinkInfo {
             index,
             name: host_link_name(id),
             kind: Some("macvtap".into()),
