@@ -8,8 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use macvtap_core::{NodeConfig, ResourceConfig, validate_resource_name};
-use macvtap_link::LinkInfo;
+use macvtap_core::{NodeConfig, ResourceConfig};
 use macvtap_telemetry::admin::AdminServer;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
@@ -19,6 +18,7 @@ use crate::allocator::Allocator;
 use crate::cleanup::{Cleanup, CleanupReport};
 use crate::config::{ConfigSource, ConfigState};
 use crate::device_plugin::{DevicePluginDir, PoolInputs, ResourceServer};
+use crate::discovery::effective_resources;
 use crate::health::Health;
 use crate::link_writer::LinkWriter;
 use crate::metrics::Metrics;
@@ -79,40 +79,6 @@ impl AgentOptions {
             netlink_fault: None,
         }
     }
-}
-
-/// The resources to serve: explicit ones, plus (with discovery) one per suitable link not already named.
-pub fn effective_resources(
-    cfg: &NodeConfig,
-    links: &BTreeMap<String, LinkInfo>,
-    extra_kinds: &[String],
-) -> BTreeMap<String, ResourceConfig> {
-    let mut out: BTreeMap<String, ResourceConfig> = cfg
-        .resources
-        .iter()
-        .map(|r| (r.name.clone(), r.clone()))
-        .collect();
-    if let Some(d) = &cfg.discovery {
-        for l in links.values() {
-            if out.contains_key(&l.name)
-                || !netmon::suitable_for_discovery(l, links, extra_kinds)
-                || validate_resource_name(&l.name).is_err()
-            {
-                continue;
-            }
-            out.insert(
-                l.name.clone(),
-                ResourceConfig {
-                    name: l.name.clone(),
-                    lower_device: l.name.clone(),
-                    mode: d.mode,
-                    capacity: d.capacity,
-                    pool: d.pool.clone(),
-                },
-            );
-        }
-    }
-    out
 }
 
 /// Runs the agent until `cancel` fires; then stops every plugin (sockets removed, links untouched).
@@ -366,40 +332,4 @@ fn follow_config(
         cancel.clone(),
     ));
     rx
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::netmon::tests::link;
-    use macvtap_core::{DiscoveryConfig, MacvtapMode};
-
-    #[test]
-    fn explicit_resources_win_over_discovered_names() {
-        let links: BTreeMap<_, _> = [link(2, "eth0", None), link(3, "eth1", None)]
-            .into_iter()
-            .map(|l| (l.name.clone(), l))
-            .collect();
-        let cfg = NodeConfig {
-            resources: vec![ResourceConfig {
-                name: "eth0".into(),
-                lower_device: "eth1".into(),
-                mode: MacvtapMode::Vepa,
-                capacity: 5,
-                pool: None,
-            }],
-            discovery: Some(DiscoveryConfig {
-                mode: MacvtapMode::Bridge,
-                capacity: 7,
-                pool: Some("p".into()),
-            }),
-        };
-        let got = effective_resources(&cfg, &links, &[]);
-        assert_eq!(got.len(), 2);
-        assert_eq!(got["eth0"].lower_device, "eth1");
-        assert_eq!(got["eth0"].capacity, 5);
-        assert_eq!(got["eth1"].lower_device, "eth1");
-        assert_eq!(got["eth1"].capacity, 7);
-        assert_eq!(got["eth1"].pool.as_deref(), Some("p"));
-    }
 }

@@ -10,7 +10,8 @@
 //!   squatter's tap); [`preferred`]: which slots GetPreferredAllocation offers first.
 //! - [`link_writer`]: the one writer of host links (Allocate, adoption, cleanup take turns).
 //! - [`resource_state`]: what each served resource reports (serving, registered, health, last error).
-//! - [`netmon`]: host links pushed on link changes (the link crate's subscription); discovery rules.
+//! - [`netmon`]: host links pushed on link changes (the link crate's subscription); [`discovery`]: which resources
+//!   the node serves (explicit ones, plus one per suitable link with discovery).
 //! - [`records`]: this node's allocation records and tap-index reservations, repaired of crash leftovers;
 //!   [`tap_index_key`]: the node-local secret that orders tap-index candidates; [`tap_owner`]: whose tap a
 //!   device's index is when PreStartContainer runs (no squatting).
@@ -31,6 +32,7 @@ pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod device_plugin;
+pub mod discovery;
 pub mod health;
 pub mod install;
 pub mod link_writer;

@@ -149,38 +149,11 @@ fn by_name(links: Vec<LinkInfo>) -> BTreeMap<String, LinkInfo> {
     links.into_iter().map(|l| (l.name.clone(), l)).collect()
 }
 
-/// Whether `link` is a lower device that `[]` discovery serves: a physical link or a bond, not loopback, not a
-/// bond member; `extra_kinds` adds link kinds (e.g. `veth` in test nodes, `team` on some hosts).
-pub fn suitable_for_discovery(
-    link: &LinkInfo,
-    links: &BTreeMap<String, LinkInfo>,
-    extra_kinds: &[String],
-) -> bool {
-    if link.loopback {
-        return false;
-    }
-    let kind_ok = match link.kind.as_deref() {
-        None => true,
-        Some("bond") => true,
-        Some(k) => extra_kinds.iter().any(|e| e == k),
-    };
-    if !kind_ok {
-        return false;
-    }
-    // Bond members carry no traffic of their own: the bond is the lower device.
-    let enslaved_to_bond = link.master.is_some_and(|m| {
-        links
-            .values()
-            .any(|l| l.index == m && l.kind.as_deref() == Some("bond"))
-    });
-    !enslaved_to_bond
-}
-
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
 
-    /// An up, non-loopback link without master or alias, for tests here and in `agent`.
+    /// An up, non-loopback link without master or alias, for the unit tests of the modules that read links.
     pub(crate) fn link(index: u32, name: &str, kind: Option<&str>) -> LinkInfo {
         LinkInfo {
             index,
@@ -190,36 +163,5 @@ pub(crate) mod tests {
             oper_up: true,
             ..Default::default()
         }
-    }
-
-    #[test]
-    fn discovery_takes_physical_links_and_bonds_only() {
-        let mut lo = link(1, "lo", None);
-        lo.loopback = true;
-        let eth0 = link(2, "eth0", None);
-        let bond = link(3, "bond0", Some("bond"));
-        let mut member = link(4, "eth1", None);
-        member.master = Some(3);
-        let br = link(5, "br0", Some("bridge"));
-        let mut bridged = link(6, "eth2", None);
-        bridged.master = Some(5);
-        let veth = link(7, "veth0", Some("veth"));
-        let mvt = link(8, "mvt0123", Some("macvtap"));
-        let all: BTreeMap<_, _> = [&lo, &eth0, &bond, &member, &br, &bridged, &veth, &mvt]
-            .into_iter()
-            .map(|l| (l.name.clone(), l.clone()))
-            .collect();
-        let pick = |extra: &[String]| -> Vec<&str> {
-            all.values()
-                .filter(|l| suitable_for_discovery(l, &all, extra))
-                .map(|l| l.name.as_str())
-                .collect()
-        };
-        // A link enslaved to a bridge is still a physical NIC; only bond members are skipped.
-        assert_eq!(pick(&[]), vec!["bond0", "eth0", "eth2"]);
-        assert_eq!(
-            pick(&["veth".into()]),
-            vec!["bond0", "eth0", "eth2", "veth0"]
-        );
     }
 }
