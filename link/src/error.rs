@@ -9,6 +9,8 @@ pub enum Error {
     Netlink(#[from] rtnetlink::Error),
     #[error("opening a netlink socket: {0}")]
     Socket(#[source] std::io::Error),
+    #[error("joining the rtnetlink link multicast group: {0}")]
+    Subscribe(#[source] std::io::Error),
     #[error("building a tokio runtime: {0}")]
     Runtime(#[source] std::io::Error),
     #[error("lower device {0:?} not found")]

@@ -8,8 +8,9 @@
 //! | module | what |
 //! |---|---|
 //! | [`info`] | [`LinkInfo`], the one parser of link messages (the agent's link monitor publishes it too) |
-//! | [`ownership`] | which links are ours: [`LinkInfo::is_ours`], [`LinkInfo::marker_device_id`], [`LinkInfo::is_unmarked_original`] |
+//! | [`ownership`] | which links are ours: [`LinkInfo::is_ours`], [`LinkInfo::our_device_id`], [`LinkInfo::marker_device_id`], [`LinkInfo::is_unmarked_original`] |
 //! | [`links`] | [`Netlink`]: find, list, create the host macvtap of a device ID, delete, move to a netns, [`LinkChange`] |
+//! | [`monitor`] | [`Netlink::subscribe_links`]: a [`LinkSubscription`] that wakes when a link of the netns changed |
 //! | [`in_place`] | [`Netlink::create_macvtap_in`]: a macvtap created inside a pod netns in one request ([`PodMacvtap`]) |
 //! | [`addr_route`] | addresses and routes of a link |
 //! | [`netns`] | [`block_on`] (a fresh current-thread runtime), [`in_netns`] (a thread inside another netns) |
@@ -32,6 +33,7 @@ pub mod info;
 pub mod links;
 pub mod mac;
 mod mode;
+pub mod monitor;
 pub mod netns;
 pub mod ownership;
 pub mod tap;
@@ -47,5 +49,6 @@ pub use macvtap_core::device::{
     released_original_link_name,
 };
 pub use macvtap_core::{MAX_IFNAME_LEN, MacvtapMode};
+pub use monitor::LinkSubscription;
 pub use netns::{block_on, in_netns, in_netns_here};
 pub use ownership::OurLink;

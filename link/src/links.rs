@@ -41,16 +41,6 @@ impl Netlink {
         Ok(Self { handle })
     }
 
-    /// A connection opened elsewhere (e.g. one joined to a multicast group), for the reads and changes here.
-    pub fn from_handle(handle: Handle) -> Self {
-        Self { handle }
-    }
-
-    /// The raw rtnetlink handle, for anything not wrapped here.
-    pub fn handle(&self) -> &Handle {
-        &self.handle
-    }
-
     /// The link called `name`, if any.
     pub async fn find_link(&self, name: &str) -> Result<Option<LinkInfo>> {
         check_ifname(name)?;

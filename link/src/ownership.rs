@@ -1,6 +1,7 @@
 //! Which links are ours. The names and the marker are `macvtap-core`'s device scheme; the rule over link state:
 //!
 //! - ours ([`LinkInfo::is_ours`]): kind `macvtap`, name == `host_link_name(id)` and alias == `ownership_alias(id)`;
+//!   which device a link is ours for: [`LinkInfo::our_device_id`];
 //! - once the CNI has moved and renamed a link into a pod, only kind + alias still hold:
 //!   [`LinkInfo::marker_device_id`];
 //! - a link the original (kubevirt/macvtap-cni) created has the same kind and name but no alias at all:
@@ -46,6 +47,12 @@ impl LinkInfo {
         self.is_macvtap()
             && self.name == host_link_name(device_id)
             && self.marker_device_id() == Some(device_id)
+    }
+
+    /// The device ID of a host link that is ours by the strict check ([`LinkInfo::is_ours`]), read off the link
+    /// itself: for walking a link table without knowing which device each link is for.
+    pub fn our_device_id(&self) -> Option<&str> {
+        self.marker_device_id().filter(|id| self.is_ours(id))
     }
 
     /// A link as the original (kubevirt/macvtap-cni) left it for `device_id`: macvtap, named after the device ID by
@@ -99,6 +106,7 @@ mod tests {
         let name = host_link_name(id);
         let ours = macvtap(&name, Some(&ownership_alias(id)));
         assert!(ours.is_ours(id));
+        assert_eq!(ours.our_device_id(), Some(id));
         assert_eq!(ours.marker_device_id(), Some(id));
         assert_eq!(ours.not_ours_reason(id), None);
         assert!(!ours.is_unmarked_original(id));
@@ -110,6 +118,7 @@ mod tests {
             "the marker survives a rename"
         );
         assert!(!in_pod.is_ours(id));
+        assert_eq!(in_pod.our_device_id(), None, "not under our host name");
         assert!(
             in_pod
                 .not_ours_reason(id)
@@ -120,6 +129,7 @@ mod tests {
         let original = macvtap(&name, None);
         assert!(original.is_unmarked_original(id));
         assert!(!original.is_ours(id));
+        assert_eq!(original.our_device_id(), None);
         assert!(!macvtap(&name, Some("someone-else")).is_unmarked_original(id));
         // v0.13.1 names the link after the device ID; only the device's own ID counts.
         assert!(macvtap(id, None).is_unmarked_original(id));

@@ -597,3 +597,35 @@ fn create_in_another_netns_in_one_request() {
         Err(TapError::Missing { .. })
     ));
 }
+
+#[test]
+fn a_link_subscription_wakes_on_a_change_and_reads_the_table() {
+    let ns = Ns::new();
+    let name = ns.0.clone();
+    let (woke, seen) = in_netns(ns.path(), || {
+        block_on(async {
+            let mut sub = Netlink::subscribe_links().unwrap();
+            let before = sub.links().await.unwrap();
+            assert!(before.iter().all(|l| l.name != "probe0"), "{before:?}");
+            ip(&[
+                "-n", &name, "link", "add", "probe0", "type", "veth", "peer", "name", "probe1",
+            ]);
+            // No timer in this runtime: a detached thread bounds the wait, so a deaf subscription fails, not hangs.
+            let (tx, deadline) = futures::channel::oneshot::channel::<()>();
+            std::thread::spawn(move || {
+                std::thread::sleep(std::time::Duration::from_secs(10));
+                let _ = tx.send(());
+            });
+            let woke = match futures::future::select(Box::pin(sub.changed()), deadline).await {
+                futures::future::Either::Left((woke, _)) => woke,
+                futures::future::Either::Right(_) => false,
+            };
+            let seen = sub.links().await.unwrap();
+            (woke, seen.iter().any(|l| l.name == "probe0"))
+        })
+        .unwrap()
+    })
+    .unwrap();
+    assert!(woke, "no link event within 10 s of adding a link");
+    assert!(seen, "the re-read table has the new link");
+}

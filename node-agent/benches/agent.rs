@@ -235,7 +235,8 @@ async fn main() {
 
 async fn crd_change_latency(netns: &Netns, dir: &std::path::Path, kubelet: &KubeletStandIn) {
     use kube::api::{Api, Patch, PatchParams, PostParams};
-    use macvtap_api::{MacvtapMode, MacvtapNodeState, MacvtapNodeStateSpec, NodeResource};
+    use macvtap_api::{MacvtapNodeState, MacvtapNodeStateSpec, NodeResource};
+    use macvtap_core::MacvtapMode;
 
     let cp = macvtap_e2e::control_plane::ControlPlane::shared();
     cp.apply_crds().await.unwrap();

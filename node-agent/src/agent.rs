@@ -1,4 +1,5 @@
-//! The agent's main loop: configuration + host links → the set of resources served, reconciled live.
+//! The agent's main loop: configuration + host links → the set of resources served, reconciled live. [`run`] is
+//! two steps: build and start the parts (`Parts::start`), then the loop over them (`Parts::serve`).
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -7,21 +8,22 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context;
-use macvtap_api::{NodeConfig, ResourceConfig};
-use macvtap_core::validate_resource_name;
+use macvtap_core::{NodeConfig, ResourceConfig};
 use macvtap_telemetry::admin::AdminServer;
 use prometheus_client::registry::Registry;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::allocator::{Allocator, RecentAllocations};
+use crate::allocator::Allocator;
 use crate::cleanup::{Cleanup, CleanupReport};
 use crate::config::{ConfigSource, ConfigState};
 use crate::device_plugin::{DevicePluginDir, PoolInputs, ResourceServer};
+use crate::discovery::effective_resources;
 use crate::health::Health;
 use crate::link_writer::LinkWriter;
 use crate::metrics::Metrics;
-use crate::netmon::{self, HostLink};
+use crate::netmon::{self, LinkSnapshot};
+use crate::recent::RecentAllocations;
 use crate::records::{NodeRecords, StateDirs};
 use crate::resource_state::ResourceStates;
 use crate::status::StatusWriter;
@@ -79,265 +81,255 @@ impl AgentOptions {
     }
 }
 
-/// The resources to serve: explicit ones, plus (with discovery) one per suitable link not already named.
-pub fn effective_resources(
-    cfg: &NodeConfig,
-    links: &BTreeMap<String, HostLink>,
-    extra_kinds: &[String],
-) -> BTreeMap<String, ResourceConfig> {
-    let mut out: BTreeMap<String, ResourceConfig> = cfg
-        .resources
-        .iter()
-        .map(|r| (r.name.clone(), r.clone()))
-        .collect();
-    if let Some(d) = &cfg.discovery {
-        for l in links.values() {
-            if out.contains_key(&l.name)
-                || !netmon::suitable_for_discovery(l, links, extra_kinds)
-                || validate_resource_name(&l.name).is_err()
-            {
-                continue;
-            }
-            out.insert(
-                l.name.clone(),
-                ResourceConfig {
-                    name: l.name.clone(),
-                    lower_device: l.name.clone(),
-                    mode: d.mode,
-                    capacity: d.capacity,
-                    pool: d.pool.clone(),
-                },
-            );
-        }
-    }
-    out
-}
-
 /// Runs the agent until `cancel` fires; then stops every plugin (sockets removed, links untouched).
 pub async fn run(opts: AgentOptions, cancel: CancellationToken) -> anyhow::Result<()> {
-    let initial = crate::config::initial(&opts.source).context("invalid configuration")?;
-    std::fs::create_dir_all(&opts.device_plugin_dir).with_context(|| {
-        format!(
-            "creating the device plugin directory {}",
-            opts.device_plugin_dir.display()
-        )
-    })?;
-    let metrics = Arc::new(Metrics::default());
-    let mut registry = Registry::default();
-    metrics.register(&mut registry);
-    // Bound first: a taken port is a startup error, not a silent absence of probes.
-    let admin = match opts.health_addr {
-        Some(addr) => Some(
-            AdminServer::bind(addr)
-                .await
-                .with_context(|| format!("binding the health/metrics address {addr}"))?,
-        ),
-        None => None,
-    };
-
-    let monitor = {
-        let m = metrics.clone();
-        netmon::spawn(
-            cancel.clone(),
-            move || {
-                m.netlink_resubscriptions.inc();
-            },
-            opts.netlink_fault.clone(),
-        )
-        .await
-        .context("starting the netlink link monitor")?
-    };
-    let records = Arc::new(
-        NodeRecords::open(
-            &opts.state,
-            &crate::records::node_or_hostname(&opts.node_name),
-            metrics.state_repaired.clone(),
-        )
-        .context("the allocation record directory of this node")?,
-    );
-    let netlink = macvtap_link::Netlink::new().context("opening a netlink socket")?;
-    let writer = Arc::new(LinkWriter::new(netlink));
-    let recent = RecentAllocations::default();
-    let states = ResourceStates::default();
-    let (cleanup_tx, cleanup_rx) = watch::channel(CleanupReport::default());
-    let dir = DevicePluginDir::watch(
-        opts.device_plugin_dir.clone(),
-        opts.dir_poll,
-        opts.kubelet_probe,
-        cancel.clone(),
-    );
-    let pool_inputs = PoolInputs {
-        links: monitor.links.clone(),
-        cleanup: cleanup_rx.clone(),
-        allocator: Allocator {
-            writer: writer.clone(),
-            recent: recent.clone(),
-            metrics: metrics.clone(),
-            records: records.clone(),
-        },
-        states: states.clone(),
-        metrics: metrics.clone(),
-    };
-
-    let (config_tx, mut config_rx) = watch::channel(ConfigState {
-        config: initial,
-        generation: None,
-        error: None,
-    });
-    {
-        let m = metrics.clone();
-        tokio::spawn(crate::config::follow(
-            opts.source.clone(),
-            config_tx,
-            move |_| {
-                m.config_errors.inc();
-            },
-            cancel.clone(),
-        ));
-    }
-
-    let (resources_tx, resources_rx) = watch::channel(BTreeMap::new());
-    let (loaded_tx, loaded_rx) = watch::channel(false);
-    if let Some(admin) = admin {
-        let health = Health {
-            states: states.subscribe(),
-            netlink_subscribed: monitor.subscribed.clone(),
-            wanted: resources_rx.clone(),
-            config_loaded: loaded_rx,
-        };
-        let stop = cancel.clone();
-        tokio::spawn(async move {
-            if let Err(e) = admin.serve(registry, Arc::new(health), stop).await {
-                tracing::error!("health/metrics server: {e}");
-            }
-        });
-    }
-
-    tokio::spawn(
-        Cleanup {
-            writer,
-            recent,
-            records,
-            metrics: metrics.clone(),
-            pod_resources_socket: opts.pod_resources_socket.clone(),
-            interval: opts.cleanup_interval,
-            grace: opts.cleanup_grace,
-            resources: resources_rx.clone(),
-            report: cleanup_tx,
-        }
-        .run(cancel.clone()),
-    );
-
-    if let ConfigSource::NodeState { client, node } = &opts.source {
-        tokio::spawn(
-            StatusWriter {
-                client: client.clone(),
-                node: node.clone(),
-                states: states.subscribe(),
-                resources: resources_rx.clone(),
-                config: config_rx.clone(),
-                cleanup: cleanup_rx.clone(),
-                min_interval: opts.status_min_interval,
-                heartbeat: opts.status_heartbeat,
-            }
-            .run(cancel.clone()),
-        );
-    }
-
-    let mut servers: BTreeMap<String, ResourceServer> = BTreeMap::new();
-    let mut links_rx = monitor.links.clone();
-    loop {
-        let state = config_rx.borrow_and_update().clone();
-        if let Some(cfg) = &state.config {
-            let snapshot = links_rx.borrow_and_update().clone();
-            let want = effective_resources(cfg, &snapshot, &opts.discovery_extra_kinds);
-            for name in servers.keys().cloned().collect::<Vec<_>>() {
-                if !want.contains_key(&name) {
-                    tracing::info!(resource = %name, "resource removed from the configuration; stopping");
-                    if let Some(p) = servers.remove(&name) {
-                        p.stop().await;
-                    }
-                }
-            }
-            for (name, rc) in &want {
-                match servers.get(name) {
-                    Some(p) => {
-                        if p.config() != *rc {
-                            tracing::info!(resource = %name, capacity = rc.capacity, mode = %rc.mode, lower = %rc.lower_device, "resource changed; applying live");
-                            p.update(rc.clone());
-                        }
-                    }
-                    None => {
-                        tracing::info!(resource = %name, capacity = rc.capacity, mode = %rc.mode, lower = %rc.lower_device, "serving resource");
-                        servers.insert(
-                            name.clone(),
-                            ResourceServer::start(
-                                rc.clone(),
-                                pool_inputs.clone(),
-                                dir.clone(),
-                                &cancel,
-                            ),
-                        );
-                    }
-                }
-            }
-            metrics.resources.set(servers.len() as i64);
-            resources_tx.send_if_modified(|cur| {
-                if *cur == want {
-                    false
-                } else {
-                    *cur = want;
-                    true
-                }
-            });
-            loaded_tx.send_if_modified(|l| !std::mem::replace(l, true));
-        }
-        tokio::select! {
-            _ = cancel.cancelled() => break,
-            r = config_rx.changed() => if r.is_err() { break },
-            r = links_rx.changed() => if r.is_err() { break },
-        }
-    }
-    loaded_tx.send_replace(false);
-    for (_, p) in std::mem::take(&mut servers) {
-        p.stop().await;
-    }
+    let parts = Parts::start(&opts, &cancel).await?;
+    parts.serve(&opts.discovery_extra_kinds, &cancel).await;
     tracing::info!("stopped: plugin sockets removed, links left as they are");
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use crate::netmon::tests::link;
-    use macvtap_api::{DiscoveryConfig, MacvtapMode};
+/// The running agent as the resource loop sees it: what it reads (the configuration, the links), what each served
+/// resource is started with, and what it publishes (the resources served, whether a configuration is applied).
+/// The other tasks (link monitor, configuration follower, cleanup, status, probes) run on their own until `cancel`.
+struct Parts {
+    config: watch::Receiver<ConfigState>,
+    links: watch::Receiver<LinkSnapshot>,
+    pool_inputs: PoolInputs,
+    dir: DevicePluginDir,
+    metrics: Arc<Metrics>,
+    /// The resources served, read by the probes, cleanup (whose slots' original links are adopted) and status.
+    served: watch::Sender<BTreeMap<String, ResourceConfig>>,
+    /// A configuration has been applied (`/readyz`).
+    loaded: watch::Sender<bool>,
+}
 
-    #[test]
-    fn explicit_resources_win_over_discovered_names() {
-        let links: BTreeMap<_, _> = [link(2, "eth0", None), link(3, "eth1", None)]
-            .into_iter()
-            .map(|l| (l.name.clone(), l))
-            .collect();
-        let cfg = NodeConfig {
-            resources: vec![ResourceConfig {
-                name: "eth0".into(),
-                lower_device: "eth1".into(),
-                mode: MacvtapMode::Vepa,
-                capacity: 5,
-                pool: None,
-            }],
-            discovery: Some(DiscoveryConfig {
-                mode: MacvtapMode::Bridge,
-                capacity: 7,
-                pool: Some("p".into()),
-            }),
+impl Parts {
+    /// Builds every part and starts its task. A startup error (bad configuration, a taken port, no netlink, no
+    /// state directory) is returned before anything is served.
+    async fn start(opts: &AgentOptions, cancel: &CancellationToken) -> anyhow::Result<Self> {
+        let initial = crate::config::initial(&opts.source).context("invalid configuration")?;
+        std::fs::create_dir_all(&opts.device_plugin_dir).with_context(|| {
+            format!(
+                "creating the device plugin directory {}",
+                opts.device_plugin_dir.display()
+            )
+        })?;
+        let metrics = Arc::new(Metrics::default());
+        let mut registry = Registry::default();
+        metrics.register(&mut registry);
+        // Bound first: a taken port is a startup error, not a silent absence of probes.
+        let admin = match opts.health_addr {
+            Some(addr) => Some(
+                AdminServer::bind(addr)
+                    .await
+                    .with_context(|| format!("binding the health/metrics address {addr}"))?,
+            ),
+            None => None,
         };
-        let got = effective_resources(&cfg, &links, &[]);
-        assert_eq!(got.len(), 2);
-        assert_eq!(got["eth0"].lower_device, "eth1");
-        assert_eq!(got["eth0"].capacity, 5);
-        assert_eq!(got["eth1"].lower_device, "eth1");
-        assert_eq!(got["eth1"].capacity, 7);
-        assert_eq!(got["eth1"].pool.as_deref(), Some("p"));
+        let monitor = start_link_monitor(opts, &metrics, cancel).await?;
+        let records = Arc::new(
+            NodeRecords::open(
+                &opts.state,
+                &crate::records::node_or_hostname(&opts.node_name),
+                metrics.state_repaired.clone(),
+            )
+            .context("the allocation record directory of this node")?,
+        );
+        let netlink = macvtap_link::Netlink::new().context("opening a netlink socket")?;
+        let writer = Arc::new(LinkWriter::new(netlink));
+        let recent = RecentAllocations::default();
+        let states = ResourceStates::default();
+        let (cleanup_tx, cleanup_rx) = watch::channel(CleanupReport::default());
+        let dir = DevicePluginDir::watch(
+            opts.device_plugin_dir.clone(),
+            opts.dir_poll,
+            opts.kubelet_probe,
+            cancel.clone(),
+        );
+        let pool_inputs = PoolInputs {
+            links: monitor.links.clone(),
+            cleanup: cleanup_rx.clone(),
+            allocator: Allocator {
+                writer: writer.clone(),
+                links: monitor.links.clone(),
+                recent: recent.clone(),
+                metrics: metrics.clone(),
+                records: records.clone(),
+            },
+            states: states.clone(),
+            metrics: metrics.clone(),
+        };
+        let config = follow_config(opts, initial, &metrics, cancel);
+        let (served, served_rx) = watch::channel(BTreeMap::new());
+        let (loaded, loaded_rx) = watch::channel(false);
+
+        if let Some(admin) = admin {
+            let health = Health {
+                states: states.subscribe(),
+                netlink_subscribed: monitor.subscribed.clone(),
+                wanted: served_rx.clone(),
+                config_loaded: loaded_rx,
+            };
+            let stop = cancel.clone();
+            tokio::spawn(async move {
+                if let Err(e) = admin.serve(registry, Arc::new(health), stop).await {
+                    tracing::error!("health/metrics server: {e}");
+                }
+            });
+        }
+        tokio::spawn(
+            Cleanup {
+                writer,
+                recent,
+                records,
+                metrics: metrics.clone(),
+                pod_resources_socket: opts.pod_resources_socket.clone(),
+                interval: opts.cleanup_interval,
+                grace: opts.cleanup_grace,
+                resources: served_rx.clone(),
+                report: cleanup_tx,
+            }
+            .run(cancel.clone()),
+        );
+        if let ConfigSource::NodeState { client, node } = &opts.source {
+            tokio::spawn(
+                StatusWriter {
+                    client: client.clone(),
+                    node: node.clone(),
+                    states: states.subscribe(),
+                    resources: served_rx,
+                    config: config.clone(),
+                    cleanup: cleanup_rx,
+                    min_interval: opts.status_min_interval,
+                    heartbeat: opts.status_heartbeat,
+                }
+                .run(cancel.clone()),
+            );
+        }
+        Ok(Self {
+            config,
+            links: monitor.links,
+            pool_inputs,
+            dir,
+            metrics,
+            served,
+            loaded,
+        })
     }
+
+    /// The loop: on every configuration or link change, serves the resources they ask for, live; when `cancel` fires,
+    /// stops every plugin.
+    async fn serve(mut self, extra_kinds: &[String], cancel: &CancellationToken) {
+        let mut servers: BTreeMap<String, ResourceServer> = BTreeMap::new();
+        loop {
+            let state = self.config.borrow_and_update().clone();
+            if let Some(cfg) = &state.config {
+                let snapshot = self.links.borrow_and_update().clone();
+                let want = effective_resources(cfg, &snapshot, extra_kinds);
+                self.apply(&mut servers, &want, cancel).await;
+                self.metrics.resources.set(servers.len() as i64);
+                self.served.send_if_modified(|cur| {
+                    if *cur == want {
+                        false
+                    } else {
+                        *cur = want;
+                        true
+                    }
+                });
+                self.loaded
+                    .send_if_modified(|l| !std::mem::replace(l, true));
+            }
+            tokio::select! {
+                _ = cancel.cancelled() => break,
+                r = self.config.changed() => if r.is_err() { break },
+                r = self.links.changed() => if r.is_err() { break },
+            }
+        }
+        self.loaded.send_replace(false);
+        for (_, p) in std::mem::take(&mut servers) {
+            p.stop().await;
+        }
+    }
+
+    /// Makes `servers` serve `want`: stops the resources no longer wanted, applies changed ones live, starts new ones.
+    async fn apply(
+        &self,
+        servers: &mut BTreeMap<String, ResourceServer>,
+        want: &BTreeMap<String, ResourceConfig>,
+        cancel: &CancellationToken,
+    ) {
+        for name in servers.keys().cloned().collect::<Vec<_>>() {
+            if !want.contains_key(&name) {
+                tracing::info!(resource = %name, "resource removed from the configuration; stopping");
+                if let Some(p) = servers.remove(&name) {
+                    p.stop().await;
+                }
+            }
+        }
+        for (name, rc) in want {
+            match servers.get(name) {
+                Some(p) => {
+                    if p.config() != *rc {
+                        tracing::info!(resource = %name, capacity = rc.capacity, mode = %rc.mode, lower = %rc.lower_device, "resource changed; applying live");
+                        p.update(rc.clone());
+                    }
+                }
+                None => {
+                    tracing::info!(resource = %name, capacity = rc.capacity, mode = %rc.mode, lower = %rc.lower_device, "serving resource");
+                    servers.insert(
+                        name.clone(),
+                        ResourceServer::start(
+                            rc.clone(),
+                            self.pool_inputs.clone(),
+                            self.dir.clone(),
+                            cancel,
+                        ),
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The netlink link monitor, its resubscriptions counted.
+async fn start_link_monitor(
+    opts: &AgentOptions,
+    metrics: &Arc<Metrics>,
+    cancel: &CancellationToken,
+) -> anyhow::Result<netmon::Monitor> {
+    let m = metrics.clone();
+    netmon::spawn(
+        cancel.clone(),
+        move || {
+            m.netlink_resubscriptions.inc();
+        },
+        opts.netlink_fault.clone(),
+    )
+    .await
+    .context("starting the netlink link monitor")
+}
+
+/// The configuration in effect, starting with `initial` and following its source (rejected updates counted).
+fn follow_config(
+    opts: &AgentOptions,
+    initial: Option<NodeConfig>,
+    metrics: &Arc<Metrics>,
+    cancel: &CancellationToken,
+) -> watch::Receiver<ConfigState> {
+    let (tx, rx) = watch::channel(ConfigState {
+        config: initial,
+        generation: None,
+        error: None,
+    });
+    let m = metrics.clone();
+    tokio::spawn(crate::config::follow(
+        opts.source.clone(),
+        tx,
+        move |_| {
+            m.config_errors.inc();
+        },
+        cancel.clone(),
+    ));
+    rx
 }

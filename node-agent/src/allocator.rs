@@ -9,61 +9,33 @@
 //! calls PreStartContainer after the sandbox exists, before each container starts: if no link has tap `N` by then
 //! (the pod has no network of ours), the agent creates the host link at index `N` so `/dev/tapN` is there when the
 //! runtime makes the container's device node. Host links change only in the writer's turn ([`LinkWriter`]), as
-//! cleanup's do. Every Allocate is noted in [`RecentAllocations`], which cleanup's grace period reads.
+//! cleanup's do. Every Allocate is noted in [`RecentAllocations`] ([`crate::recent`]), which cleanup's grace period
+//! reads; the original's links are adopted by [`original::adopt_if_originals`], as cleanup adopts them.
 
-use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use macvtap_api::ResourceConfig;
-use macvtap_core::device::slot_of;
+use macvtap_core::ResourceConfig;
+use macvtap_core::device::{host_link_name, released_original_link_name, slot_of};
 use tokio::sync::watch;
 use tonic::Status;
 
 use crate::link_writer::{LinkWriter, WriteTurn};
 use crate::metrics::Metrics;
-use crate::netmon;
-use crate::original;
+use crate::netmon::LinkSnapshot;
+use crate::original::{self, Slot};
+use crate::recent::RecentAllocations;
 use crate::records::NodeRecords;
 use crate::tap_owner::{self, OwnTaps, TapOwner};
 use macvtap_link::tap::TapDevice;
-
-/// Device ID -> its last Allocate (since this process started), for cleanup's grace period.
-#[derive(Clone)]
-pub struct RecentAllocations(Arc<watch::Sender<HashMap<String, Instant>>>);
-
-impl Default for RecentAllocations {
-    fn default() -> Self {
-        Self(Arc::new(watch::channel(HashMap::new()).0))
-    }
-}
-
-impl RecentAllocations {
-    pub fn note(&self, device_id: &str) {
-        self.0.send_modify(|m| {
-            m.insert(device_id.to_string(), Instant::now());
-        });
-    }
-
-    /// When the device was last allocated.
-    pub fn last(&self, device_id: &str) -> Option<Instant> {
-        self.0.borrow().get(device_id).copied()
-    }
-
-    pub fn forget_older_than(&self, age: Duration) {
-        self.0.send_if_modified(|m| {
-            let before = m.len();
-            m.retain(|_, t| t.elapsed() < age);
-            m.len() != before
-        });
-    }
-}
 
 /// Allocate and PreStartContainer for every resource of the node: changes host links in its turn, notes each
 /// allocation.
 #[derive(Clone)]
 pub struct Allocator {
     pub writer: Arc<LinkWriter>,
+    /// The link monitor's table: whether the lower device exists, without asking the kernel each time.
+    pub links: watch::Receiver<LinkSnapshot>,
     pub recent: RecentAllocations,
     pub metrics: Arc<Metrics>,
     pub records: Arc<NodeRecords>,
@@ -92,12 +64,7 @@ fn lower_missing(cfg: &ResourceConfig) -> Status {
 
 impl Allocator {
     /// Allocate of one device ID: its tap index assigned and recorded for the CNI; returns its `/dev/tapN`.
-    pub async fn allocate(
-        &self,
-        cfg: &ResourceConfig,
-        id: &str,
-        mode: macvtap_link::MacvtapMode,
-    ) -> Result<String, Status> {
+    pub async fn allocate(&self, cfg: &ResourceConfig, id: &str) -> Result<String, Status> {
         refuse_unknown(cfg, id)?;
         // One link change at a time (Allocate, PreStart, adoption, cleanup).
         let turn = self.writer.turn().await;
@@ -105,17 +72,8 @@ impl Allocator {
         self.recent.note(id);
         let started = Instant::now();
         self.remove_stale_host_link(&turn, cfg, id).await?;
-        match turn.find_link(&cfg.lower_device).await {
-            Ok(Some(_)) => {}
-            Ok(None) => return Err(lower_missing(cfg)),
-            Err(e) => {
-                return Err(Status::internal(format!(
-                    "resource {}: reading lower device {}: {e}",
-                    cfg.name, cfg.lower_device
-                )));
-            }
-        }
-        let index = self.records.assign(cfg, id, mode).map_err(|e| {
+        self.check_lower_device(&turn, cfg).await?;
+        let index = self.records.assign(cfg, id).map_err(|e| {
             Status::internal(format!(
                 "resource {}, device {id}: recording the allocation: {e}",
                 cfg.name
@@ -124,6 +82,28 @@ impl Allocator {
         tracing::info!(resource = %cfg.name, device = %id, tap_index = index,
             elapsed_us = started.elapsed().as_micros() as u64, "allocated");
         Ok(format!("/dev/tap{index}"))
+    }
+
+    /// The lower device must exist. The monitor's table answers when it has the device; only a device it has not
+    /// seen (yet: an event still in flight, e.g. a lower device made just before its pool) is looked up over
+    /// netlink, so a fresh device is not refused and a missing one still is. A device deleted a moment ago may still
+    /// be in the table: the CNI's ADD then fails on it, as it would had it gone right after Allocate.
+    async fn check_lower_device(
+        &self,
+        turn: &WriteTurn<'_>,
+        cfg: &ResourceConfig,
+    ) -> Result<(), Status> {
+        if self.links.borrow().contains_key(&cfg.lower_device) {
+            return Ok(());
+        }
+        match turn.find_link(&cfg.lower_device).await {
+            Ok(Some(_)) => Ok(()),
+            Ok(None) => Err(lower_missing(cfg)),
+            Err(e) => Err(Status::internal(format!(
+                "resource {}: reading lower device {}: {e}",
+                cfg.name, cfg.lower_device
+            ))),
+        }
     }
 
     /// A host link of `id` left from an earlier holder goes: the kubelet allocates only devices no pod holds. The
@@ -136,14 +116,16 @@ impl Allocator {
     ) -> Result<(), Status> {
         // v0.13.1's link for the slot (named after the device ID) is adopted first, which renames it to our name,
         // so that the deletion below finds it.
-        if let Some(name) = macvtap_link::released_original_link_name(id) {
-            self.adopt_originals_link(turn, cfg, id, name).await;
+        let slot = Slot {
+            device_id: id.to_string(),
+            lower_device: cfg.lower_device.clone(),
+        };
+        if let Some(name) = released_original_link_name(id) {
+            original::adopt_if_originals(turn, name, &slot, &self.metrics).await;
         }
         let mut removed = turn.delete_our_link(id).await;
         if let Err(macvtap_link::Error::NotOurs { .. }) = &removed
-            && self
-                .adopt_originals_link(turn, cfg, id, &macvtap_link::host_link_name(id))
-                .await
+            && original::adopt_if_originals(turn, &host_link_name(id), &slot, &self.metrics).await
         {
             removed = turn.delete_our_link(id).await;
         }
@@ -164,12 +146,7 @@ impl Allocator {
     /// the host link is created at that index, so the pod's `/dev/tapN` exists. A tap at the index is accepted only
     /// when it is provably this device's ([`crate::tap_owner`]); a squatter's is refused, named, never handed over.
     /// Devices without a record (allocated by an agent before in-place attach) already have their host link.
-    pub async fn pre_start(
-        &self,
-        cfg: &ResourceConfig,
-        id: &str,
-        mode: macvtap_link::MacvtapMode,
-    ) -> Result<(), Status> {
+    pub async fn pre_start(&self, cfg: &ResourceConfig, id: &str) -> Result<(), Status> {
         refuse_unknown(cfg, id)?;
         let Some(record) = self
             .records
@@ -197,8 +174,8 @@ impl Allocator {
                     cfg,
                     id,
                     &format!(
-                        "creating the {mode} host link at index {index} on {}",
-                        record.lower_device
+                        "creating the {} host link at index {index} on {}",
+                        record.mode, record.lower_device
                     ),
                     &other,
                 ),
@@ -236,14 +213,12 @@ impl Allocator {
         if !taps.iter().any(|t| t.index == index) {
             return Ok(false);
         }
-        let handle = self.writer.read_handle();
-        let host_name = macvtap_link::host_link_name(id);
-        let host_link = match netmon::read_link(handle, &host_name).await {
-            Ok(Some(l)) if l.index == index && crate::cleanup::our_device_id(&l) == Some(id) => {
-                self.records
-                    .host_tap_device(&host_name, index)
-                    .map_err(|e| internal(cfg, id, "reading its host link's tap", &e))?
-            }
+        let host_name = host_link_name(id);
+        let host_link = match self.writer.reader().find_link(&host_name).await {
+            Ok(Some(l)) if l.index == index && l.is_ours(id) => self
+                .records
+                .host_tap_device(&host_name, index)
+                .map_err(|e| internal(cfg, id, "reading its host link's tap", &e))?,
             Ok(_) => None,
             Err(e) => return Err(internal(cfg, id, "reading its host link", &e)),
         };
@@ -297,35 +272,5 @@ impl Allocator {
             })
             .collect::<Vec<_>>()
             .join(", ")
-    }
-
-    /// Adopts the host link `name` if it is the original's link for `id` (see [`crate::original`]).
-    async fn adopt_originals_link(
-        &self,
-        turn: &WriteTurn<'_>,
-        cfg: &ResourceConfig,
-        id: &str,
-        name: &str,
-    ) -> bool {
-        let handle = turn.handle();
-        let (Ok(Some(link)), Ok(lower)) = (
-            netmon::read_link(handle, name).await,
-            netmon::read_link(handle, &cfg.lower_device).await,
-        ) else {
-            return false;
-        };
-        if !original::is_originals_link(&link, id, lower.as_ref()) {
-            return false;
-        }
-        match original::adopt(turn, &link, id).await {
-            Ok(()) => {
-                self.metrics.links_adopted.inc();
-                true
-            }
-            Err(e) => {
-                tracing::warn!(resource = %cfg.name, device = %id, "adopting the original's link: {e}");
-                false
-            }
-        }
     }
 }

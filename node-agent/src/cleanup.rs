@@ -15,15 +15,17 @@ use std::time::{Duration, Instant};
 
 use kubelet_api::podresources::ListPodResourcesRequest;
 use kubelet_api::podresources::pod_resources_lister_client::PodResourcesListerClient;
-use macvtap_api::ResourceConfig;
+use macvtap_core::ResourceConfig;
+use macvtap_core::device::{host_link_name, ownership_alias};
+use macvtap_link::LinkInfo;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
-use crate::allocator::RecentAllocations;
 use crate::link_writer::LinkWriter;
 use crate::metrics::{Metrics, ReasonLabel};
-use crate::netmon::{self, HostLink};
+use crate::netmon;
 use crate::original;
+use crate::recent::RecentAllocations;
 use crate::records::NodeRecords;
 
 /// Device IDs held by pods, by resource name (without the `macvtap.network.kubevirt.io/` prefix).
@@ -77,15 +79,6 @@ pub async fn held_devices(socket: &std::path::Path) -> Result<HeldDevices, Strin
         }
     }
     Ok(held)
-}
-
-/// The device ID of a host link that is ours by the strict check: macvtap, our marker, named after that ID.
-pub fn our_device_id(link: &HostLink) -> Option<&str> {
-    if link.kind.as_deref() != Some("macvtap") {
-        return None;
-    }
-    let id = macvtap_link::device_id_from_alias(link.alias.as_deref()?)?;
-    (link.name == macvtap_link::host_link_name(id)).then_some(id)
 }
 
 pub struct Cleanup {
@@ -149,15 +142,14 @@ impl Cleanup {
 
     /// One pass over the host links; false when it was skipped (nothing known about which devices pods hold).
     async fn pass(&self, unheld_since: &mut HashMap<String, Instant>) -> bool {
-        let handle = self.writer.read_handle().clone();
-        let mut links = match netmon::dump(&handle).await {
+        let mut links = match netmon::link_table(self.writer.reader()).await {
             Ok(l) => l,
             Err(e) => {
                 self.skip("links_unreadable", format!("reading the link table: {e}"));
                 return false;
             }
         };
-        self.adopt_originals(&handle, &mut links).await;
+        self.adopt_originals(&mut links).await;
 
         let held = match held_devices(&self.pod_resources_socket).await {
             Ok(h) => h,
@@ -178,7 +170,7 @@ impl Cleanup {
         let mut seen = BTreeSet::new();
         for l in links.values() {
             // Strict check: our name scheme and marker; anything else is never touched.
-            let Some(id) = our_device_id(l) else {
+            let Some(id) = l.our_device_id() else {
                 continue;
             };
             seen.insert(id.to_string());
@@ -289,42 +281,23 @@ impl Cleanup {
     }
 
     /// Adopts the original's links for served slots; `links` is updated to show them as ours.
-    async fn adopt_originals(
-        &self,
-        handle: &rtnetlink::Handle,
-        links: &mut BTreeMap<String, HostLink>,
-    ) {
+    async fn adopt_originals(&self, links: &mut BTreeMap<String, LinkInfo>) {
         let slots = original::slots_by_link_name(&self.resources.borrow());
         let found: Vec<(String, String)> = original::find_adoptable(links, &slots)
             .into_iter()
             .map(|(l, id)| (l.name.clone(), id))
             .collect();
         for (name, id) in found {
+            let Some(slot) = slots.get(&name) else {
+                continue;
+            };
             let turn = self.writer.turn().await;
-            // Read again in our turn: act only on what is there now.
-            let fresh = netmon::read_link(handle, &name).await;
-            let lower = match slots.get(&name) {
-                Some(slot) => netmon::read_link(handle, &slot.lower_device).await,
-                None => continue,
-            };
-            let (Ok(Some(link)), Ok(lower)) = (fresh, lower) else {
-                continue;
-            };
-            if !original::is_originals_link(&link, &id, lower.as_ref()) {
-                continue;
-            }
-            match original::adopt(&turn, &link, &id).await {
-                Ok(()) => {
-                    self.metrics.links_adopted.inc();
-                    // Adoption may rename (a v0.13.1 link): the link is listed under our name from now on.
-                    if let Some(mut l) = links.remove(&name) {
-                        l.alias = Some(macvtap_link::ownership_alias(&id));
-                        l.name = macvtap_link::host_link_name(&id);
-                        links.insert(l.name.clone(), l);
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(device = %id, link = %name, "adopting the original's link: {e}")
+            if original::adopt_if_originals(&turn, &name, slot, &self.metrics).await {
+                // Adoption may rename (a v0.13.1 link): the link is listed under our name from now on.
+                if let Some(mut l) = links.remove(&name) {
+                    l.alias = Some(ownership_alias(&id));
+                    l.name = host_link_name(&id);
+                    links.insert(l.name.clone(), l);
                 }
             }
         }

@@ -12,7 +12,8 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use kube::runtime::watcher;
-use macvtap_api::{MacvtapNodeState, NodeConfig};
+use macvtap_api::MacvtapNodeState;
+use macvtap_core::NodeConfig;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 

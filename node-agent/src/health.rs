@@ -9,7 +9,7 @@
 
 use std::collections::BTreeMap;
 
-use macvtap_api::ResourceConfig;
+use macvtap_core::ResourceConfig;
 use macvtap_telemetry::admin::{Probes, from_problems};
 use tokio::sync::watch;
 

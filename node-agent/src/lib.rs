@@ -10,12 +10,15 @@
 //!   squatter's tap); [`preferred`]: which slots GetPreferredAllocation offers first.
 //! - [`link_writer`]: the one writer of host links (Allocate, adoption, cleanup take turns).
 //! - [`resource_state`]: what each served resource reports (serving, registered, health, last error).
-//! - [`netmon`]: host links pushed from rtnetlink multicast events; discovery rules.
+//! - [`netmon`]: host links pushed on link changes (the link crate's subscription); [`discovery`]: which resources
+//!   the node serves (explicit ones, plus one per suitable link with discovery).
 //! - [`records`]: this node's allocation records and tap-index reservations, repaired of crash leftovers;
 //!   [`tap_index_key`]: the node-local secret that orders tap-index candidates; [`tap_owner`]: whose tap a
 //!   device's index is when PreStartContainer runs (no squatting).
-//! - [`cleanup`]: cleanup of host links no pod holds (asks the kubelet's PodResources).
-//! - [`original`]: the rule that adopts links the original kubevirt/macvtap-cni left for our slots.
+//! - [`cleanup`]: cleanup of host links no pod holds (asks the kubelet's PodResources); [`recent`]: the devices
+//!   allocated lately, which Allocate notes and cleanup's grace period reads.
+//! - [`original`]: the rule that adopts links the original kubevirt/macvtap-cni left for our slots, and the one
+//!   adoption Allocate and cleanup both call.
 //! - [`status`]: the status writer. [`install`]: `install-cni`. [`health`]: the probes; [`metrics`]: the
 //!   agent's metrics (both served by `macvtap_telemetry::admin`).
 //!
@@ -29,6 +32,7 @@ pub mod cleanup;
 pub mod cli;
 pub mod config;
 pub mod device_plugin;
+pub mod discovery;
 pub mod health;
 pub mod install;
 pub mod link_writer;
@@ -36,6 +40,7 @@ pub mod metrics;
 pub mod netmon;
 pub mod original;
 pub mod preferred;
+pub mod recent;
 pub mod records;
 pub mod resource_state;
 pub mod status;

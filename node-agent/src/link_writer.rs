@@ -31,9 +31,9 @@ impl LinkWriter {
         }
     }
 
-    /// For reads (link table dumps, one link's attributes).
-    pub fn read_handle(&self) -> &rtnetlink::Handle {
-        self.netlink.handle()
+    /// For reads (link table dumps, one link's attributes): they need no turn.
+    pub fn reader(&self) -> &Netlink {
+        &self.netlink
     }
 
     /// Waits for this task's turn to change links.

@@ -25,12 +25,15 @@
 
 use std::collections::{BTreeMap, HashMap};
 
-use macvtap_api::ResourceConfig;
+use macvtap_core::ResourceConfig;
+use macvtap_core::device::{host_link_name, ownership_alias, released_original_link_name};
+use macvtap_link::LinkInfo;
 
-use crate::netmon::HostLink;
+use crate::link_writer::WriteTurn;
+use crate::metrics::Metrics;
 
 /// The original's link for `device_id` of a resource whose lower device is `lower`: see the module rule.
-pub fn is_originals_link(link: &HostLink, device_id: &str, lower: Option<&HostLink>) -> bool {
+pub fn is_originals_link(link: &LinkInfo, device_id: &str, lower: Option<&LinkInfo>) -> bool {
     // Kind, name and no alias: the link crate's rule for the original's links; the parent is this module's.
     link.is_unmarked_original(device_id)
         && link.parent_netnsid.is_none()
@@ -51,14 +54,14 @@ pub fn slots_by_link_name(resources: &BTreeMap<String, ResourceConfig>) -> HashM
         .values()
         .flat_map(|r| {
             (0..r.capacity).flat_map(move |i| {
-                let device_id = macvtap_link::device_id(&r.name, i);
+                let device_id = macvtap_core::device::device_id(&r.name, i);
                 let slot = Slot {
                     device_id: device_id.clone(),
                     lower_device: r.lower_device.clone(),
                 };
-                let released = macvtap_link::released_original_link_name(&device_id)
-                    .map(|n| (n.to_string(), slot.clone()));
-                std::iter::once((macvtap_link::host_link_name(&device_id), slot)).chain(released)
+                let released =
+                    released_original_link_name(&device_id).map(|n| (n.to_string(), slot.clone()));
+                std::iter::once((host_link_name(&device_id), slot)).chain(released)
             })
         })
         .collect()
@@ -66,9 +69,9 @@ pub fn slots_by_link_name(resources: &BTreeMap<String, ResourceConfig>) -> HashM
 
 /// The links in `links` that are the original's for one of `slots`, with their device IDs.
 pub fn find_adoptable<'a>(
-    links: &'a BTreeMap<String, HostLink>,
+    links: &'a BTreeMap<String, LinkInfo>,
     slots: &HashMap<String, Slot>,
-) -> Vec<(&'a HostLink, String)> {
+) -> Vec<(&'a LinkInfo, String)> {
     links
         .values()
         .filter_map(|l| {
@@ -79,16 +82,47 @@ pub fn find_adoptable<'a>(
         .collect()
 }
 
+/// Adopts the host link `name` if it is the original's link for `slot`: the one way Allocate and cleanup adopt.
+/// Both the link and the lower device are read again here, in the writer's turn, because they may have changed since
+/// the caller looked and a link someone else made is changed only as it is now. A failed read or adoption counts as
+/// "not adopted" (logged): the caller goes on as it would for a link that is not the original's.
+pub async fn adopt_if_originals(
+    turn: &WriteTurn<'_>,
+    name: &str,
+    slot: &Slot,
+    metrics: &Metrics,
+) -> bool {
+    let (Ok(Some(link)), Ok(lower)) = (
+        turn.find_link(name).await,
+        turn.find_link(&slot.lower_device).await,
+    ) else {
+        return false;
+    };
+    if !is_originals_link(&link, &slot.device_id, lower.as_ref()) {
+        return false;
+    }
+    match adopt(turn, &link, &slot.device_id).await {
+        Ok(()) => {
+            metrics.links_adopted.inc();
+            true
+        }
+        Err(e) => {
+            tracing::warn!(device = %slot.device_id, link = %name, "adopting the original's link: {e}");
+            false
+        }
+    }
+}
+
 /// Sets our marker on the original's link `link` for `device_id`, renamed to our name if v0.13.1 named it: it is
 /// ours from now on.
-pub async fn adopt(
+async fn adopt(
     netlink: &macvtap_link::Netlink,
-    link: &HostLink,
+    link: &LinkInfo,
     device_id: &str,
 ) -> Result<(), macvtap_link::Error> {
-    let ours = macvtap_link::host_link_name(device_id);
+    let ours = host_link_name(device_id);
     let mut change = macvtap_link::LinkChange {
-        alias: Some(macvtap_link::ownership_alias(device_id)),
+        alias: Some(ownership_alias(device_id)),
         ..Default::default()
     };
     if link.name != ours {
@@ -125,7 +159,7 @@ mod tests {
     use super::*;
     use crate::netmon::tests::link;
 
-    fn macvtap(name: &str, index: u32, parent: u32, alias: Option<&str>) -> HostLink {
+    fn macvtap(name: &str, index: u32, parent: u32, alias: Option<&str>) -> LinkInfo {
         let mut l = link(index, name, Some("macvtap"));
         l.parent_index = Some(parent);
         l.alias = alias.map(String::from);
@@ -147,7 +181,7 @@ mod tests {
         .into();
         let slots = slots_by_link_name(&resources);
         assert_eq!(slots.len(), 8, "each slot under our name and v0.13.1's");
-        let name = |id: &str| macvtap_link::host_link_name(id);
+        let name = |id: &str| host_link_name(id);
         let eth1 = link(2, "eth1", None);
         let eth2 = link(3, "eth2", None);
         let original = macvtap(&name("dpMvp1"), 10, 2, None);
@@ -188,7 +222,7 @@ mod tests {
             "another slot's name"
         );
 
-        let all: BTreeMap<String, HostLink> = [
+        let all: BTreeMap<String, LinkInfo> = [
             eth1,
             eth2,
             original.clone(),

@@ -1,8 +1,8 @@
 //! GetPreferredAllocation: which slots are offered first — free ones before slots whose host link is still there,
 //! held or blocked ones last, lowest slot first within a rank.
 
-use macvtap_api::ResourceConfig;
-use macvtap_core::device::slot_of;
+use macvtap_core::ResourceConfig;
+use macvtap_core::device::{host_link_name, released_original_link_name, slot_of};
 
 use crate::cleanup::CleanupReport;
 use crate::netmon::LinkSnapshot;
@@ -31,15 +31,12 @@ pub fn slot_rank(
 ) -> SlotRank {
     let lower = links.get(&cfg.lower_device);
     // v0.13.1's link for the slot, until cleanup adopts it under our name: Allocate removes it, it blocks nothing.
-    let released = macvtap_link::released_original_link_name(id)
+    let released = released_original_link_name(id)
         .and_then(|n| links.get(n))
         .filter(|l| original::is_originals_link(l, id, lower));
-    let link = links.get(&macvtap_link::host_link_name(id)).or(released);
+    let link = links.get(&host_link_name(id)).or(released);
     match link {
-        Some(l)
-            if crate::cleanup::our_device_id(l) != Some(id)
-                && !original::is_originals_link(l, id, lower) =>
-        {
+        Some(l) if !l.is_ours(id) && !original::is_originals_link(l, id, lower) => {
             SlotRank::Blocked
         }
         _ if cleanup.is_held(&cfg.name, id) => SlotRank::Held,
@@ -76,8 +73,9 @@ pub fn preferred(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netmon::HostLink;
     use crate::netmon::tests::link;
+    use macvtap_core::device::ownership_alias;
+    use macvtap_link::LinkInfo;
     use std::collections::BTreeMap;
     use std::sync::Arc;
 
@@ -100,9 +98,9 @@ mod tests {
             pool: None,
         };
         let mut eth1 = link(2, "eth1", None);
-        let macvtap = |id: &str, index: u32, alias: Option<String>| HostLink {
+        let macvtap = |id: &str, index: u32, alias: Option<String>| LinkInfo {
             index,
-            name: macvtap_link::host_link_name(id),
+            name: host_link_name(id),
             kind: Some("macvtap".into()),
             parent_index: Some(2),
             alias,
@@ -112,7 +110,7 @@ mod tests {
         // dpMvp0: the original's link; dpMvp1: ours, stale; dpMvp2: a foreign link with our scheme name.
         for l in [
             macvtap("dpMvp0", 10, None),
-            macvtap("dpMvp1", 11, Some(macvtap_link::ownership_alias("dpMvp1"))),
+            macvtap("dpMvp1", 11, Some(ownership_alias("dpMvp1"))),
             macvtap("dpMvp2", 12, Some("someone-else".into())),
         ] {
             links.insert(l.name.clone(), l);

@@ -7,8 +7,9 @@ use std::time::Duration;
 
 use kube::api::{Api, Patch, PatchParams};
 use macvtap_api::{
-    MacvtapNodeState, MacvtapNodeStateStatus, NodeCleanupStatus, NodeResourceStatus, ResourceConfig,
+    MacvtapNodeState, MacvtapNodeStateStatus, NodeCleanupStatus, NodeResourceStatus,
 };
+use macvtap_core::ResourceConfig;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -142,7 +143,7 @@ impl StatusWriter {
 mod tests {
     use super::*;
     use crate::resource_state::ResourceState;
-    use macvtap_api::MacvtapMode;
+    use macvtap_core::MacvtapMode;
 
     #[test]
     fn status_combines_config_runtime_and_pod_resources() {

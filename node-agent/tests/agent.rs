@@ -56,7 +56,7 @@ async fn allocate_records_pre_start_creates_the_link_and_health_follows_the_lowe
     assert_eq!(record.mode, macvtap_core::MacvtapMode::Vepa);
     assert!(macvtap_core::allocation::is_tap_index(record.tap_index));
     assert_eq!(spec.host_path, format!("/dev/tap{}", record.tap_index));
-    let name = macvtap_link::host_link_name(&id);
+    let name = macvtap_core::device::host_link_name(&id);
     assert!(node.link(&name).is_none(), "Allocate makes no link");
 
     // PreStartContainer with no CNI ADD before it (a pod without a network of ours): the host link, at the
@@ -72,7 +72,7 @@ async fn allocate_records_pre_start_creates_the_link_and_health_follows_the_lowe
         .expect("host link created by PreStartContainer");
     assert_eq!(link["linkinfo"]["info_kind"], "macvtap");
     assert_eq!(link["linkinfo"]["info_data"]["mode"], "vepa");
-    assert_eq!(link["ifalias"], macvtap_link::ownership_alias(&id));
+    assert_eq!(link["ifalias"], macvtap_core::device::ownership_alias(&id));
     assert_eq!(link["link"], "lower0");
     assert!(link["flags"].as_array().unwrap().iter().any(|f| f == "UP"));
     assert_eq!(spec.host_path, format!("/dev/tap{}", ifindex_of(&link)));
@@ -200,7 +200,7 @@ async fn allocate_records_pre_start_creates_the_link_and_health_follows_the_lowe
         .start_pod("default", "vm-c", "compute", &res, 1)
         .await
         .unwrap();
-    let name = macvtap_link::host_link_name("dpMvp1");
+    let name = macvtap_core::device::host_link_name("dpMvp1");
     assert!(node.link(&name).is_some());
 
     // Shutdown removes the sockets and leaves the allocated link alone.
@@ -286,7 +286,7 @@ async fn a_killed_agent_restarts_without_touching_links_in_use_and_cleans_orphan
     // Links that are not ours, one of them with our name scheme but without the marker on another lower device
     // (not the original's link for the slot: see tests/upgrade.rs), and one with a forged marker but a foreign
     // name: never touched.
-    let fake_name = macvtap_link::host_link_name("dpMvp5");
+    let fake_name = macvtap_core::device::host_link_name("dpMvp5");
     node.ip(&[
         "link", "add", "link", "peer0", "name", &fake_name, "type", "macvtap",
     ]);
@@ -298,12 +298,12 @@ async fn a_killed_agent_restarts_without_touching_links_in_use_and_cleans_orphan
         "set",
         "foreign0",
         "alias",
-        &macvtap_link::ownership_alias("dpMvp6"),
+        &macvtap_core::device::ownership_alias("dpMvp6"),
     ]);
 
     node.agent.take().unwrap().kill();
     // The orphan survives while no agent runs; sockets are left behind by the crash.
-    let orphan = macvtap_link::host_link_name("dpMvp2");
+    let orphan = macvtap_core::device::host_link_name("dpMvp2");
     assert!(node.link(&orphan).is_some());
     node.start_agent_with_file(cfg, &[]);
     node.wait_for_healthy(&res, 8).await;
@@ -327,7 +327,8 @@ async fn a_killed_agent_restarts_without_touching_links_in_use_and_cleans_orphan
     );
     for id in ["dpMvp0", "dpMvp1"] {
         assert!(
-            node.link(&macvtap_link::host_link_name(id)).is_some(),
+            node.link(&macvtap_core::device::host_link_name(id))
+                .is_some(),
             "{id} is held by vm-a and must stay"
         );
     }
@@ -350,7 +351,7 @@ async fn a_killed_agent_restarts_without_touching_links_in_use_and_cleans_orphan
         .unwrap();
     node.kubelet.release_pod("ns", "vm-c").await;
     assert!(resp.devices[0].host_path.starts_with("/dev/tap"));
-    let fresh = macvtap_link::host_link_name("dpMvp3");
+    let fresh = macvtap_core::device::host_link_name("dpMvp3");
     tokio::time::sleep(Duration::from_millis(1200)).await;
     assert!(
         node.link(&fresh).is_some(),
@@ -399,7 +400,9 @@ async fn live_config_changes_and_bad_updates() {
         .start_pod("ns", "p", "c", &res, 1)
         .await
         .unwrap();
-    let link = node.link(&macvtap_link::host_link_name("dpMvp0")).unwrap();
+    let link = node
+        .link(&macvtap_core::device::host_link_name("dpMvp0"))
+        .unwrap();
     assert_eq!(link["link"], "lower1");
     assert_eq!(link["linkinfo"]["info_data"]["mode"], "private");
     // The new lower device's state drives health now.
@@ -551,7 +554,7 @@ async fn cni_add_attaches_the_allocated_device_in_place() {
         .await
         .unwrap();
     let id = node.kubelet.allocated(&res).into_iter().next().unwrap();
-    let host_name = macvtap_link::host_link_name(&id);
+    let host_name = macvtap_core::device::host_link_name(&id);
     let index = node.record(&id).unwrap().tap_index;
     assert_eq!(resp.devices[0].host_path, format!("/dev/tap{index}"));
 
@@ -628,7 +631,8 @@ async fn cni_add_attaches_the_allocated_device_in_place() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn node_state_spec_edits_reach_the_kubelet_and_status_is_written() {
     use kube::api::{Api, Patch, PatchParams, PostParams};
-    use macvtap_api::{MacvtapMode, MacvtapNodeState, MacvtapNodeStateSpec, NodeResource};
+    use macvtap_api::{MacvtapNodeState, MacvtapNodeStateSpec, NodeResource};
+    use macvtap_core::MacvtapMode;
 
     require_root();
     let cp = macvtap_e2e::control_plane::ControlPlane::shared();
@@ -694,7 +698,7 @@ async fn node_state_spec_edits_reach_the_kubelet_and_status_is_written() {
         .await
         .unwrap();
     let link = node
-        .link(&macvtap_link::host_link_name("crdpMvp0"))
+        .link(&macvtap_core::device::host_link_name("crdpMvp0"))
         .unwrap();
     assert_eq!(link["linkinfo"]["info_data"]["mode"], "vepa");
 
@@ -938,7 +942,7 @@ async fn pre_start_refuses_a_squatters_tap_and_never_hands_it_over() {
             && err.contains(&format!("/dev/tap{index} is not handed over")),
         "{err}"
     );
-    let host_name = macvtap_link::host_link_name(id);
+    let host_name = macvtap_core::device::host_link_name(id);
     assert!(
         node.link(&host_name).is_none(),
         "nothing made at a squatted index"
@@ -957,7 +961,7 @@ async fn pre_start_refuses_a_squatters_tap_and_never_hands_it_over() {
         .await
         .unwrap();
     let index = node.record(id).unwrap().tap_index;
-    let host_name = macvtap_link::host_link_name(id);
+    let host_name = macvtap_core::device::host_link_name(id);
     for squatter in ["squat1", host_name.as_str()] {
         squat(&node.netns, squatter, "lower0", index);
         let err = node
@@ -978,7 +982,7 @@ async fn pre_start_refuses_a_squatters_tap_and_never_hands_it_over() {
     }
     node.kubelet.pre_start_container(&res, &[id]).await.unwrap();
     let link = node.link(&host_name).unwrap();
-    assert_eq!(link["ifalias"], macvtap_link::ownership_alias(id));
+    assert_eq!(link["ifalias"], macvtap_core::device::ownership_alias(id));
     assert_eq!(ifindex_of(&link), u64::from(index));
     assert!(node.agent.as_mut().unwrap().is_running());
 }

@@ -153,7 +153,7 @@ async fn cleanup_skipped_without_pod_resources_is_counted_and_nothing_is_removed
         .await
         .unwrap();
     node.kubelet.release_pod("ns", "vm").await;
-    let orphan = macvtap_link::host_link_name("dpMvp0");
+    let orphan = macvtap_core::device::host_link_name("dpMvp0");
 
     node.kubelet.stop_pod_resources().await;
     let skipped = "macvtap_agent_cleanup_skipped_total{reason=\"pod_resources_unreachable\"}";

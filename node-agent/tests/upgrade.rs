@@ -6,8 +6,8 @@ mod common;
 use std::time::Duration;
 
 use common::*;
+use macvtap_core::device::{host_link_name, ownership_alias};
 use macvtap_e2e::kubelet::healthy_count;
-use macvtap_link::{host_link_name, ownership_alias};
 
 const T: Duration = Duration::from_secs(10);
 

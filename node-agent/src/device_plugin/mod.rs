@@ -16,7 +16,7 @@ pub mod pool;
 pub mod registration;
 pub mod service;
 
-use macvtap_api::ResourceConfig;
+use macvtap_core::ResourceConfig;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;

@@ -7,7 +7,7 @@ use kubelet_api::deviceplugin::{
     ContainerAllocateResponse, ContainerPreferredAllocationRequest,
     ContainerPreferredAllocationResponse, Device, DeviceSpec,
 };
-use macvtap_api::ResourceConfig;
+use macvtap_core::ResourceConfig;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -31,7 +31,7 @@ pub fn devices_for(cfg: &ResourceConfig, links: &LinkSnapshot) -> Vec<Device> {
     };
     (0..cfg.capacity)
         .map(|i| Device {
-            id: macvtap_link::device_id(&cfg.name, i),
+            id: macvtap_core::device::device_id(&cfg.name, i),
             health: health.to_string(),
             topology: None,
         })
@@ -124,10 +124,9 @@ impl DevicePool {
         let cfg = self.config.borrow().clone();
         let label = ResourceLabel::new(&cfg.name);
         let metrics = &self.inputs.metrics;
-        let mode = cfg.mode;
         let mut devices = Vec::new();
         for id in ids {
-            match self.inputs.allocator.allocate(&cfg, id, mode).await {
+            match self.inputs.allocator.allocate(&cfg, id).await {
                 Ok(tap) => {
                     metrics.allocations.get_or_create(&label).inc();
                     devices.push(DeviceSpec {
@@ -162,7 +161,7 @@ impl DevicePool {
     pub async fn pre_start(&self, ids: &[String]) -> Result<(), Status> {
         let cfg = self.config.borrow().clone();
         for id in ids {
-            if let Err(status) = self.inputs.allocator.pre_start(&cfg, id, cfg.mode).await {
+            if let Err(status) = self.inputs.allocator.pre_start(&cfg, id).await {
                 let msg = status.message().to_string();
                 tracing::warn!(resource = %cfg.name, device = %id, "PreStartContainer failed: {msg}");
                 self.inputs

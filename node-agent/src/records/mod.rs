@@ -19,9 +19,8 @@ use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
-use macvtap_api::ResourceConfig;
 use macvtap_core::AttachClaim;
-use macvtap_core::MacvtapMode;
+use macvtap_core::ResourceConfig;
 use macvtap_core::allocation::{self, AllocationError, AllocationRecord, node_dir};
 use macvtap_core::attach_claim;
 use macvtap_core::reservation::{TapReservations, owner};
@@ -173,12 +172,7 @@ impl NodeRecords {
 
     /// The tap index of `device_id` for a new pod, its record written: the index it has if it is still reserved
     /// for it and no link has it, else a fresh reservation.
-    pub fn assign(
-        &self,
-        cfg: &ResourceConfig,
-        device_id: &str,
-        mode: MacvtapMode,
-    ) -> Result<u32, AllocationError> {
+    pub fn assign(&self, cfg: &ResourceConfig, device_id: &str) -> Result<u32, AllocationError> {
         let owner = owner(&self.node, device_id);
         let in_use = self.taps_in_use().map_err(|source| AllocationError::Io {
             path: PathBuf::from("/sys/dev/char"),
@@ -187,7 +181,7 @@ impl NodeRecords {
         let wanted = AllocationRecord {
             resource: cfg.name.clone(),
             lower_device: cfg.lower_device.clone(),
-            mode,
+            mode: cfg.mode,
             tap_index: 0,
         };
         let kept = match self.record_for(cfg, device_id)? {

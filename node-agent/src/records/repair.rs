@@ -6,8 +6,8 @@
 
 use std::collections::BTreeMap;
 
-use macvtap_api::ResourceConfig;
 use macvtap_core::AttachClaim;
+use macvtap_core::ResourceConfig;
 use macvtap_core::allocation::{AllocationError, AllocationRecord};
 use macvtap_core::attach_claim::claims_dir;
 use macvtap_core::device::slot_of;

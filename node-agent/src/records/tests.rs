@@ -4,14 +4,15 @@ use std::collections::BTreeMap;
 use std::time::Duration;
 
 use super::*;
+use macvtap_core::MacvtapMode;
 use macvtap_core::allocation::is_tap_index;
 use macvtap_core::attach_claim::claims_dir;
 
-fn cfg(lower: &str) -> ResourceConfig {
+fn cfg(lower: &str, mode: MacvtapMode) -> ResourceConfig {
     ResourceConfig {
         name: "dp".into(),
         lower_device: lower.into(),
-        mode: Default::default(),
+        mode,
         capacity: 4,
         pool: None,
     }
@@ -59,19 +60,19 @@ fn a_device_keeps_its_index_until_a_link_still_has_it() {
     let f = Fixture::new();
     let a = f.records("node-a");
     let n = a
-        .assign(&cfg("eth1"), "dpMvp0", MacvtapMode::Bridge)
+        .assign(&cfg("eth1", MacvtapMode::Bridge), "dpMvp0")
         .unwrap();
     assert!(is_tap_index(n));
     assert_eq!(a.record("dpMvp0").unwrap().unwrap().tap_index, n);
     // Allocated again (a new pod) while no link has it: same index.
     assert_eq!(
-        a.assign(&cfg("eth1"), "dpMvp0", MacvtapMode::Bridge)
+        a.assign(&cfg("eth1", MacvtapMode::Bridge), "dpMvp0")
             .unwrap(),
         n
     );
     // The pool moved to another lower device: same index, the record follows.
     assert_eq!(
-        a.assign(&cfg("eth2"), "dpMvp0", MacvtapMode::Vepa).unwrap(),
+        a.assign(&cfg("eth2", MacvtapMode::Vepa), "dpMvp0").unwrap(),
         n
     );
     let r = a.record("dpMvp0").unwrap().unwrap();
@@ -81,7 +82,7 @@ fn a_device_keeps_its_index_until_a_link_still_has_it() {
     );
     // The previous pod's link still has tap n: a fresh index, the old reservation kept until it is gone.
     f.tap(1, n);
-    let m = a.assign(&cfg("eth2"), "dpMvp0", MacvtapMode::Vepa).unwrap();
+    let m = a.assign(&cfg("eth2", MacvtapMode::Vepa), "dpMvp0").unwrap();
     assert_ne!(m, n);
     let res = a.reservations().unwrap();
     assert_eq!(res.len(), 2);
@@ -106,7 +107,7 @@ fn a_record_whose_reservation_is_gone_is_still_forgotten() {
     let f = Fixture::new();
     let a = f.records("node-a");
     let n = a
-        .assign(&cfg("eth1"), "dpMvp0", MacvtapMode::Bridge)
+        .assign(&cfg("eth1", MacvtapMode::Bridge), "dpMvp0")
         .unwrap();
     std::fs::remove_file(f.dir.path().join(format!("taps/{n}"))).unwrap();
     let res = a.reservations().unwrap();
@@ -124,8 +125,8 @@ fn nodes_on_one_kernel_never_share_an_index() {
     let mut seen = BTreeSet::new();
     for i in 0..20 {
         let id = format!("dpMvp{i}");
-        assert!(seen.insert(a.assign(&cfg("eth1"), &id, MacvtapMode::Bridge).unwrap()));
-        assert!(seen.insert(b.assign(&cfg("eth1"), &id, MacvtapMode::Bridge).unwrap()));
+        assert!(seen.insert(a.assign(&cfg("eth1", MacvtapMode::Bridge), &id).unwrap()));
+        assert!(seen.insert(b.assign(&cfg("eth1", MacvtapMode::Bridge), &id).unwrap()));
     }
     // A tap some other link has is never handed out.
     let c = f.records("node-c");
@@ -134,7 +135,7 @@ fn nodes_on_one_kernel_never_share_an_index() {
         .unwrap();
     f.tap(7, first);
     assert_ne!(
-        c.assign(&cfg("eth1"), "dpMvp0", MacvtapMode::Bridge)
+        c.assign(&cfg("eth1", MacvtapMode::Bridge), "dpMvp0")
             .unwrap(),
         first
     );
@@ -154,7 +155,7 @@ fn a_bad_record_is_rederived_from_the_config_and_its_reservation_or_removed() {
     let f = Fixture::new();
     let (a, repaired) = f.records_in("node-a", "state");
     let n = a
-        .assign(&cfg("eth1"), "dpMvp1", MacvtapMode::Bridge)
+        .assign(&cfg("eth1", MacvtapMode::Bridge), "dpMvp1")
         .unwrap();
     // What a power loss left of a record written without fsync: empty; then garbage.
     for content in ["", "{not json"] {
@@ -163,8 +164,7 @@ fn a_bad_record_is_rederived_from_the_config_and_its_reservation_or_removed() {
             a.record("dpMvp1"),
             Err(AllocationError::BadRecord { .. })
         ));
-        let mut vepa = cfg("eth2");
-        vepa.mode = MacvtapMode::Vepa;
+        let vepa = cfg("eth2", MacvtapMode::Vepa);
         let r = a.record_for(&vepa, "dpMvp1").unwrap().unwrap();
         assert_eq!(
             (r.lower_device.as_str(), r.mode, r.tap_index),
@@ -177,7 +177,7 @@ fn a_bad_record_is_rederived_from_the_config_and_its_reservation_or_removed() {
     // Allocate over a bad record keeps the device's index.
     std::fs::write(a.node_dir().join("dpMvp1.json"), "").unwrap();
     assert_eq!(
-        a.assign(&cfg("eth1"), "dpMvp1", MacvtapMode::Bridge)
+        a.assign(&cfg("eth1", MacvtapMode::Bridge), "dpMvp1")
             .unwrap(),
         n
     );
@@ -190,7 +190,7 @@ fn a_bad_record_is_rederived_from_the_config_and_its_reservation_or_removed() {
         a.record("dpMvp1").is_err(),
         "nothing done without a configuration"
     );
-    a.repair_records(&[("dp".to_string(), cfg("eth1"))].into());
+    a.repair_records(&[("dp".to_string(), cfg("eth1", MacvtapMode::Bridge))].into());
     assert_eq!(a.record("dpMvp1").unwrap().unwrap().tap_index, n);
     assert_eq!(a.record("otherMvp0").unwrap(), None);
     assert_eq!(a.record("dpMvp3").unwrap(), None);
@@ -203,7 +203,7 @@ fn start_up_sweeps_crash_leftovers_and_reclaims_unowned_reservations() {
     let f = Fixture::new();
     let a = f.records("node-a");
     let n = a
-        .assign(&cfg("eth1"), "dpMvp0", MacvtapMode::Bridge)
+        .assign(&cfg("eth1", MacvtapMode::Bridge), "dpMvp0")
         .unwrap();
     let taps = f.dir.path().join("taps");
     // A record and reservations being written when the node lost power; another node's write in flight.
@@ -246,10 +246,10 @@ fn links_attached_before_claims_are_claimed_once() {
     let f = Fixture::new();
     let a = f.records("node-a");
     let n = a
-        .assign(&cfg("eth1"), "dpMvp0", MacvtapMode::Bridge)
+        .assign(&cfg("eth1", MacvtapMode::Bridge), "dpMvp0")
         .unwrap();
     let m = a
-        .assign(&cfg("eth1"), "dpMvp1", MacvtapMode::Bridge)
+        .assign(&cfg("eth1", MacvtapMode::Bridge), "dpMvp1")
         .unwrap();
     // Already started once with claims: nothing is claimed on its behalf.
     f.tap(5, n);
