@@ -9,7 +9,7 @@ use kube::config::{KubeConfigOptions, Kubeconfig};
 use kube::{Client, Config};
 
 use super::pki::Certs;
-use super::start::not_ready;
+use super::spawn::not_ready;
 use super::{ClusterSpec, Error, io_err};
 
 const APISERVER_READY_TIMEOUT: Duration = Duration::from_secs(120);

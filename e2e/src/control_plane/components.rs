@@ -4,7 +4,7 @@ use std::io::Write;
 use std::process::{ChildStdin, Command};
 
 use super::pki::Certs;
-use super::start::{free_ports, spawn_logged};
+use super::spawn::{free_ports, spawn_logged};
 use super::{ControlPlane, Error, Result};
 use crate::tools;
 

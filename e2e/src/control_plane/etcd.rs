@@ -7,7 +7,7 @@ use std::process::{Child, Command};
 use std::time::{Duration, Instant};
 
 use super::Error;
-use super::start::not_ready;
+use super::spawn::not_ready;
 
 const ETCD_READY_TIMEOUT: Duration = Duration::from_secs(30);
 

@@ -34,6 +34,7 @@ mod kubeconfig;
 mod pki;
 mod reaper;
 mod service_accounts;
+mod spawn;
 mod start;
 
 use std::fs;
@@ -261,7 +262,7 @@ impl ControlPlane {
             .dir
             .join(format!("kube-apiserver.{}.log", self.apiserver_starts));
         fs::rename(&log, &previous).map_err(io_err(format!("keeping {}", log.display())))?;
-        let mut apiserver = start::spawn_logged(apiserver::command(&self.apiserver_launch), &log)?;
+        let mut apiserver = spawn::spawn_logged(apiserver::command(&self.apiserver_launch), &log)?;
         self.apiserver_starts += 1;
         self.tell_reaper(&apiserver.id().to_string());
         let kubeconfig = kube::config::Kubeconfig::read_from(&self.kubeconfig_path)?;

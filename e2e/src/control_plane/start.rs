@@ -2,10 +2,9 @@
 //! on fresh ports, tried again when another process took a port meanwhile; controllers for a cluster.
 
 use std::fs;
-use std::io::{self, Write};
-use std::net::{Ipv4Addr, TcpListener};
+use std::io::Write;
 use std::path::Path;
-use std::process::{Child, ChildStdin, Command};
+use std::process::ChildStdin;
 use std::time::Instant;
 
 use kube::config::AuthInfo;
@@ -15,8 +14,9 @@ use super::components::start_controllers;
 use super::kubeconfig::{kubeconfig, write_kubeconfig};
 use super::pki::{Certs, write_certs};
 use super::reaper::spawn_reaper;
+use super::spawn::{free_ports, spawn_logged};
 use super::{ClusterSpec, ControlPlane, Error, KEEP_ENV, Result, apiserver, etcd, io_err};
-use crate::process::{kill_and_wait, log_tail, log_to};
+use crate::process::kill_and_wait;
 use crate::tools;
 
 /// Port races with other processes on the machine are retried this many times with fresh ports.
@@ -170,43 +170,4 @@ fn start_attempt(
             Err(e)
         }
     }
-}
-
-/// Three distinct free loopback ports. They are released before the servers bind them, so another process
-/// may grab one meanwhile: start-up retries then.
-pub(super) fn free_ports() -> Result<[u16; 3]> {
-    let listeners = (0..3)
-        .map(|_| TcpListener::bind((Ipv4Addr::LOCALHOST, 0)))
-        .collect::<io::Result<Vec<_>>>()
-        .map_err(io_err("finding free ports"))?;
-    let mut ports = [0u16; 3];
-    for (p, l) in ports.iter_mut().zip(&listeners) {
-        *p = l.local_addr().map_err(io_err("finding free ports"))?.port();
-    }
-    Ok(ports)
-}
-
-pub(super) fn spawn_logged(mut cmd: Command, log: &Path) -> Result<Child> {
-    // A fresh log for every attempt: `port_taken` reads it to decide on a retry.
-    let out = fs::File::create(log).map_err(io_err(format!("creating {}", log.display())))?;
-    log_to(&mut cmd, out).map_err(io_err("duplicating a log file handle"))?;
-    let program = cmd.get_program().to_string_lossy().into_owned();
-    crate::process::spawn_owned(cmd).map_err(io_err(format!("starting {program}")))
-}
-
-fn port_taken(log: &Path) -> bool {
-    fs::read_to_string(log).is_ok_and(|t| t.contains("address already in use"))
-}
-
-pub(super) fn not_ready(component: &'static str, reason: String, log: &Path) -> (Error, bool) {
-    let retry = port_taken(log);
-    (
-        Error::NotReady {
-            component,
-            reason,
-            log: log.to_path_buf(),
-            tail: log_tail(log, 25),
-        },
-        retry,
-    )
 }
