@@ -1,7 +1,8 @@
 //! The pod's macvtap as QEMU needs it: its `/dev/tapN`, its MAC, its addresses, and one open file per queue.
 //!
 //! - **Which tap**: a macvtap's character device is `/dev/tap<ifindex>`; the device plugin's Allocate put it into
-//!   the container's `/dev`, and the CNI moved the link into the pod keeping that ifindex. So the tap of the pod
+//!   the container's `/dev`, and the CNI created the link inside the pod at that ifindex (a device allocated before
+//!   an upgrade: moved in, keeping it). So the tap of the pod
 //!   interface `net1` is `/dev/tap<ifindex of net1>`, and its device number is the one sysfs lists under
 //!   `/sys/class/net/net1/macvtap/tap<ifindex>/dev`: checked, so the tap is proven to be that interface's.
 //! - **Which MAC**: the guest's NIC must carry the macvtap's own MAC (a macvtap delivers only frames for it), read
