@@ -177,8 +177,20 @@ async fn ask(socket: &Path, pod: &PodRef) -> Result<Vec<PodResources>, AskError>
         .map_err(|e| AskError::Unreachable(e.to_string()))?;
     // The authority the kubelet itself uses towards gRPC servers on sockets; any is fine for a Go server.
     let origin = kubelet_api::tonic::codegen::http::Uri::from_static("http://localhost");
-    let mut client =
-        PodResourcesListerClient::with_origin(conn, origin).max_decoding_message_size(MAX_MESSAGE);
+    let mut client = PodResourcesListerClient::with_origin(conn.clone(), origin)
+        .max_decoding_message_size(MAX_MESSAGE);
+    let answer = ask_on(&mut client, pod, &mut backoff).await;
+    // The invocation's runtime goes on to netlink work: no GOAWAY from this connection in the middle of it.
+    conn.close_now();
+    answer
+}
+
+/// The calls themselves, on one connection.
+async fn ask_on(
+    client: &mut PodResourcesListerClient<kubelet_api::unix::Connection>,
+    pod: &PodRef,
+    backoff: &mut Backoff,
+) -> Result<Vec<PodResources>, AskError> {
     let get = GetPodResourcesRequest {
         pod_name: pod.name.clone(),
         pod_namespace: pod.namespace.clone(),
@@ -188,14 +200,14 @@ async fn ask(socket: &Path, pod: &PodRef) -> Result<Vec<PodResources>, AskError>
     loop {
         let refusal = if list {
             match client.list(ListPodResourcesRequest {}).await {
-                Ok(r) => return Ok(answered(r.into_inner().pod_resources, &backoff)),
+                Ok(r) => return Ok(answered(r.into_inner().pod_resources, backoff)),
                 Err(s) => ("List", s),
             }
         } else {
             match client.get(get.clone()).await {
                 Ok(r) => {
                     let pods = r.into_inner().pod_resources.into_iter().collect();
-                    return Ok(answered(pods, &backoff));
+                    return Ok(answered(pods, backoff));
                 }
                 Err(s) if get_refused(&s) => {
                     eprintln!(
