@@ -10,36 +10,31 @@
 //! stranded in the pod.
 
 use std::fs::File;
-use std::net::IpAddr;
 
 use macvtap_link::tap::TapNode;
 use macvtap_link::{LinkChange, LinkInfo, Netlink, format_mac, ownership_alias};
 
-use crate::config::NetConf;
 use crate::error::{CniError, Code};
 use crate::host_link::HostLink;
-use crate::netns::{netlink, netlink_in, sys};
+use crate::netns::{Runtime, sys};
+use crate::pod_side::{PodTarget, add_addresses_and_routes, notify_sysctls};
 use crate::result::{ParsedResult, PodInterface};
 
 pub(crate) struct AttachPlan<'a> {
-    pub conf: &'a NetConf,
-    pub device_id: &'a str,
+    pub pod: PodTarget<'a>,
     pub host: &'a HostLink,
-    pub netns: &'a File,
-    pub netns_path: &'a str,
     pub host_ns: &'a File,
-    pub ifname: &'a str,
     pub mac: Option<[u8; 6]>,
     pub ipam: Option<&'a ParsedResult>,
 }
 
 /// Move and configure; on failure the link is back on the host under its name, index, MTU, MAC, alias and up
 /// state (best effort when even that fails: logged).
-pub(crate) fn attach(p: &AttachPlan) -> Result<PodInterface, CniError> {
+pub(crate) fn attach(rt: &Runtime, p: &AttachPlan) -> Result<PodInterface, CniError> {
     let index = p.host.link.index;
     let host_name = p.host.link.name.clone();
-    netlink(
-        async |nl| match nl.move_to_netns_keeping_index(index, p.netns).await {
+    rt.netlink(
+        async |nl| match nl.move_to_netns_keeping_index(index, p.pod.netns).await {
             Ok(()) => Ok(()),
             Err(e) if e.is_busy() => Err(CniError::new(
                 Code::TapMismatch,
@@ -58,7 +53,7 @@ pub(crate) fn attach(p: &AttachPlan) -> Result<PodInterface, CniError> {
             Err(e) => Err(CniError::system("moving the link into CNI_NETNS", e)),
         },
     )?;
-    netlink_in(p.netns_path, async |nl| {
+    rt.netlink_in(p.pod.netns_path, async |nl| {
         let moved = nl
             .find_link(&host_name)
             .await
@@ -77,7 +72,7 @@ pub(crate) fn attach(p: &AttachPlan) -> Result<PodInterface, CniError> {
     .inspect_err(|_| {
         // The move took the link down; bring it back up on the host if it was (best effort).
         if p.host.link.admin_up {
-            let _ = netlink(async |nl| {
+            let _ = rt.netlink(async |nl| {
                 if let Ok(Some(l)) = nl.find_link(&host_name).await {
                     let up = LinkChange {
                         up: Some(true),
@@ -113,13 +108,13 @@ async fn settle(
             Code::TapMismatch,
             format!(
                 "/dev/tap{announced} is not the tap of {} (deviceID {:?}); the link went back to the host",
-                moved.name, p.device_id
+                moved.name, p.pod.device_id
             ),
             e.to_string(),
         )
     })?;
     // Moving netns re-created the node root-owned: hand it to the VM's user (the original's owner/group rules).
-    tap.chown(p.conf.owner, p.conf.group)
+    tap.chown(p.pod.conf.owner, p.pod.conf.group)
         .map_err(|e| CniError::system(format!("chown {}", tap.path().display()), e))?;
     configure(nl, p, moved.index).await
 }
@@ -127,34 +122,35 @@ async fn settle(
 /// Inside the pod netns: name, marker (adopted original link), MTU, MAC, promisc, notify sysctls, up, addresses,
 /// routes.
 async fn configure(nl: &Netlink, p: &AttachPlan<'_>, index: u32) -> Result<PodInterface, CniError> {
+    let pod = &p.pod;
     let rename = LinkChange {
-        name: Some(p.ifname.to_string()),
+        name: Some(pod.ifname.to_string()),
         ..Default::default()
     };
     nl.set_link(index, &rename).await.map_err(|e| {
         if e.is_exists() {
             CniError::new(
                 Code::InterfaceExists,
-                format!("CNI_IFNAME {} already exists in CNI_NETNS", p.ifname),
+                format!("CNI_IFNAME {} already exists in CNI_NETNS", pod.ifname),
                 "",
             )
         } else {
-            CniError::system(format!("renaming the link to {}", p.ifname), e)
+            CniError::system(format!("renaming the link to {}", pod.ifname), e)
         }
     })?;
     let change = LinkChange {
-        mtu: p.conf.mtu,
+        mtu: pod.conf.mtu,
         mac: p.mac,
-        promisc: p.conf.promisc.then_some(true),
+        promisc: pod.conf.promisc.then_some(true),
         // From now on DEL and CHECK know an adopted original link as ours.
-        alias: p.host.original.then(|| ownership_alias(p.device_id)),
+        alias: p.host.original.then(|| ownership_alias(pod.device_id)),
         ..Default::default()
     };
     nl.set_link(index, &change)
         .await
         .map_err(sys("setting MTU/MAC/promisc"))?;
     // Announce the (possibly new) MAC as soon as the link comes up.
-    crate::in_place::notify_sysctls(p.ifname)?;
+    notify_sysctls(pod.ifname)?;
     nl.set_link(
         index,
         &LinkChange {
@@ -171,12 +167,12 @@ async fn configure(nl: &Netlink, p: &AttachPlan<'_>, index: u32) -> Result<PodIn
         .link_by_index(index)
         .await
         .map_err(sys("reading the link back"))?
-        .ok_or_else(|| CniError::system("the link vanished", p.ifname))?;
+        .ok_or_else(|| CniError::system("the link vanished", pod.ifname))?;
     Ok(PodInterface {
         name: link.name.clone(),
         mac: link.mac.as_deref().map(format_mac).unwrap_or_default(),
         mtu: link.mtu,
-        sandbox: p.netns_path.to_string(),
+        sandbox: pod.netns_path.to_string(),
     })
 }
 
@@ -220,40 +216,4 @@ async fn send_back(
         }
         other => other,
     }
-}
-
-/// The IPAM result's addresses and routes on link `index` (a route without a gateway takes the first address's of
-/// its family). Shared by both attach paths.
-pub(crate) async fn add_addresses_and_routes(
-    nl: &Netlink,
-    index: u32,
-    ipam: &ParsedResult,
-) -> Result<(), CniError> {
-    for ip in &ipam.ips {
-        match nl.add_address(index, ip.ip, ip.prefix_len).await {
-            Err(e) if !e.is_exists() => {
-                return Err(CniError::system(
-                    format!("adding address {}/{}", ip.ip, ip.prefix_len),
-                    e,
-                ));
-            }
-            _ => {}
-        }
-    }
-    let gw_of = |v4: bool| {
-        ipam.ips
-            .iter()
-            .find(|i| i.ip.is_ipv4() == v4)
-            .and_then(|i| i.gateway)
-    };
-    for r in &ipam.routes {
-        let gw: Option<IpAddr> = r.gw.or_else(|| gw_of(r.dst.is_ipv4()));
-        nl.add_route(r.dst, r.dst_len, gw, index)
-            .await
-            .map_err(sys(format!(
-                "adding route {}/{} via {gw:?}",
-                r.dst, r.dst_len
-            )))?;
-    }
-    Ok(())
 }

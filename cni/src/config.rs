@@ -8,6 +8,7 @@
 
 use std::collections::BTreeMap;
 
+use macvtap_core::DeviceIdError;
 use serde_json::{Map, Value};
 
 use crate::error::{CniError, Code};
@@ -42,36 +43,36 @@ pub struct NetConf {
     pub prev_result: Option<Value>,
 }
 
+/// The one parse of stdin: the top-level members in document order (what [`from_members`] and the error
+/// replies' `cniVersion` read). Error 6 when it is not JSON, or not an object.
+pub fn parse_stdin(stdin: &[u8]) -> Result<Members, CniError> {
+    serde_json::from_slice(stdin).map_err(|e| {
+        if e.classify() == serde_json::error::Category::Data {
+            // Well-formed JSON of another type: the only thing a member list refuses as data.
+            CniError::new(Code::Decode, "network config is not a JSON object", "")
+        } else {
+            CniError::new(
+                Code::Decode,
+                "failed to decode network config",
+                e.to_string(),
+            )
+        }
+    })
+}
+
 /// The `cniVersion` a config declares (Go-folded key), for error replies and VERSION.
-pub fn declared_version(stdin: &[u8]) -> Option<String> {
-    let m: Members = serde_json::from_slice(stdin).ok()?;
-    m.get("cniVersion")?.as_str().map(str::to_string)
+pub fn declared_version(top: &Members) -> Option<String> {
+    top.get("cniVersion")?.as_str().map(str::to_string)
 }
 
 /// Parse the stdin config. Errors: 6 for undecodable JSON, 1 for a missing/unsupported `cniVersion`, 7 for a bad
 /// field (the message names it).
 pub fn parse_config(stdin: &[u8]) -> Result<NetConf, CniError> {
-    let value: Value = serde_json::from_slice(stdin).map_err(|e| {
-        CniError::new(
-            Code::Decode,
-            "failed to decode network config",
-            e.to_string(),
-        )
-    })?;
-    let Value::Object(raw) = value else {
-        return Err(CniError::new(
-            Code::Decode,
-            "network config is not a JSON object",
-            "",
-        ));
-    };
-    let top: Members = serde_json::from_slice(stdin).map_err(|e| {
-        CniError::new(
-            Code::Decode,
-            "failed to decode network config",
-            e.to_string(),
-        )
-    })?;
+    from_members(parse_stdin(stdin)?)
+}
+
+/// The config from stdin's members ([`parse_stdin`]); errors as [`parse_config`].
+pub fn from_members(top: Members) -> Result<NetConf, CniError> {
     let cni_version = match top.get("cniVersion") {
         None | Some(Value::Null) => {
             return Err(CniError::new(
@@ -96,8 +97,10 @@ pub fn parse_config(stdin: &[u8]) -> Result<NetConf, CniError> {
         Some(d) => Some(d),
         None => opt_str(top.get("deviceID"), "deviceID")?,
     };
+    // Another plugin's ID passes here (DEL must succeed whatever it names); whether it is ours is asked where an
+    // allocation record would be read.
     if let Some(d) = &device_id
-        && (d.is_empty() || d.len() > 253 || d.chars().any(|c| c.is_control()))
+        && let Err(DeviceIdError::Malformed(_)) = macvtap_core::validate_device_id(d)
     {
         return Err(CniError::config(format!(
             "deviceID {d:?} is not a valid device ID"
@@ -148,6 +151,8 @@ pub fn parse_config(stdin: &[u8]) -> Result<NetConf, CniError> {
     };
     let name = opt_str(top.get("name"), "name")?;
     let prev_result = top.get("prevResult").filter(|v| !v.is_null()).cloned();
+    // Duplicate keys: the later one stays, as in a `serde_json::Value` of the same text.
+    let raw = top.0.into_iter().collect();
     Ok(NetConf {
         raw,
         cni_version,
@@ -364,7 +369,7 @@ mod tests {
         let c = conf(r#"{"cniVersion":"1.0.0","MTU":1300,"mtu":1400}"#).unwrap();
         assert_eq!(c.mtu, Some(1400));
         assert_eq!(
-            declared_version(br#"{"CniVersion":"0.4.0"}"#).as_deref(),
+            declared_version(&parse_stdin(br#"{"CniVersion":"0.4.0"}"#).unwrap()).as_deref(),
             Some("0.4.0")
         );
     }

@@ -1,7 +1,7 @@
 //! The `macvtap` CNI plugin as a library; `main.rs` only wires the process environment, stdin and stdout to
 //! [`run`].
 //!
-//! ADD: validate env and config → the node's settings ([`node_config`]) → whose device: for a Kubernetes pod
+//! ADD: validate env and config → the node's settings ([`node_file`]) → whose device: for a Kubernetes pod
 //! (`K8S_POD_*` in `CNI_ARGS`) the kubelet's PodResources must show the pod holding `deviceID`
 //! ([`pod_resources`]; 107 if not, 11 if the kubelet cannot be asked); outside Kubernetes the node config decides →
 //! then one of two paths:
@@ -23,8 +23,9 @@
 //! when it is ours: a macvtap with our marker, or one with an index of the in-place tap range.
 //!
 //! Public API: [`run`] (env + stdin → [`Outcome`]), the pure parsers [`config::parse_config`] and
-//! [`config::parse_cni_args`], [`node_config::parse`] and [`plugin::read_record`] (fuzzed: `tests/fuzz.rs`),
-//! [`version::SUPPORTED`], [`error::Code`], [`node_config`], [`pod_resources::holds`].
+//! [`config::parse_cni_args`], [`macvtap_core::CniNodeFile::from_json`] and [`plugin::read_record`] (fuzzed:
+//! `tests/fuzz.rs`), [`version::SUPPORTED`], [`error::Code`], [`node_file`], [`pod_resources::holds`], the IPAM
+//! delegate [`ipam::Ipam`].
 
 mod attach;
 mod backoff;
@@ -36,9 +37,10 @@ mod in_place;
 pub mod ipam;
 pub mod keys;
 mod netns;
-pub mod node_config;
+pub mod node_file;
 pub mod plugin;
 pub mod pod_resources;
+mod pod_side;
 pub mod result;
 pub mod version;
 
@@ -55,9 +57,10 @@ pub struct Outcome {
 
 /// Run one CNI invocation.
 pub fn run(env: &Env, stdin: &[u8]) -> Outcome {
-    // Errors carry the config's declared version when there is one.
-    let declared = config::declared_version(stdin);
-    match dispatch(env, stdin) {
+    // Stdin is parsed here, once: errors carry the config's declared version when there is one.
+    let top = config::parse_stdin(stdin);
+    let declared = top.as_ref().ok().and_then(config::declared_version);
+    match dispatch(env, top, declared.as_deref()) {
         Ok(stdout) => Outcome {
             stdout,
             exit_code: 0,
@@ -73,17 +76,21 @@ pub fn run(env: &Env, stdin: &[u8]) -> Outcome {
     }
 }
 
-fn dispatch(env: &Env, stdin: &[u8]) -> Result<String, CniError> {
+fn dispatch(
+    env: &Env,
+    top: Result<keys::Members, CniError>,
+    declared: Option<&str>,
+) -> Result<String, CniError> {
     let verb = env::verb(env)?;
     if verb == Verb::Version {
-        let asked = config::declared_version(stdin).unwrap_or_else(|| Version::LATEST.to_string());
+        let asked = declared.map_or_else(|| Version::LATEST.to_string(), str::to_string);
         return Ok(
             serde_json::json!({"cniVersion": asked, "supportedVersions": version::SUPPORTED})
                 .to_string(),
         );
     }
     let req = env::request(env, verb)?;
-    let conf = config::parse_config(stdin)?;
+    let conf = config::from_members(top?)?;
     let v = conf.cni_version;
     let not_in = |what: &str| {
         CniError::new(

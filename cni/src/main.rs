@@ -3,7 +3,8 @@
 use std::io::{Read, Write};
 
 fn main() {
-    let mut stdin = Vec::new();
+    // A typical config fits: one read instead of read_to_end's growth from 32 bytes (it still grows for more).
+    let mut stdin = Vec::with_capacity(8192);
     let env = macvtap_cni::env::Env::from_process();
     let out = match std::io::stdin().read_to_end(&mut stdin) {
         Ok(_) => macvtap_cni::run(&env, &stdin),

@@ -1,40 +1,46 @@
-//! The verbs. ADD's host side is [`crate::host_link`] (which link, on whose word), its pod side [`crate::attach`];
-//! netns plumbing is [`crate::netns`].
+//! The verbs. ADD's host side is [`crate::host_link`] (which link, on whose word), its two paths
+//! [`crate::in_place`] and [`crate::attach`] (what both do in the pod: [`crate::pod_side`]); netns plumbing and the
+//! invocation's one runtime are [`crate::netns`], the IPAM delegate [`crate::ipam`].
 
 use std::fs::File;
+use std::path::Path;
 
-use macvtap_core::{AllocationError, AllocationRecord};
+use macvtap_core::{AllocationError, AllocationRecord, OutsideKubernetes};
 use serde_json::Value;
 
 use crate::attach::{AttachPlan, attach};
-use crate::config::{NetConf, ipam_stdin, parse_cni_args, requested_mac};
+use crate::config::{NetConf, parse_cni_args, requested_mac};
 use crate::env::{Env, Request};
 use crate::error::{CniError, Code};
 use crate::host_link::{self, Proof};
 use crate::in_place::{self, InPlace};
-use crate::ipam;
-use crate::netns::{netlink, netlink_in, open_netns, sys};
-use crate::node_config::{self, OutsideKubernetes};
+use crate::ipam::Ipam;
+use crate::netns::{Runtime, open_netns, sys};
+use crate::node_file;
 use crate::pod_resources::{self, PodRef};
+use crate::pod_side::PodTarget;
 use crate::result::{ParsedResult, parse_result, render};
 
 /// ADD: see the crate docs for the sequence.
 pub fn add(req: &Request, conf: &NetConf, env: &Env) -> Result<Value, CniError> {
     let args = parse_cni_args(&req.cni_args)?;
     let requested = requested_mac(conf, &args)?;
-    let device_id = conf.device_id.clone().ok_or_else(|| {
+    let device_id = conf.device_id.as_deref().ok_or_else(|| {
         CniError::config("deviceID is required (top-level deviceID or runtimeConfig.deviceID)")
     })?;
-    let node = node_config::load(env)?;
+    let node = node_file::load(env)?;
     let pod = PodRef::from_args(&args)?;
-    let netns_path = req.netns.clone().expect("validated");
-    let ifname = req.ifname.clone().expect("validated");
-    let netns = open_netns(&netns_path)?;
+    let netns_path = req.netns.as_deref().expect("validated");
+    let ifname = req.ifname.as_deref().expect("validated");
+    let netns = open_netns(netns_path)?;
+    // One runtime for everything async in this ADD: the kubelet's question, host and pod netlink.
+    let rt = Runtime::new()?;
+    let ipam = Ipam::of(conf, env);
 
     // Whose device is it? Asked before anything about the link is looked at or touched.
-    let proof = match (&pod, node.outside_kubernetes) {
+    let proof = match (&pod, node.settings.outside_kubernetes) {
         (Some(pod), _) => {
-            pod_resources::check(&node.pod_resources_socket, pod, &device_id)?;
+            pod_resources::check(&rt, &node.settings.pod_resources_socket, pod, device_id)?;
             Proof::Allocated
         }
         (None, OutsideKubernetes::Allow) => Proof::Unchecked,
@@ -51,28 +57,31 @@ pub fn add(req: &Request, conf: &NetConf, env: &Env) -> Result<Value, CniError> 
             ));
         }
     };
+    let target = PodTarget {
+        conf,
+        device_id,
+        netns: &netns,
+        netns_path,
+        ifname,
+    };
     // Allocated in place (the agent's record): the pod's link is created in the pod. Else a host link the agent made
     // before in-place attach existed (or the original's): moved in.
-    if let Some(record) = read_record(&node, &device_id)?
-        && let Some(node_dir) = &node.allocation_dir
+    let node_dir = node.settings.allocation_dir.as_deref();
+    if let Some(node_dir) = node_dir
+        && let Some(record) = read_record(Some(node_dir), device_id)?
     {
         let plan = InPlace {
-            conf,
-            device_id: &device_id,
+            pod: target,
             node_dir,
             record: &record,
-            netns: &netns,
-            netns_path: &netns_path,
-            ifname: &ifname,
             requested_mac: requested,
         };
-        let (iface, ipam_result) =
-            in_place::attach(&plan, || ipam_add(conf, env), || ipam_release(conf, env))?;
-        return Ok(render(conf.cni_version, &iface, ipam_result.as_ref()));
+        let (iface, leased) = in_place::attach(&rt, &plan, ipam.as_ref())?;
+        return Ok(render(conf.cni_version, &iface, leased.as_ref()));
     }
     let host_ns = File::open("/proc/self/ns/net")
         .map_err(|e| CniError::system("opening the host netns", e))?;
-    let host = netlink(async |nl| host_link::find(nl, &device_id, &proof).await)?;
+    let host = rt.netlink(async |nl| host_link::find(nl, device_id, &proof).await)?;
     if let Some(mtu) = conf.mtu
         && mtu > host.lower_mtu
     {
@@ -81,78 +90,36 @@ pub fn add(req: &Request, conf: &NetConf, env: &Env) -> Result<Value, CniError> 
             host.lower_mtu
         )));
     }
-    let ipam_result = ipam_add(conf, env)?;
-    let mac = ipam_result
+    let leased = ipam.as_ref().map(Ipam::add).transpose()?;
+    let mac = leased
         .as_ref()
         .and_then(ParsedResult::ipam_mac)
         .or(requested);
-
-    let attached = attach(&AttachPlan {
-        conf,
-        device_id: &device_id,
+    let plan = AttachPlan {
+        pod: target,
         host: &host,
-        netns: &netns,
-        netns_path: &netns_path,
         host_ns: &host_ns,
-        ifname: &ifname,
         mac,
-        ipam: ipam_result.as_ref(),
-    });
-    match attached {
-        Ok(iface) => Ok(render(conf.cni_version, &iface, ipam_result.as_ref())),
+        ipam: leased.as_ref(),
+    };
+    match attach(&rt, &plan) {
+        Ok(iface) => Ok(render(conf.cni_version, &iface, leased.as_ref())),
         Err(e) => {
-            if ipam_result.is_some() {
-                ipam_release(conf, env);
+            if let (Some(ipam), Some(_)) = (&ipam, &leased) {
+                ipam.release();
             }
             Err(e)
         }
     }
 }
 
-/// IPAM ADD with the config minus `deviceID`/`pciBusID`; `None` without IPAM. An unusable result is released.
-fn ipam_add(conf: &NetConf, env: &Env) -> Result<Option<ParsedResult>, CniError> {
-    match &conf.ipam_type {
-        None => Ok(None),
-        Some(t) => {
-            let out = ipam::exec(t, "ADD", env, &ipam_stdin(conf))?;
-            let parsed = serde_json::from_slice::<Value>(&out)
-                .map_err(|e| {
-                    CniError::new(
-                        Code::IpamResult,
-                        format!("ipam {t}: result is not JSON"),
-                        e.to_string(),
-                    )
-                })
-                .and_then(|v| parse_result(&v))
-                .and_then(|r| {
-                    if r.ips.is_empty() {
-                        Err(CniError::new(
-                            Code::IpamResult,
-                            format!("ipam {t}: returned no IPs"),
-                            "",
-                        ))
-                    } else {
-                        Ok(r)
-                    }
-                });
-            match parsed {
-                Ok(r) => Ok(Some(r)),
-                Err(e) => {
-                    ipam_release(conf, env);
-                    Err(e)
-                }
-            }
-        }
-    }
-}
-
-/// The agent's allocation record of `device_id`, when the node config names the directory and there is one. A
-/// device ID that cannot be a record's name is 101, an unreadable or invalid record 102 (fuzzed).
+/// The agent's allocation record of `device_id` in `allocation_dir` (the node file's), when there is one. A device
+/// ID that cannot be a record's name is 101, an unreadable or invalid record 11 (fuzzed).
 pub fn read_record(
-    node: &node_config::NodeConfig,
+    allocation_dir: Option<&Path>,
     device_id: &str,
 ) -> Result<Option<AllocationRecord>, CniError> {
-    let Some(dir) = &node.allocation_dir else {
+    let Some(dir) = allocation_dir else {
         return Ok(None);
     };
     AllocationRecord::read(dir, device_id).map_err(|e| match e {
@@ -174,15 +141,6 @@ pub fn read_record(
     })
 }
 
-/// Best-effort IPAM DEL after a failed ADD, so no IP leaks.
-fn ipam_release(conf: &NetConf, env: &Env) {
-    if let Some(t) = &conf.ipam_type
-        && let Err(e) = ipam::exec(t, "DEL", env, &ipam_stdin(conf))
-    {
-        eprintln!("macvtap: releasing the IP after a failed ADD: {e}");
-    }
-}
-
 /// DEL: delete the pod-side link (only a macvtap carrying our marker, or one created in place: an index of the
 /// reserved tap range), then IPAM DEL. Succeeds when the netns or
 /// the link is already gone.
@@ -194,7 +152,7 @@ pub fn del(req: &Request, conf: &NetConf, env: &Env) -> Result<(), CniError> {
                 eprintln!("macvtap: DEL: CNI_NETNS {path} is gone ({e}); nothing to delete there")
             }
             Ok(_) => {
-                let r = netlink_in(path, async |nl| {
+                let r = Runtime::new()?.netlink_in(path, async |nl| {
                     let Some(link) = nl
                         .find_link(&ifname)
                         .await
@@ -224,8 +182,8 @@ pub fn del(req: &Request, conf: &NetConf, env: &Env) -> Result<(), CniError> {
             }
         }
     }
-    if let Some(t) = &conf.ipam_type {
-        ipam::exec(t, "DEL", env, &ipam_stdin(conf))?;
+    if let Some(ipam) = Ipam::of(conf, env) {
+        ipam.del()?;
     }
     Ok(())
 }
@@ -258,12 +216,12 @@ pub fn check(req: &Request, conf: &NetConf, env: &Env) -> Result<(), CniError> {
         .filter(|i| i.interface.is_none_or(|n| n == idx))
         .cloned()
         .collect();
-    if let Some(t) = &conf.ipam_type {
-        ipam::exec(t, "CHECK", env, &ipam_stdin(conf))?;
+    if let Some(ipam) = Ipam::of(conf, env) {
+        ipam.check()?;
     }
     open_netns(&netns_path)?;
     let want_mac = want.mac.clone();
-    netlink_in(&netns_path, async |nl| {
+    Runtime::new()?.netlink_in(&netns_path, async |nl| {
         let link = nl
             .find_link(&ifname)
             .await
@@ -279,7 +237,9 @@ pub fn check(req: &Request, conf: &NetConf, env: &Env) -> Result<(), CniError> {
             (None, _) => true,
             (Some(d), Some(m)) => m == d,
             (Some(d), None) => {
-                read_record(&node_config::load(env)?, d)?.is_some_and(|r| r.tap_index == link.index)
+                let node = node_file::load(env)?;
+                read_record(node.settings.allocation_dir.as_deref(), d)?
+                    .is_some_and(|r| r.tap_index == link.index)
             }
         };
         if !belongs {
@@ -325,16 +285,16 @@ pub fn check(req: &Request, conf: &NetConf, env: &Env) -> Result<(), CniError> {
 
 /// STATUS: ready unless the IPAM delegate says otherwise.
 pub fn status(conf: &NetConf, env: &Env) -> Result<(), CniError> {
-    if let Some(t) = &conf.ipam_type {
-        ipam::exec(t, "STATUS", env, &ipam_stdin(conf))?;
+    if let Some(ipam) = Ipam::of(conf, env) {
+        ipam.status()?;
     }
     Ok(())
 }
 
 /// GC: our pod-side links die with their netns and host links belong to the agent, so only IPAM has work.
 pub fn gc(conf: &NetConf, env: &Env) -> Result<(), CniError> {
-    if let Some(t) = &conf.ipam_type {
-        ipam::exec(t, "GC", env, &ipam_stdin(conf))?;
+    if let Some(ipam) = Ipam::of(conf, env) {
+        ipam.gc()?;
     }
     Ok(())
 }

@@ -12,7 +12,7 @@
 //! `Get`. Fails closed: a socket that does not answer, a transport error, the deadline, or a kubelet still
 //! rate-limiting after the back-off's budget is error 11 (try again later), never an unchecked attach. One gRPC
 //! connection over the unix socket for all attempts, on a current-thread runtime; nothing is spawned beyond the
-//! connection's own task.
+//! connection's own task; the runtime is the invocation's one ([`Runtime`]).
 //!
 //! PodResources has no pod UID: the pod is matched by namespace and name (the kubelet keeps one pod per name).
 
@@ -23,12 +23,12 @@ use kubelet_api::podresources::pod_resources_lister_client::PodResourcesListerCl
 use kubelet_api::podresources::{GetPodResourcesRequest, ListPodResourcesRequest, PodResources};
 use kubelet_api::tonic::{Code as GrpcCode, Status};
 
+use macvtap_core::resource_of;
+
 use crate::backoff::{self, Backoff};
 use crate::config::CniArgs;
 use crate::error::{CniError, Code};
-
-/// Resources whose devices are macvtap devices (ours and the original's).
-pub const RESOURCE_PREFIX: &str = "macvtap.network.kubevirt.io/";
+use crate::netns::Runtime;
 
 /// How long the whole question may take (connect, Get, List, waits on a busy kubelet) before ADD answers "try again
 /// later".
@@ -82,7 +82,8 @@ pub fn holds(pods: &[PodResources], pod: &PodRef, device_id: &str) -> bool {
         .filter(|p| p.namespace == pod.namespace && p.name == pod.name)
         .flat_map(|p| &p.containers)
         .flat_map(|c| &c.devices)
-        .filter(|d| d.resource_name.starts_with(RESOURCE_PREFIX))
+        // Macvtap resources only (ours and the original's: one prefix).
+        .filter(|d| resource_of(&d.resource_name).is_some())
         .any(|d| d.device_ids.iter().any(|id| id == device_id))
 }
 
@@ -92,7 +93,7 @@ fn held(pods: &[PodResources], pod: &PodRef) -> Vec<String> {
         .filter(|p| p.namespace == pod.namespace && p.name == pod.name)
         .flat_map(|p| &p.containers)
         .flat_map(|c| &c.devices)
-        .filter(|d| d.resource_name.starts_with(RESOURCE_PREFIX))
+        .filter(|d| resource_of(&d.resource_name).is_some())
         .flat_map(|d| {
             d.device_ids
                 .iter()
@@ -103,7 +104,13 @@ fn held(pods: &[PodResources], pod: &PodRef) -> Vec<String> {
 
 /// Ask the kubelet at `socket` whether `pod` holds `device_id`: `Ok` if it does, error 107 if it does not, error
 /// 11 if the kubelet cannot be asked or stays busy.
-pub fn check(socket: &Path, pod: &PodRef, device_id: &str) -> Result<(), CniError> {
+/// On the invocation's runtime `rt`.
+pub(crate) fn check(
+    rt: &Runtime,
+    socket: &Path,
+    pod: &PodRef,
+    device_id: &str,
+) -> Result<(), CniError> {
     let question = format!(
         "whether pod {pod} holds deviceID {device_id:?} (kubelet PodResources at {})",
         socket.display()
@@ -115,11 +122,6 @@ pub fn check(socket: &Path, pod: &PodRef, device_id: &str) -> Result<(), CniErro
             why,
         )
     };
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_io()
-        .enable_time()
-        .build()
-        .map_err(|e| CniError::system("starting a runtime", e))?;
     let pods = rt
         .block_on(async { tokio::time::timeout(DEADLINE, ask(socket, pod)).await })
         .map_err(|_| unreachable(format!("no answer within {DEADLINE:?}")))?
@@ -175,8 +177,20 @@ async fn ask(socket: &Path, pod: &PodRef) -> Result<Vec<PodResources>, AskError>
         .map_err(|e| AskError::Unreachable(e.to_string()))?;
     // The authority the kubelet itself uses towards gRPC servers on sockets; any is fine for a Go server.
     let origin = kubelet_api::tonic::codegen::http::Uri::from_static("http://localhost");
-    let mut client =
-        PodResourcesListerClient::with_origin(conn, origin).max_decoding_message_size(MAX_MESSAGE);
+    let mut client = PodResourcesListerClient::with_origin(conn.clone(), origin)
+        .max_decoding_message_size(MAX_MESSAGE);
+    let answer = ask_on(&mut client, pod, &mut backoff).await;
+    // The invocation's runtime goes on to netlink work: no GOAWAY from this connection in the middle of it.
+    conn.close_now();
+    answer
+}
+
+/// The calls themselves, on one connection.
+async fn ask_on(
+    client: &mut PodResourcesListerClient<kubelet_api::unix::Connection>,
+    pod: &PodRef,
+    backoff: &mut Backoff,
+) -> Result<Vec<PodResources>, AskError> {
     let get = GetPodResourcesRequest {
         pod_name: pod.name.clone(),
         pod_namespace: pod.namespace.clone(),
@@ -186,14 +200,14 @@ async fn ask(socket: &Path, pod: &PodRef) -> Result<Vec<PodResources>, AskError>
     loop {
         let refusal = if list {
             match client.list(ListPodResourcesRequest {}).await {
-                Ok(r) => return Ok(answered(r.into_inner().pod_resources, &backoff)),
+                Ok(r) => return Ok(answered(r.into_inner().pod_resources, backoff)),
                 Err(s) => ("List", s),
             }
         } else {
             match client.get(get.clone()).await {
                 Ok(r) => {
                     let pods = r.into_inner().pod_resources.into_iter().collect();
-                    return Ok(answered(pods, &backoff));
+                    return Ok(answered(pods, backoff));
                 }
                 Err(s) if get_refused(&s) => {
                     eprintln!(
@@ -345,7 +359,8 @@ mod tests {
             name: "vm".into(),
             uid: None,
         };
-        let e = check(&dir.path().join("kubelet.sock"), &me, "dpMvp1").unwrap_err();
+        let rt = Runtime::new().unwrap();
+        let e = check(&rt, &dir.path().join("kubelet.sock"), &me, "dpMvp1").unwrap_err();
         assert_eq!(e.code, 11, "{e:?}");
         assert!(
             e.msg.contains("kubelet.sock") && e.msg.contains("ns/vm"),

@@ -11,16 +11,16 @@ mod hostile;
 use std::path::Path;
 
 use macvtap_cni::config::{
-    declared_version, ipam_stdin, parse_cni_args, parse_config, requested_mac,
+    declared_version, ipam_stdin, parse_cni_args, parse_config, parse_stdin, requested_mac,
 };
 use macvtap_cni::env::Env;
 use macvtap_cni::error::{CniError, Code};
-use macvtap_cni::node_config::{self, NodeConfig};
+use macvtap_cni::node_file;
 use macvtap_cni::plugin::read_record;
 use macvtap_cni::pod_resources::PodRef;
 use macvtap_cni::version::SUPPORTED;
-use macvtap_core::AllocationRecord;
 use macvtap_core::allocation::is_tap_index;
+use macvtap_core::{AllocationRecord, CniNodeFile};
 use proptest::prelude::*;
 use proptest::test_runner::{TestCaseError, TestRunner};
 use serde_json::Value;
@@ -57,7 +57,7 @@ fn stdin_configs() {
     let accepted = Accepted::default();
     TestRunner::new(hostile::config(2000))
         .run(&hostile::stdin(), |stdin| {
-            let _ = declared_version(&stdin);
+            let _ = parse_stdin(&stdin).map(|top| declared_version(&top));
             match parse_config(&stdin) {
                 Err(e) => coded(
                     &e,
@@ -113,18 +113,19 @@ fn cni_args() {
 fn node_files() {
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("macvtap-node.json");
-    let env = Env::from_pairs([(node_config::ENV, file.to_str().unwrap())]);
+    let env = Env::from_pairs([(node_file::ENV, file.to_str().unwrap())]);
     let accepted = Accepted::default();
     TestRunner::new(hostile::config(800))
         .run(&hostile::node_file(), |bytes| {
             std::fs::write(&file, &bytes).unwrap();
-            match (node_config::parse(&bytes), node_config::load(&env)) {
+            match (CniNodeFile::from_json(&bytes), node_file::load(&env)) {
                 (Err(_), Err(e)) => coded(&e, &[Code::NotAvailable], &bytes)?,
                 (Ok(c), Ok(loaded)) => {
                     accepted.one();
                     prop_assert!(c.pod_resources_socket.is_absolute());
                     prop_assert!(c.allocation_dir.as_deref().is_none_or(Path::is_absolute));
                     prop_assert_eq!(loaded.source.as_deref(), Some(file.as_path()));
+                    prop_assert_eq!(loaded.settings, c);
                 }
                 (parsed, loaded) => prop_assert!(false, "parse {parsed:?} but load {loaded:?}"),
             }
@@ -137,17 +138,14 @@ fn node_files() {
 #[test]
 fn allocation_records() {
     let dir = tempfile::tempdir().unwrap();
-    let node = NodeConfig {
-        allocation_dir: Some(dir.path().to_path_buf()),
-        ..NodeConfig::default()
-    };
+    let node = Some(dir.path());
     let accepted = Accepted::default();
     TestRunner::new(hostile::config(800))
         .run(&hostile::record(), |bytes| {
             std::fs::write(dir.path().join("fuzzMvp0.json"), &bytes).unwrap();
             match (
                 AllocationRecord::from_json(&bytes),
-                read_record(&node, "fuzzMvp0"),
+                read_record(node, "fuzzMvp0"),
             ) {
                 (Err(_), Err(e)) => coded(&e, &[Code::TryAgainLater], &bytes)?,
                 (Ok(r), Ok(Some(read))) => {
@@ -168,7 +166,7 @@ fn allocation_records() {
     // A device ID that cannot name a record is refused before any file is looked at.
     for bad in ["../fuzzMvp0", "", ".hidden", "a/b"] {
         assert_eq!(
-            read_record(&node, bad).unwrap_err().code,
+            read_record(node, bad).unwrap_err().code,
             Code::NotOurs as u32
         );
     }
@@ -211,7 +209,7 @@ fn whole_invocations_in_process() {
                 ("CNI_IFNAME", ifname),
                 ("CNI_ARGS", args),
                 ("CNI_PATH", cni_path.to_str().unwrap().to_string()),
-                (node_config::ENV, node_file.to_str().unwrap().to_string()),
+                (node_file::ENV, node_file.to_str().unwrap().to_string()),
             ]);
             let out = macvtap_cni::run(&env, &stdin);
             if out.exit_code == 0 {

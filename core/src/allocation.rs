@@ -84,20 +84,30 @@ pub(crate) fn io_at(path: &Path) -> impl FnOnce(io::Error) -> AllocationError + 
     }
 }
 
-/// A node name or device ID used as a file name: letters, digits, `-`, `_`, `.`, starting with a letter or digit
-/// (device IDs come from a NetworkAttachmentDefinition: no `/`, no `..`, no hidden temporary names).
+/// A node name used as a file name: letters, digits, `-`, `_`, `.`, starting with a letter or digit, at most 200
+/// bytes (device IDs: [`crate::validate_device_id`], the same characters).
 pub(crate) fn check_component(name: &str) -> Result<(), AllocationError> {
-    let ok = !name.is_empty()
-        && name.len() <= 200
-        && name.as_bytes()[0].is_ascii_alphanumeric()
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'));
-    if ok {
+    if file_name_safe(name, 200) {
         Ok(())
     } else {
         Err(AllocationError::BadName(name.to_string()))
     }
+}
+
+/// A device ID of ours, as the file name of its record, claim or reservation.
+pub(crate) fn check_device_id(id: &str) -> Result<(), AllocationError> {
+    crate::validate_device_id(id).map_err(|_| AllocationError::BadName(id.to_string()))
+}
+
+/// Letters, digits, `-`, `_`, `.`, starting with a letter or digit, 1..=`max` bytes: no `/`, no `..`, no hidden
+/// temporary names.
+pub(crate) fn file_name_safe(name: &str, max: usize) -> bool {
+    !name.is_empty()
+        && name.len() <= max
+        && name.as_bytes()[0].is_ascii_alphanumeric()
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
 }
 
 /// `<state>/nodes/<node>`: the directory of one node's records (the CNI is told this one, never the others).
@@ -113,7 +123,7 @@ pub fn taps_dir(state_dir: &Path) -> PathBuf {
 
 /// `<node_dir>/<deviceID>.json`.
 pub fn record_path(node_dir: &Path, device_id: &str) -> Result<PathBuf, AllocationError> {
-    check_component(device_id)?;
+    check_device_id(device_id)?;
     Ok(node_dir.join(format!("{device_id}.json")))
 }
 
@@ -181,7 +191,7 @@ impl AllocationRecord {
         for entry in entries {
             let name = entry.map_err(io_at(node_dir))?.file_name();
             if let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".json"))
-                && check_component(id).is_ok()
+                && check_device_id(id).is_ok()
             {
                 ids.push(id.to_string());
             }

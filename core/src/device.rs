@@ -16,6 +16,38 @@ const SLOT_SEPARATOR: &str = "Mvp";
 /// Prefix of the ifalias marker that says "created by macvtap-operator for this device ID".
 pub const ALIAS_PREFIX: &str = "macvtap-operator:";
 
+/// Longest device ID of ours: it names files in the state directory (`<id>.json`, and temporaries around that name)
+/// within the file system's 255 bytes.
+pub const MAX_DEVICE_ID_LEN: usize = 200;
+/// Longest device ID the CNI carries at all (another plugin's ID: a message names it, nothing is made of it).
+pub const MAX_ANY_DEVICE_ID_LEN: usize = 253;
+
+/// Why a string is not a device ID of ours.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DeviceIdError {
+    /// No device plugin's ID: empty, over [`MAX_ANY_DEVICE_ID_LEN`] bytes, or with a control character (the CNI's
+    /// config refuses it).
+    #[error("{0:?} is not a valid device ID")]
+    Malformed(String),
+    /// Could be another device plugin's ID, but the agent never hands it out: only letters, digits, `-`, `_`, `.`,
+    /// starting with a letter or digit, at most [`MAX_DEVICE_ID_LEN`] bytes (it names files: no `/`, no `..`, no
+    /// hidden temporary names).
+    #[error("{0:?} is not a device ID of macvtap-operator")]
+    NotOurs(String),
+}
+
+/// The one device-ID syntax rule, for every side: `Ok` for an ID the agent could have handed out; otherwise whether
+/// it is malformed for anyone or only not ours (see [`DeviceIdError`]).
+pub fn validate_device_id(id: &str) -> Result<(), DeviceIdError> {
+    if id.is_empty() || id.len() > MAX_ANY_DEVICE_ID_LEN || id.chars().any(char::is_control) {
+        return Err(DeviceIdError::Malformed(id.to_string()));
+    }
+    if !crate::allocation::file_name_safe(id, MAX_DEVICE_ID_LEN) {
+        return Err(DeviceIdError::NotOurs(id.to_string()));
+    }
+    Ok(())
+}
+
 /// The original's synthetic device ID for capacity slot `slot` of `resource`.
 pub fn device_id(resource: &str, slot: u32) -> String {
     format!("{resource}{SLOT_SEPARATOR}{slot}")
@@ -121,6 +153,36 @@ mod tests {
                 n[3..]
                     .bytes()
                     .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            );
+        }
+    }
+
+    #[test]
+    fn device_id_syntax() {
+        for ours in ["dpMvp0", "dataplaneMvp4095", "0000-03", &"x".repeat(200)] {
+            assert_eq!(validate_device_id(ours), Ok(()), "{ours}");
+        }
+        // Other plugins' IDs (an SR-IOV PCI address) and IDs too long for a file name: carried, never ours.
+        for foreign in [
+            "0000:03:00.1",
+            ".hidden",
+            "../x",
+            "a b",
+            &"x".repeat(201),
+            &"x".repeat(253),
+        ] {
+            assert!(
+                matches!(validate_device_id(foreign), Err(DeviceIdError::NotOurs(_))),
+                "{foreign}"
+            );
+        }
+        for malformed in ["", "a\nb", "a\0b", &"x".repeat(254)] {
+            assert!(
+                matches!(
+                    validate_device_id(malformed),
+                    Err(DeviceIdError::Malformed(_))
+                ),
+                "{malformed:?}"
             );
         }
     }

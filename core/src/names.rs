@@ -6,6 +6,20 @@ pub const MAX_IFNAME_LEN: usize = 15;
 /// Longest resource (pool) name: the part after `/` of an extended resource name is a qualified-name part.
 pub const MAX_RESOURCE_NAME_LEN: usize = 63;
 
+/// Prefix of every extended resource the agent advertises (`macvtap.network.kubevirt.io/<name>`; the original's
+/// too, so pods and NADs written for it keep working). The API group of the CRDs is the same string.
+pub const RESOURCE_PREFIX: &str = "macvtap.network.kubevirt.io/";
+
+/// The kubelet's extended-resource name of resource (pool) `name`.
+pub fn extended_resource_name(name: &str) -> String {
+    format!("{RESOURCE_PREFIX}{name}")
+}
+
+/// The resource (pool) name of an extended resource of ours; `None` for anyone else's.
+pub fn resource_of(extended: &str) -> Option<&str> {
+    extended.strip_prefix(RESOURCE_PREFIX)
+}
+
 /// Why a resource or interface name cannot be used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NameError {
@@ -70,6 +84,19 @@ fn kernel_isspace(b: u8) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn extended_resources_round_trip() {
+        assert_eq!(
+            extended_resource_name("dataplane"),
+            "macvtap.network.kubevirt.io/dataplane"
+        );
+        assert_eq!(
+            resource_of("macvtap.network.kubevirt.io/dataplane"),
+            Some("dataplane")
+        );
+        assert_eq!(resource_of("intel.com/sriov"), None);
+    }
 
     #[test]
     fn resource_names() {

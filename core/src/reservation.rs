@@ -19,7 +19,8 @@ use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
 use crate::allocation::{
-    AllocationError, MAX_PROBES, TAP_INDEX_COUNT, TAP_INDEX_FIRST, check_component, io_at, taps_dir,
+    AllocationError, MAX_PROBES, TAP_INDEX_COUNT, TAP_INDEX_FIRST, check_component,
+    check_device_id, io_at, taps_dir,
 };
 use crate::durable::{self, Cut, NewFile, TEMP_SUFFIX, Uncut};
 
@@ -37,7 +38,7 @@ pub fn owner(node: &str, device_id: &str) -> String {
 /// `<node>/<deviceID>` → (node, device ID), when both are names the state directory accepts.
 pub fn parse_owner(owner: &str) -> Option<(&str, &str)> {
     let (node, id) = owner.split_once('/')?;
-    (check_component(node).is_ok() && check_component(id).is_ok()).then_some((node, id))
+    (check_component(node).is_ok() && check_device_id(id).is_ok()).then_some((node, id))
 }
 
 /// The temporary name a reservation of `owner` is written under (`/` cannot be in a file name; `@` cannot be in

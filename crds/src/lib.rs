@@ -21,15 +21,11 @@ pub use pool::{
     LowerDeviceOverride, MacvtapPool, MacvtapPoolSpec, MacvtapPoolStatus, PoolDiscovery,
 };
 
-/// API group of every resource here, and prefix of every extended resource name the agent advertises.
+/// API group of every resource here; the extended resources the agent advertises carry the same prefix
+/// (`macvtap_core::RESOURCE_PREFIX`, kept equal by a test).
 pub const GROUP: &str = "macvtap.network.kubevirt.io";
 /// API version of the CRDs.
 pub const VERSION: &str = "v1alpha1";
-
-/// Full kubelet extended-resource name for a resource (pool) name: `macvtap.network.kubevirt.io/<name>`.
-pub fn extended_resource_name(name: &str) -> String {
-    format!("{GROUP}/{name}")
-}
 
 /// The CRDs of this API, in a stable order (what `crdgen` writes).
 pub fn crds()
@@ -94,6 +90,12 @@ pub const CRD_OUTPUT_DIRS: [&str; 2] = ["crds/yaml", "charts/macvtap-operator/cr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The kubelet sees our pools as `<GROUP>/<name>`: the API group and core's resource prefix are one string.
+    #[test]
+    fn the_resource_prefix_is_the_api_group() {
+        assert_eq!(macvtap_core::RESOURCE_PREFIX, format!("{GROUP}/"));
+    }
 
     #[test]
     fn modes_are_lowercase_json() {

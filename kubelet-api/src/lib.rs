@@ -64,7 +64,20 @@ pub mod unix {
     /// origin: `XClient::with_origin(conn, tonic::codegen::http::Uri::from_static("http://localhost"))`.
     #[cfg(feature = "client")]
     #[derive(Debug, Clone)]
-    pub struct Connection(hyper::client::conn::http2::SendRequest<tonic::body::Body>);
+    pub struct Connection(
+        hyper::client::conn::http2::SendRequest<tonic::body::Body>,
+        tokio::task::AbortHandle,
+    );
+
+    #[cfg(feature = "client")]
+    impl Connection {
+        /// Ends the connection now: the socket is closed without a GOAWAY. For a client whose runtime goes on with
+        /// other work (the CNI's): dropping every clone instead makes the connection task write its GOAWAY
+        /// whenever that runtime next runs it, waking the server mid-way through that work.
+        pub fn close_now(&self) {
+            self.1.abort();
+        }
+    }
 
     /// Why [`connect_once`] failed.
     #[cfg(feature = "client")]
@@ -107,10 +120,10 @@ pub mod unix {
                 .handshake(TokioIo::new(stream))
                 .await
                 .map_err(ConnectError::Http2)?;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             let _ = conn.await;
         });
-        Ok(Connection(send))
+        Ok(Connection(send, task.abort_handle()))
     }
 
     #[cfg(feature = "client")]

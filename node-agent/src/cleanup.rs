@@ -65,12 +65,11 @@ pub async fn held_devices(socket: &std::path::Path) -> Result<HeldDevices, Strin
     .map_err(|_| "PodResources List timed out".to_string())?
     .map_err(|s| format!("PodResources List: {}", s.message()))?
     .into_inner();
-    let prefix = format!("{}/", macvtap_api::GROUP);
     let mut held = HeldDevices::new();
     for pod in resp.pod_resources {
         for c in pod.containers {
             for d in c.devices {
-                if let Some(name) = d.resource_name.strip_prefix(&prefix) {
+                if let Some(name) = macvtap_core::resource_of(&d.resource_name) {
                     held.entry(name.to_string())
                         .or_default()
                         .extend(d.device_ids);

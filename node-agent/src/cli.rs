@@ -110,7 +110,7 @@ impl Cli {
             tracing::info!(source = %source.display(), installed = %installed.display(), "CNI binary installed");
             let file = node.node_file()?;
             let written = crate::install::write_node_file(&file, &dest)?;
-            tracing::info!(path = %written.display(), allocation_dir = %file.allocation_dir.display(),
+            tracing::info!(path = %written.display(), allocation_dir = ?file.allocation_dir,
                 "CNI node file written");
             return Ok(());
         }
@@ -124,13 +124,14 @@ impl Cli {
 }
 
 impl NodeFileArgs {
-    pub fn node_file(&self) -> anyhow::Result<crate::install::NodeFile> {
+    pub fn node_file(&self) -> anyhow::Result<macvtap_core::CniNodeFile> {
         let node = crate::records::node_or_hostname(self.node_name.as_deref().unwrap_or_default());
         let allocation_dir = macvtap_core::allocation::node_dir(&self.state_dir, &node)
             .with_context(|| format!("node name {node:?}"))?;
-        Ok(crate::install::NodeFile {
+        Ok(macvtap_core::CniNodeFile {
             pod_resources_socket: self.pod_resources_socket.clone(),
-            allocation_dir,
+            allocation_dir: Some(allocation_dir),
+            ..Default::default()
         })
     }
 }
@@ -255,7 +256,7 @@ mod tests {
                 let file = node.node_file().unwrap();
                 assert_eq!(
                     file.allocation_dir,
-                    PathBuf::from("/var/lib/macvtap-operator/nodes/node-a")
+                    Some(PathBuf::from("/var/lib/macvtap-operator/nodes/node-a"))
                 );
             }
             other => panic!("{other:?}"),

@@ -1,12 +1,15 @@
 //! `macvtap-agent install-cni`: puts the `macvtap` CNI binary into the host's CNI bin directory atomically (a
 //! temporary file in the destination directory, synced, then renamed over the old one), so a runtime never executes
-//! a half-written binary, and writes the plugin's node file next to it (`macvtap-node.json`: where this node's
-//! allocation records and the kubelet's PodResources socket are; the CNI reads it there).
+//! a half-written binary, and writes the plugin's node file next to it ([`CniNodeFile`], `macvtap-node.json`: where
+//! this node's allocation records and the kubelet's PodResources socket are; the CNI reads it there).
 
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+
+use macvtap_core::CniNodeFile;
+use macvtap_core::cni_node_file::FILE_NAME;
 
 /// The CNI binary's file name.
 pub const CNI_BINARY: &str = "macvtap";
@@ -35,17 +38,6 @@ pub fn default_source() -> Result<PathBuf, InstallError> {
     Ok(exe.with_file_name(CNI_BINARY))
 }
 
-/// The plugin's node file's name (the CNI looks for it next to its binary).
-pub const NODE_FILE: &str = "macvtap-node.json";
-
-/// What the plugin's node file says (the CNI's `node_config` reads exactly these keys).
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "camelCase")]
-pub struct NodeFile {
-    pub pod_resources_socket: PathBuf,
-    pub allocation_dir: PathBuf,
-}
-
 /// Copies `source` to `<dest_dir>/macvtap` atomically, mode 0755. Returns the installed path.
 pub fn install_cni(source: &Path, dest_dir: &Path) -> Result<PathBuf, InstallError> {
     let data = fs::read(source).map_err(io("reading", source))?;
@@ -53,9 +45,8 @@ pub fn install_cni(source: &Path, dest_dir: &Path) -> Result<PathBuf, InstallErr
 }
 
 /// Writes `<dest_dir>/macvtap-node.json` atomically, mode 0644. Returns its path.
-pub fn write_node_file(file: &NodeFile, dest_dir: &Path) -> Result<PathBuf, InstallError> {
-    let json = serde_json::to_vec(file).expect("plain data serialises");
-    replace_file(dest_dir, NODE_FILE, &json, 0o644)
+pub fn write_node_file(file: &CniNodeFile, dest_dir: &Path) -> Result<PathBuf, InstallError> {
+    replace_file(dest_dir, FILE_NAME, &file.to_json(), 0o644)
 }
 
 /// `<dir>/<name>` replaced by `data` with `mode`: a temporary file, synced, renamed over the old one.
@@ -107,9 +98,10 @@ mod tests {
     #[test]
     fn node_file_has_the_keys_the_cni_reads() {
         let dir = tempfile::tempdir().unwrap();
-        let file = NodeFile {
+        let file = CniNodeFile {
             pod_resources_socket: "/var/lib/kubelet/pod-resources/kubelet.sock".into(),
-            allocation_dir: "/var/lib/macvtap-operator/nodes/node-a".into(),
+            allocation_dir: Some("/var/lib/macvtap-operator/nodes/node-a".into()),
+            ..CniNodeFile::default()
         };
         let path = write_node_file(&file, dir.path()).unwrap();
         assert_eq!(

@@ -566,9 +566,10 @@ async fn cni_add_attaches_the_allocated_device_in_place() {
     // device; the node file (as install-cni writes it) names the stand-in's PodResources socket and this node's
     // allocation records.
     let node_config = node.dir.path().join("macvtap-node.json");
-    let file = macvtap_agent::install::NodeFile {
+    let file = macvtap_core::CniNodeFile {
         pod_resources_socket: node.kubelet.pod_resources_socket().to_path_buf(),
-        allocation_dir: node.state_dir().join("nodes/test-node"),
+        allocation_dir: Some(node.state_dir().join("nodes/test-node")),
+        ..Default::default()
     };
     let written = macvtap_agent::install::write_node_file(&file, node.dir.path()).unwrap();
     assert_eq!(written, node_config);

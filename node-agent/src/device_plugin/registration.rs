@@ -206,7 +206,7 @@ async fn register(dir: &Path, name: &str) -> Result<(), String> {
     let req = RegisterRequest {
         version: kubelet_api::deviceplugin::VERSION.into(),
         endpoint: socket_name(name),
-        resource_name: macvtap_api::extended_resource_name(name),
+        resource_name: macvtap_core::extended_resource_name(name),
         options: Some(options()),
     };
     tokio::time::timeout(Duration::from_secs(5), client.register(req))

@@ -52,7 +52,7 @@ pub(super) fn spawn_clean_up(
 /// A JSON patch that removes the extended resource of `resource` from a Node's status, failing (on its `test`
 /// op) unless the kubelet advertises 0 of it.
 fn removal_patch(resource: &str) -> Result<json_patch::Patch, serde_json::Error> {
-    let key = macvtap_api::extended_resource_name(resource)
+    let key = macvtap_core::extended_resource_name(resource)
         .replace('~', "~0")
         .replace('/', "~1");
     serde_json::from_value(json!([

@@ -24,7 +24,7 @@ pub struct ResourceFilter {
 }
 
 /// The default: the resources our agents serve.
-pub const DEFAULT_PREFIX: &str = "macvtap.network.kubevirt.io/";
+pub const DEFAULT_PREFIX: &str = macvtap_core::RESOURCE_PREFIX;
 
 impl Default for ResourceFilter {
     fn default() -> Self {

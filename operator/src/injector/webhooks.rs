@@ -177,7 +177,7 @@ async fn nads(State(w): State<Arc<Webhooks>>, body: Bytes) -> Response {
         for p in w.pools.state() {
             match p.resource_name() {
                 Some(r) => {
-                    s.names.insert(macvtap_api::extended_resource_name(&r));
+                    s.names.insert(macvtap_core::extended_resource_name(&r));
                 }
                 None => s.discovery = true,
             }
