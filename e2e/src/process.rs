@@ -95,6 +95,16 @@ pub fn own_group(cmd: &mut Command) -> &mut Command {
 
 type SpawnJob = (Command, mpsc::SyncSender<io::Result<Child>>);
 
+/// A process's resident memory (`VmRSS`, KiB; 0 when it is gone).
+pub fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        .unwrap_or(0)
+}
+
 /// Spawns `cmd` from a thread that lives as long as the process, with `PR_SET_PDEATHSIG=SIGKILL`: the kernel
 /// sends that signal when the *spawning thread* exits, so test threads (which end) must not spawn directly. In a
 /// process group of its own, like [`Process::spawn`].

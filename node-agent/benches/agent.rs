@@ -18,7 +18,7 @@ use kubelet_api::deviceplugin::{
 use macvtap_e2e::agent::agent_command;
 use macvtap_e2e::kubelet::{KubeletStandIn, healthy_count};
 use macvtap_e2e::netns::Netns;
-use macvtap_e2e::process::Process;
+use macvtap_e2e::process::{Process, rss_kib};
 
 const RESOURCES: usize = 4;
 const DEVICES: u32 = 100;
@@ -32,15 +32,6 @@ fn config(capacity_r0: u32) -> String {
         })
         .collect();
     serde_json::to_string(&list).unwrap()
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
 }
 
 fn percentile(sorted: &[Duration], p: f64) -> Duration {

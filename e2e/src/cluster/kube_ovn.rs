@@ -61,7 +61,11 @@ impl Cluster {
                 &share,
             )?);
         }
-        let mut k = KubeOvn { nodes, central };
+        let mut k = KubeOvn {
+            nodes,
+            share,
+            central,
+        };
         loop {
             let mut all = true;
             for side in &mut k.nodes {
@@ -131,12 +135,11 @@ impl Cluster {
         let Some(k) = self.kube_ovn.as_mut() else {
             return Ok(());
         };
-        let share = Share::locate()?;
         let side = NodeSide::start(
             &self.nodes[n],
             &k.central.db_addr,
             &self.node_admin_kubeconfig,
-            &share,
+            &k.share,
         )?;
         k.nodes[n] = side;
         Ok(())

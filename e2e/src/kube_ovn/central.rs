@@ -193,17 +193,15 @@ impl Central {
 
     /// Every process still running? (`Err` names the first that is not, with its log.)
     pub fn check_running(&mut self) -> Result<()> {
-        for (name, p) in [
+        let stopped = [
             ("ovsdb-server", &mut self.ovsdb),
             ("ovn-northd", &mut self.northd),
             ("kube-ovn-controller", &mut self.controller),
-        ] {
-            if !p.as_mut().is_some_and(Process::is_running) {
-                bail!(
-                    "kube-ovn's {name} is not running: {}",
-                    crate::process::log_tail(&self.dir.join(format!("{name}.log")), 20)
-                );
-            }
+        ]
+        .into_iter()
+        .find_map(|(name, p)| (!p.as_mut().is_some_and(Process::is_running)).then_some(name));
+        if let Some(name) = stopped {
+            bail!("kube-ovn's {name} is not running: {}", self.tail(name));
         }
         Ok(())
     }

@@ -83,6 +83,8 @@ pub fn ovs_program(name: &str) -> Result<PathBuf> {
 /// kube-ovn on a cluster: its control side and one [`NodeSide`] per node (the cluster's order).
 pub struct KubeOvn {
     pub nodes: Vec<NodeSide>,
+    /// Where its schemas are (a node's programs start again after the node's reboot).
+    pub share: Share,
     // Last: the nodes' programs stop before the databases they talk to.
     pub central: Central,
 }
@@ -96,19 +98,7 @@ impl KubeOvn {
             .flat_map(NodeSide::pids)
             .chain(self.central.pids())
             .collect();
-        let kib: u64 = pids.iter().map(|p| vm_rss_kib(*p)).sum();
+        let kib: u64 = pids.iter().map(|p| crate::process::rss_kib(*p)).sum();
         (pids.len(), kib as f64 / 1024.0)
     }
-}
-
-/// `VmRSS` of a process (0 when it is gone).
-fn vm_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmRSS:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
