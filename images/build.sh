@@ -104,6 +104,15 @@ log() { printf '[images %(%H:%M:%S)T] %s\n' -1 "$*" >&2; }
 # Static binaries: the musl target links statically by default; ring's C/asm goes through musl-gcc.
 export CC_x86_64_unknown_linux_musl=musl-gcc
 TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+# Run from a test, this script inherits what cargo sets for the crate under test (CARGO_MANIFEST_DIR, ...). ring's
+# build script reruns when CARGO_MANIFEST_DIR changes, so every switch between a test's build and `make images` would
+# rebuild the release binaries from ring up. The build gets a shell's environment instead.
+for v in $(compgen -e); do
+  case $v in
+    CARGO_PKG_* | CARGO_MANIFEST_* | CARGO_CRATE_NAME | CARGO_BIN_NAME | CARGO_PRIMARY_PACKAGE | CARGO_TARGET_TMPDIR | \
+      CARGO_RUSTC_CURRENT_DIR | OUT_DIR) unset "$v" ;;
+  esac
+done
 cargo_build() { (cd "$ROOT" && cargo build --target "$TARGET" "$@"); }
 declare -A bin_path
 for img in "${images[@]}"; do
@@ -266,11 +275,21 @@ for img in "${images[@]}"; do
     vm) vm_rootfs "$ctx" ;;
   esac
   archive=$OUT/$img.oci.tar
+  # The build is reproducible, so the same inputs give the same archive: skip buildah when the inputs (ref, label,
+  # Containerfile, the whole context with modes and owners) are those of the archive already there. `make sandbox`
+  # after `make test` builds nothing again.
+  inputs=$({ echo "$(ref "$img") $label_version"; cat "$ROOT/images/$img/Containerfile"
+    tar --sort=name --mtime=@0 --numeric-owner -cf - -C "$ctx" .; } | sha256sum | cut -d' ' -f1)
+  if [[ -f $archive && $(cat "$archive.inputs" 2>/dev/null) == "$inputs" ]]; then
+    log "$archive: up to date (same inputs)"
+    continue
+  fi
   log "buildah build $(ref "$img") -> $archive"
-  rm -f "$archive.tmp"
+  rm -f "$archive.tmp" "$archive.inputs"
   # --timestamp 0: reproducible layers and config (same binaries -> same digest); gzip layers (default is none).
   buildah_ build --isolation chroot --timestamp 0 --disable-compression=false --build-arg "VERSION=$label_version" \
     -f "$ROOT/images/$img/Containerfile" -t "oci-archive:$archive.tmp:$(ref "$img")" "$ctx" >&2
   mv "$archive.tmp" "$archive"
+  echo "$inputs" >"$archive.inputs"
   log "$archive: $(du -h "$archive" | cut -f1)"
 done

@@ -12,7 +12,8 @@
 //! refused. Needs root: fails, never skips, without it.
 //!
 //! `cargo bench -p macvtap-cni --bench cni_latency` (ITERATIONS env var, default 200). Set MACVTAP_CNI_BIN to
-//! measure another binary instead of building `--profile release-cni`.
+//! measure another binary instead of building `--profile release-cni`, ONLY to a part of a row's name (`in place:
+//! no IPAM, check by Get`) to run only the floors and the rows naming it (no 50-ADD bursts).
 
 #[path = "cni_latency/burst.rs"]
 mod burst;
@@ -141,7 +142,14 @@ fn main() {
     // Device IDs and ifindexes unique across cases: /dev/tap<ifindex> is one node for the whole machine, and the
     // plugin proves it is the link's before chowning it (the indices stay far above what the kernel picks).
     let mut n = 0u32;
+    let only = std::env::var("ONLY").ok();
     for case in cases {
+        if only
+            .as_deref()
+            .is_some_and(|o| !row_name(&case).contains(o))
+        {
+            continue;
+        }
         if let Some(mode) = case.get {
             kubelet.set_get(mode);
         }
@@ -169,15 +177,7 @@ fn main() {
             del.push(d);
             peak_rss_kib = peak_rss_kib.max(rss);
         }
-        let name = format!(
-            "{} {}",
-            if case.in_place {
-                "in place:"
-            } else {
-                "moved:   "
-            },
-            case.name
-        );
+        let name = row_name(&case);
         println!(
             "{name:>36}: ADD p50 {:>8.2?} p99 {:>8.2?} | DEL p50 {:>8.2?} p99 {:>8.2?} ({iterations} runs)",
             pct(&mut add, 50),
@@ -187,6 +187,9 @@ fn main() {
         );
     }
     println!("peak RSS of one invocation: {peak_rss_kib} KiB");
+    if only.is_some() {
+        return;
+    }
     kubelet.set_get(GetMode::Answer);
     for check in [false, true] {
         // The kubelet's own limiter, its bucket full, as a node that was idle.
@@ -216,6 +219,16 @@ fn main() {
             }
         }
     }
+}
+
+/// A row's name: the path, then the case.
+fn row_name(case: &Case) -> String {
+    let path = if case.in_place {
+        "in place:"
+    } else {
+        "moved:   "
+    };
+    format!("{path} {}", case.name)
 }
 
 /// An ifindex for bench device `n` no other process uses: the in-place range for records, far below it for host links.

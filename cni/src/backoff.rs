@@ -63,7 +63,7 @@ impl Backoff {
     /// A wait in [ceiling/2, ceiling], the ceiling `FIRST · 2^(refused-1)` capped at `CAP`.
     fn draw(&mut self) -> Duration {
         let ceiling = FIRST
-            .saturating_mul(1u32 << (self.refused - 1).min(16))
+            .saturating_mul(2u32.saturating_pow(self.refused - 1))
             .min(CAP);
         let half = ceiling / 2;
         half + Duration::from_nanos(self.rng.u64(0..=half.as_nanos() as u64))

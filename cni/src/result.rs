@@ -103,17 +103,7 @@ pub fn parse_result(v: &Value) -> Result<ParsedResult, CniError> {
             .unwrap_or_default();
         let (ip_addr, prefix_len) =
             parse_cidr(addr).ok_or_else(|| bad(format!("ips[].address {addr:?} is not a CIDR")))?;
-        let gateway = match ip
-            .get("gateway")
-            .and_then(Value::as_str)
-            .filter(|g| !g.is_empty())
-        {
-            None => None,
-            Some(g) => Some(
-                g.parse()
-                    .map_err(|_| bad(format!("ips[].gateway {g:?} is not an IP")))?,
-            ),
-        };
+        let gateway = optional_ip(ip, "gateway", "ips[].gateway").map_err(bad)?;
         let interface = ip
             .get("interface")
             .and_then(Value::as_u64)
@@ -134,17 +124,7 @@ pub fn parse_result(v: &Value) -> Result<ParsedResult, CniError> {
         let dst = r.get("dst").and_then(Value::as_str).unwrap_or_default();
         let (dst, dst_len) =
             parse_cidr(dst).ok_or_else(|| bad(format!("routes[].dst {dst:?} is not a CIDR")))?;
-        let gw = match r
-            .get("gw")
-            .and_then(Value::as_str)
-            .filter(|g| !g.is_empty())
-        {
-            None => None,
-            Some(g) => Some(
-                g.parse()
-                    .map_err(|_| bad(format!("routes[].gw {g:?} is not an IP")))?,
-            ),
-        };
+        let gw = optional_ip(r, "gw", "routes[].gw").map_err(bad)?;
         out.routes.push(RouteConfig { dst, dst_len, gw });
     }
     out.dns = obj
@@ -152,6 +132,15 @@ pub fn parse_result(v: &Value) -> Result<ParsedResult, CniError> {
         .filter(|d| d.as_object().is_some_and(|m| !m.is_empty()))
         .cloned();
     Ok(out)
+}
+
+/// An address field that may be absent or empty; `what` names it in the error.
+fn optional_ip(obj: &Value, key: &str, what: &str) -> Result<Option<IpAddr>, String> {
+    obj.get(key)
+        .and_then(Value::as_str)
+        .filter(|g| !g.is_empty())
+        .map(|g| g.parse().map_err(|_| format!("{what} {g:?} is not an IP")))
+        .transpose()
 }
 
 /// The interface we configured, for our result.

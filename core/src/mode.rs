@@ -43,6 +43,39 @@ impl MacvtapMode {
         Self::Source,
     ];
 
+    /// Whether one endpoint takes the lower device whole (passthru: the kernel refuses a second macvtap on it). Such
+    /// a pool has capacity 1 and shares its lower device with no other pool.
+    pub fn takes_device_whole(self) -> bool {
+        self == Self::Passthru
+    }
+
+    /// Whether pools in modes `self` and `other` may share one lower device: the same mode, and not one that takes
+    /// the device whole.
+    pub fn can_share_lower_device(self, other: Self) -> bool {
+        self == other && !self.takes_device_whole()
+    }
+
+    /// The CEL rule (on a pool's spec) and its message for the capacity of the modes that take a device whole, built
+    /// from [`Self::takes_device_whole`]: the API server refuses what the operator would otherwise have to.
+    pub fn whole_device_capacity_rule() -> (String, String) {
+        let modes: Vec<_> = Self::ALL
+            .into_iter()
+            .filter(|m| m.takes_device_whole())
+            .collect();
+        let quoted: Vec<_> = modes.iter().map(|m| format!("'{m}'")).collect();
+        let named: Vec<_> = modes.iter().map(|m| m.as_str()).collect();
+        (
+            format!(
+                "!(self.mode in [{}]) || self.capacity == 1",
+                quoted.join(", ")
+            ),
+            format!(
+                "spec.capacity must be 1 in {} mode: one endpoint takes the whole lower device",
+                named.join(" or ")
+            ),
+        )
+    }
+
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Bridge => "bridge",
@@ -88,6 +121,26 @@ mod tests {
         let err = "bridged".parse::<MacvtapMode>().unwrap_err();
         assert!(err.to_string().contains("\"bridged\""), "{err}");
         assert_eq!(MacvtapMode::default(), MacvtapMode::Bridge);
+    }
+
+    #[test]
+    fn only_passthru_takes_the_device_whole_and_shares_nothing() {
+        for a in MacvtapMode::ALL {
+            assert_eq!(a.takes_device_whole(), a == MacvtapMode::Passthru);
+            for b in MacvtapMode::ALL {
+                assert_eq!(
+                    a.can_share_lower_device(b),
+                    a == b && a != MacvtapMode::Passthru,
+                    "{a} with {b}"
+                );
+            }
+        }
+        let (rule, message) = MacvtapMode::whole_device_capacity_rule();
+        assert_eq!(rule, "!(self.mode in ['passthru']) || self.capacity == 1");
+        assert!(
+            message.contains("capacity must be 1 in passthru mode"),
+            "{message}"
+        );
     }
 
     #[test]

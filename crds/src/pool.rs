@@ -1,6 +1,7 @@
 //! `MacvtapPool`: a cluster-wide request to offer macvtap interfaces on a host NIC of every matching node.
 
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, LabelSelector};
+use kube::core::Rule;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
@@ -8,6 +9,12 @@ use macvtap_core::{DEFAULT_CAPACITY, MacvtapMode};
 
 fn default_capacity() -> u32 {
     DEFAULT_CAPACITY
+}
+
+/// Core's rule for the modes that take a lower device whole, as a CEL rule of the schema.
+fn whole_device_capacity() -> Rule {
+    let (rule, message) = MacvtapMode::whole_device_capacity_rule();
+    Rule::new(rule).message(message.as_str())
 }
 
 /// A pool of macvtap interfaces on a lower device (a host NIC), offered to pods as the kubelet extended resource
@@ -44,8 +51,7 @@ fn default_capacity() -> u32 {
         .message("spec.resourceName cannot be used with spec.discovery: discovered resources are named after their link"),
     validation = Rule::new("!has(self.discovery) || !has(self.lowerDeviceOverrides)")
         .message("spec.lowerDeviceOverrides cannot be used with spec.discovery"),
-    validation = Rule::new("self.mode != 'passthru' || self.capacity == 1")
-        .message("spec.capacity must be 1 in passthru mode: one endpoint takes the whole lower device")
+    validation = whole_device_capacity()
 )]
 #[serde(rename_all = "camelCase")]
 pub struct MacvtapPoolSpec {

@@ -115,9 +115,12 @@ pub mod unix {
         let stream = UnixStream::connect(path.as_ref())
             .await
             .map_err(ConnectError::Io)?;
+        // h2 writes the 24-byte preface on its own, unflushed; through a write buffer it goes out with the SETTINGS
+        // and the first request at the connection's first flush, so the server wakes once for the whole call
+        // instead of first for the preface alone.
         let (send, conn) =
             hyper::client::conn::http2::Builder::new(hyper_util::rt::TokioExecutor::new())
-                .handshake(TokioIo::new(stream))
+                .handshake(TokioIo::new(tokio::io::BufWriter::new(stream)))
                 .await
                 .map_err(ConnectError::Http2)?;
         let task = tokio::spawn(async move {

@@ -25,18 +25,36 @@ pub fn liveness_problems(
     if !netlink_subscribed {
         out.push("netlink link monitor: not subscribed to link events (resubscribing)".to_string());
     }
-    for name in wanted.keys() {
-        let rt = runtime.get(name);
-        if !rt.is_some_and(|r| r.serving) {
-            let why = rt
-                .and_then(|r| r.last_error.clone())
-                .unwrap_or_else(|| "not started yet".into());
-            out.push(format!(
-                "resource {name}: device plugin server not serving: {why}"
-            ));
-        }
-    }
+    out.extend(resources_short_of(
+        wanted,
+        runtime,
+        |r| r.serving,
+        "device plugin server not serving",
+        "not started yet",
+    ));
     out
+}
+
+/// One line per wanted resource whose state lacks `met`, with its last error (or `before`, when it has none yet).
+fn resources_short_of(
+    wanted: &BTreeMap<String, ResourceConfig>,
+    runtime: &ResourceStateMap,
+    met: impl Fn(&crate::resource_state::ResourceState) -> bool,
+    what: &str,
+    before: &str,
+) -> Vec<String> {
+    wanted
+        .keys()
+        .filter_map(|name| {
+            let rt = runtime.get(name);
+            (!rt.is_some_and(&met)).then(|| {
+                let why = rt
+                    .and_then(|r| r.last_error.clone())
+                    .unwrap_or_else(|| before.into());
+                format!("resource {name}: {what}: {why}")
+            })
+        })
+        .collect()
 }
 
 /// Why the agent is not ready: liveness problems, no configuration yet, resources not registered with the kubelet.
@@ -50,17 +68,13 @@ pub fn readiness_problems(
     if !config_loaded {
         out.push("no configuration loaded yet".to_string());
     }
-    for name in wanted.keys() {
-        let rt = runtime.get(name);
-        if !rt.is_some_and(|r| r.registered) {
-            let why = rt
-                .and_then(|r| r.last_error.clone())
-                .unwrap_or_else(|| "waiting for the kubelet".into());
-            out.push(format!(
-                "resource {name}: not registered with the kubelet: {why}"
-            ));
-        }
-    }
+    out.extend(resources_short_of(
+        wanted,
+        runtime,
+        |r| r.registered,
+        "not registered with the kubelet",
+        "waiting for the kubelet",
+    ));
     out
 }
 

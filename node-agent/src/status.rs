@@ -5,6 +5,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use kube::Resource;
 use kube::api::{Api, Patch, PatchParams};
 use macvtap_api::{
     MacvtapNodeState, MacvtapNodeStateStatus, NodeCleanupStatus, NodeResourceStatus,
@@ -91,8 +92,8 @@ impl StatusWriter {
                     k8s_openapi::jiff::Timestamp::now(),
                 ));
                 let patch = serde_json::json!({
-                    "apiVersion": format!("{}/{}", macvtap_api::GROUP, macvtap_api::VERSION),
-                    "kind": "MacvtapNodeState",
+                    "apiVersion": MacvtapNodeState::api_version(&()),
+                    "kind": MacvtapNodeState::kind(&()),
                     "status": body,
                 });
                 match api

@@ -134,11 +134,6 @@ impl NodePlan {
     }
 }
 
-/// Modes that can share one lower device: the same mode, and never passthru (it takes the device whole).
-fn modes_compatible(a: MacvtapMode, b: MacvtapMode) -> bool {
-    a == b && a != MacvtapMode::Passthru
-}
-
 /// Computes a node's desired `MacvtapNodeState.spec` from all pools. Pools are taken in precedence order, so the
 /// result does not depend on the order of `pools`; resources are sorted by name so equal plans compare equal.
 pub fn plan_node<'a>(
@@ -190,7 +185,7 @@ pub fn plan_node<'a>(
             continue;
         };
         if let Some((winner_mode, winner)) = devices.get(&device)
-            && !modes_compatible(*winner_mode, mode)
+            && !winner_mode.can_share_lower_device(mode)
         {
             plan.conflicts.push(Conflict {
                 loser: name,
