@@ -231,14 +231,37 @@ async fn upgrade(c: &Cluster, bins: &original::Binaries, archive: &std::path::Pa
             old.pod.name
         );
     }
-    // Adopted by our agent: renamed to our scheme, marked; the same link (ifindex, so the same tap).
+    // Adopted by our agent: renamed to our scheme, marked; the same link (ifindex, so the same tap). Its cleanup
+    // pass adopts: the first one after the agent has the pool, within one interval (3 s here) of serving it.
     let id = old_dp_a.devices.first().context("old-dp-a's device")?;
+    let t_adopt = Instant::now();
+    let ours = |l: &serde_json::Value| {
+        l["ifname"] == macvtap_core::device::host_link_name(id)
+            && l["ifalias"] == macvtap_core::device::ownership_alias(id)
+            && l["operstate"] != "DOWN"
+    };
+    // Not adopted in time: the check below says how the link looks.
+    if wait::until(
+        "old-dp-a's host link adopted",
+        Duration::from_secs(30),
+        || async {
+            Ok(host_link(c, "node-a", old_dp_a.ifindex)?
+                .as_ref()
+                .is_some_and(ours))
+        },
+    )
+    .await
+    .is_ok()
+    {
+        eprintln!(
+            "old-dp-a's host link adopted {:.1?} after both Nodes' allocatable was back",
+            t_adopt.elapsed()
+        );
+    }
     let adopted = host_link(c, "node-a", old_dp_a.ifindex)?
         .context("old-dp-a's host link is gone after the switch")?;
     ensure!(
-        adopted["ifname"] == macvtap_core::device::host_link_name(id)
-            && adopted["ifalias"] == macvtap_core::device::ownership_alias(id)
-            && adopted["operstate"] != "DOWN",
+        ours(&adopted),
         "old-dp-a's host link not adopted (our name and marker for {id}, up): {adopted}"
     );
     // The link ended-dp-a left: adopted, then cleaned as no pod holds its device.
