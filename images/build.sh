@@ -26,7 +26,8 @@
 # index names the image ref: exactly what the chart's default values (or a pod spec) point at. Load into a node's
 # containerd with `ctr -n k8s.io images import <archive>`, or copy to a registry with
 # `skopeo copy oci-archive:<archive> docker://<registry>/<repository>:<tag>` (e2e/src/registry.rs does that).
-# Reproducible: layers and config carry timestamp 0, so the same inputs give the same digests.
+# Reproducible: layers and config carry timestamp 0, so the same inputs give the same digests (the VM image aside:
+# its initramfs's cpio carries inode numbers).
 #
 # Needs (installs nothing; fails naming what is missing): buildah; musl-gcc (Debian musl-tools: ring's C code, and
 # pause.c); for operator/agent/vm cargo with the x86_64-unknown-linux-musl target; for busybox and vm Debian
@@ -275,11 +276,13 @@ for img in "${images[@]}"; do
     vm) vm_rootfs "$ctx" ;;
   esac
   archive=$OUT/$img.oci.tar
-  # The build is reproducible, so the same inputs give the same archive: skip buildah when the inputs (ref, label,
-  # Containerfile, the whole context with modes and owners) are those of the archive already there. `make sandbox`
-  # after `make test` builds nothing again.
+  # The same inputs make an equivalent archive: skip buildah when the inputs (ref, label, Containerfile, the whole
+  # context with modes and owners) are those of the archive already there. `make sandbox` after `make test` builds
+  # nothing again. The VM's initramfs archive is left out of the sum: busybox cpio writes inode numbers, so it differs
+  # on every build; the tree it is made of (context/initramfs) is summed.
   inputs=$({ echo "$(ref "$img") $label_version"; cat "$ROOT/images/$img/Containerfile"
-    tar --sort=name --mtime=@0 --numeric-owner -cf - -C "$ctx" .; } | sha256sum | cut -d' ' -f1)
+    tar --sort=name --mtime=@0 --numeric-owner --exclude=./rootfs/vm/initramfs.cpio.gz -cf - -C "$ctx" .; } |
+    sha256sum | cut -d' ' -f1)
   if [[ -f $archive && $(cat "$archive.inputs" 2>/dev/null) == "$inputs" ]]; then
     log "$archive: up to date (same inputs)"
     continue

@@ -113,3 +113,33 @@ fn pause_as_pid_1_reaps_orphans_and_exits_0_on_sigterm() {
     // unshare --fork exits with its child's status.
     assert_eq!(exit_code(&mut unshare), Some(0));
 }
+
+/// The same inputs build nothing again: the archive stays the very file it was; an archive whose recorded inputs are
+/// gone (or differ) is built again.
+#[test]
+fn an_image_with_unchanged_inputs_is_not_built_again() {
+    use std::os::unix::fs::MetadataExt;
+    let out = tempfile::tempdir().unwrap();
+    let archive = archive_of(&build(out.path(), &["pause"]), "pause")
+        .archive
+        .clone();
+    let identity = |p: &Path| {
+        let m = fs::metadata(p).unwrap();
+        (m.ino(), m.mtime_nsec(), m.mtime())
+    };
+    let first = identity(&archive);
+    build(out.path(), &["pause"]);
+    assert_eq!(
+        identity(&archive),
+        first,
+        "rebuilt although nothing changed"
+    );
+    let inputs = PathBuf::from(format!("{}.inputs", archive.display()));
+    fs::write(&inputs, "something else\n").unwrap();
+    build(out.path(), &["pause"]);
+    assert_ne!(
+        identity(&archive),
+        first,
+        "not rebuilt although its inputs differ"
+    );
+}
