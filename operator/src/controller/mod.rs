@@ -33,7 +33,7 @@ use kube::runtime::controller::{Action, Config as ControllerConfig, Controller};
 use kube::runtime::events::{Recorder, Reporter};
 use kube::runtime::reflector::{self, ObjectRef, Store};
 use kube::runtime::watcher;
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 use macvtap_api::{MacvtapNodeState, MacvtapPool};
 use tracing::{info, warn};
 
@@ -134,6 +134,20 @@ struct Context {
 }
 
 impl Context {
+    /// What every reconcile does first: count and time it, and wait for the caches. `None` for an object being
+    /// deleted (its owner references or the next event take over); else the timer, held until the reconcile ends.
+    async fn begin<K: Resource>(
+        &self,
+        controller: &'static str,
+        object: &K,
+    ) -> Result<Option<crate::metrics::ReconcileTimer>, Error> {
+        let timer = self
+            .metrics
+            .reconcile_started(controller, &object.name_any());
+        self.wait_synced().await?;
+        Ok(object.meta().deletion_timestamp.is_none().then_some(timer))
+    }
+
     async fn wait_synced(&self) -> Result<(), Error> {
         // A watch channel, not Store::wait_until_ready: the latter wakes only one of several concurrent waiters.
         let mut synced = self.synced_rx.clone();

@@ -22,12 +22,10 @@ use crate::selection::plan_node;
 const NODE_STATES: &str = "macvtapnodestates";
 
 pub(super) async fn reconcile(node: Arc<NodeMeta>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let name = node.name_any();
-    let _timer = ctx.metrics.reconcile_started(NODE_STATE, &name);
-    ctx.wait_synced().await?;
-    if node.metadata.deletion_timestamp.is_some() {
+    let Some(_timer) = ctx.begin(NODE_STATE, node.as_ref()).await? else {
         return Ok(Action::await_change());
-    }
+    };
+    let name = node.name_any();
     let pools = ctx.pools.state();
     let plan = plan_node(pools.iter().map(|p| p.as_ref()), &node_labels(&node));
     let owner = owner_reference(&node);

@@ -26,12 +26,10 @@ fn now_seconds() -> Time {
 }
 
 pub(super) async fn reconcile(pool: Arc<MacvtapPool>, ctx: Arc<Context>) -> Result<Action, Error> {
-    let name = pool.name_any();
-    let _timer = ctx.metrics.reconcile_started(POOL_STATUS, &name);
-    ctx.wait_synced().await?;
-    if pool.metadata.deletion_timestamp.is_some() {
+    let Some(_timer) = ctx.begin(POOL_STATUS, pool.as_ref()).await? else {
         return Ok(Action::await_change());
-    }
+    };
+    let name = pool.name_any();
     let pools = ctx.pools.state();
     let all: Vec<&MacvtapPool> = pools.iter().map(|p| p.as_ref()).collect();
     let nodes = ctx.nodes.state();
