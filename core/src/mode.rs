@@ -58,12 +58,9 @@ impl MacvtapMode {
     /// The CEL rule (on a pool's spec) and its message for the capacity of the modes that take a device whole, built
     /// from [`Self::takes_device_whole`]: the API server refuses what the operator would otherwise have to.
     pub fn whole_device_capacity_rule() -> (String, String) {
-        let modes: Vec<_> = Self::ALL
-            .into_iter()
-            .filter(|m| m.takes_device_whole())
-            .collect();
-        let quoted: Vec<_> = modes.iter().map(|m| format!("'{m}'")).collect();
-        let named: Vec<_> = modes.iter().map(|m| m.as_str()).collect();
+        let modes = Self::ALL.into_iter().filter(|m| m.takes_device_whole());
+        let quoted: Vec<_> = modes.clone().map(|m| format!("'{m}'")).collect();
+        let named: Vec<_> = modes.map(Self::as_str).collect();
         (
             format!(
                 "!(self.mode in [{}]) || self.capacity == 1",

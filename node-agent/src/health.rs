@@ -13,7 +13,7 @@ use macvtap_core::ResourceConfig;
 use macvtap_telemetry::admin::{Probes, from_problems};
 use tokio::sync::watch;
 
-use crate::resource_state::ResourceStateMap;
+use crate::resource_state::{ResourceState, ResourceStateMap};
 
 /// Why the agent is not live: one line per problem; empty when it is.
 pub fn liveness_problems(
@@ -39,7 +39,7 @@ pub fn liveness_problems(
 fn resources_short_of(
     wanted: &BTreeMap<String, ResourceConfig>,
     runtime: &ResourceStateMap,
-    met: impl Fn(&crate::resource_state::ResourceState) -> bool,
+    met: impl Fn(&ResourceState) -> bool,
     what: &str,
     before: &str,
 ) -> Vec<String> {
